@@ -1,0 +1,14 @@
+//! `profiler`: a sampling profiler agent for running Linux processes.
+//!
+//! Pipeline: the sampler stops each thread just long enough to read its registers and copy
+//! its stack (`os`, `sampler`); the processor unwinds those copies (`unwind`) against the
+//! target's modules (`modules`), names the frames (`symbolize`) and aggregates them
+//! (`profile`); outputs are folded stacks and flame graphs (`output`) and Sentry profile
+//! chunks (`sentry`). Only `os` talks to the kernel.
+
+pub mod bytes;
+pub mod memory;
+pub mod sentry;
+pub mod symbolize;
+pub mod types;
+pub mod unwind;

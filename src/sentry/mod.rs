@@ -1,0 +1,1 @@
+//! Sentry continuous profiling: chunks, envelopes, upload. OWNER: sentry helper.
