@@ -7,6 +7,7 @@
 //! chunks (`sentry`). Only `os` talks to the kernel.
 
 pub mod bytes;
+pub mod elf;
 pub mod memory;
 pub mod sentry;
 pub mod symbolize;
