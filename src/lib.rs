@@ -9,6 +9,9 @@
 pub mod bytes;
 pub mod elf;
 pub mod memory;
+pub mod modules;
+pub mod os;
+pub mod procmaps;
 pub mod sentry;
 pub mod symbolize;
 pub mod types;

@@ -1,0 +1,10 @@
+//! Every contact with the kernel: ptrace, `process_vm_readv`, `/proc` and signals. The rest
+//! of the crate works on the plain data these functions return. `unsafe` lives here only,
+//! each block with a `// SAFETY:` note.
+
+pub mod files;
+pub mod permissions;
+pub mod proc;
+pub mod ptrace;
+pub mod signals;
+pub mod vm;

@@ -1,0 +1,447 @@
+//! The tracer: seizes every thread of the target with `PTRACE_SEIZE`, follows new threads
+//! (`PTRACE_O_TRACECLONE`), interrupts one thread at a time to read its registers, passes
+//! every signal meant for the target on unchanged, respects group-stops (a user's SIGSTOP
+//! keeps the target stopped until SIGCONT), and detaches every thread when dropped.
+//!
+//! All ptrace calls must come from the one thread that created the `Tracer`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::ptrace::{self, Options};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid as NixPid;
+
+use super::signals::{self, Wake};
+use crate::types::{Pid, Regs, Tid};
+
+/// Something that happened to the target, for the sampler to pass on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A thread appeared (created after the attach).
+    NewThread(Tid),
+    /// A thread exited.
+    ThreadExited(Tid),
+    /// The process called `execve`: its modules are new.
+    Exec,
+    /// The whole process is gone.
+    ProcessExited,
+}
+
+/// Why a thread could not be sampled this time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missed {
+    /// The thread exited.
+    Gone,
+    /// The thread is in a group-stop (stopped by SIGSTOP and the like).
+    GroupStopped,
+    /// The thread did not stop in time (for example in an uninterruptible sleep).
+    Timeout,
+    /// The kernel refused (the error is given).
+    Error(Errno),
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadState {
+    /// In a group-stop, parked with PTRACE_LISTEN.
+    group_stopped: bool,
+    /// An interrupt was sent and its stop not yet seen (a sample that timed out).
+    interrupt_pending: bool,
+}
+
+/// Failure to seize the process.
+#[derive(Debug)]
+pub struct AttachError {
+    /// The kernel's error for the first thread that could not be seized.
+    pub errno: Errno,
+}
+
+/// Ptrace state of one target process. Detaches from every thread when dropped.
+pub struct Tracer {
+    pid: Pid,
+    threads: HashMap<Tid, ThreadState>,
+    events: Vec<Event>,
+    stop_request: Option<Signal>,
+    process_exited: bool,
+    /// How long to wait for an interrupted thread to stop.
+    pub stop_timeout: Duration,
+}
+
+const OPTIONS: Options = Options::PTRACE_O_TRACECLONE.union(Options::PTRACE_O_TRACEEXEC);
+
+fn npid(t: Tid) -> NixPid {
+    NixPid::from_raw(t)
+}
+
+fn is_stop_signal(sig: Signal) -> bool {
+    matches!(sig, Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU)
+}
+
+impl Tracer {
+    /// Seize every thread of `pid`. Threads that appear while this runs are caught either by
+    /// `PTRACE_O_TRACECLONE` on their parent or by listing the tasks again, until a listing
+    /// finds nothing new.
+    pub fn attach(pid: Pid) -> Result<Tracer, AttachError> {
+        let mut tracer = Tracer {
+            pid,
+            threads: HashMap::new(),
+            events: Vec::new(),
+            stop_request: None,
+            process_exited: false,
+            stop_timeout: Duration::from_millis(20),
+        };
+        loop {
+            let tids = super::proc::list_tasks(pid).map_err(|e| AttachError {
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::ESRCH)),
+            })?;
+            let mut new = 0;
+            for tid in tids {
+                if tracer.threads.contains_key(&tid) {
+                    continue;
+                }
+                match ptrace::seize(npid(tid), OPTIONS) {
+                    Ok(()) => {
+                        tracer.threads.insert(tid, ThreadState::default());
+                        new += 1;
+                    }
+                    // A thread that exited between the listing and the seize.
+                    Err(Errno::ESRCH) if tid != pid => {}
+                    // Already ours through TRACECLONE of a seized parent.
+                    Err(Errno::EPERM) if tracer.threads.contains_key(&tid) => {}
+                    Err(errno) => {
+                        if tracer.threads.is_empty() {
+                            return Err(AttachError { errno });
+                        }
+                        // A later thread failed: already traced by us via clone?
+                        if errno != Errno::EPERM {
+                            return Err(AttachError { errno });
+                        }
+                    }
+                }
+            }
+            if new == 0 {
+                break;
+            }
+        }
+        if tracer.threads.is_empty() {
+            return Err(AttachError { errno: Errno::ESRCH });
+        }
+        Ok(tracer)
+    }
+
+    /// The traced process.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// The threads currently traced.
+    pub fn threads(&self) -> Vec<Tid> {
+        let mut v: Vec<Tid> = self.threads.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// True when the thread is in a group-stop.
+    pub fn is_group_stopped(&self, tid: Tid) -> bool {
+        self.threads.get(&tid).is_some_and(|t| t.group_stopped)
+    }
+
+    /// True once the process has exited.
+    pub fn process_exited(&self) -> bool {
+        self.process_exited || self.threads.is_empty()
+    }
+
+    /// A stop request (SIGINT, SIGTERM, SIGHUP) that arrived while the tracer waited.
+    pub fn take_stop_request(&mut self) -> Option<Signal> {
+        self.stop_request.take()
+    }
+
+    /// Record a stop request seen by the caller's own wait.
+    pub fn set_stop_request(&mut self, sig: Signal) {
+        self.stop_request = Some(sig);
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Handle every pending state change of every thread without blocking.
+    pub fn drain(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => self.handle(status),
+            }
+        }
+    }
+
+    /// Handle a state change that is not the stop of a sample in progress.
+    fn handle(&mut self, status: WaitStatus) {
+        match status {
+            WaitStatus::Exited(p, _) | WaitStatus::Signaled(p, _, _) => self.thread_gone(p.as_raw()),
+            WaitStatus::PtraceEvent(p, sig, event) => {
+                let tid = p.as_raw();
+                self.threads.entry(tid).or_default();
+                self.ptrace_event(tid, sig, event);
+            }
+            WaitStatus::Stopped(p, sig) => {
+                // A signal about to be delivered: pass it on unchanged.
+                let tid = p.as_raw();
+                self.threads.entry(tid).or_default();
+                let _ = ptrace::cont(p, Some(sig));
+            }
+            WaitStatus::PtraceSyscall(p) => {
+                let _ = ptrace::cont(p, None);
+            }
+            WaitStatus::Continued(_) | WaitStatus::StillAlive => {}
+        }
+    }
+
+    fn thread_gone(&mut self, tid: Tid) {
+        if self.threads.remove(&tid).is_some() {
+            self.events.push(Event::ThreadExited(tid));
+        }
+        if tid == self.pid || self.threads.is_empty() {
+            // The leader's exit is reported after every other thread's (or at exec,
+            // which is reported as an event first).
+            self.process_exited = true;
+            self.threads.clear();
+            self.events.push(Event::ProcessExited);
+        }
+    }
+
+    fn ptrace_event(&mut self, tid: Tid, sig: Signal, event: i32) {
+        match event {
+            libc::PTRACE_EVENT_CLONE => {
+                if let Ok(new) = ptrace::getevent(npid(tid)) {
+                    let new = new as Tid;
+                    if !self.threads.contains_key(&new) {
+                        self.threads.insert(new, ThreadState::default());
+                        self.events.push(Event::NewThread(new));
+                    }
+                }
+                let _ = ptrace::cont(npid(tid), None);
+            }
+            libc::PTRACE_EVENT_EXEC => {
+                // Every other thread is gone; the execing thread now has the leader's id.
+                let gone: Vec<Tid> = self.threads.keys().copied().filter(|&t| t != tid).collect();
+                for t in gone {
+                    self.threads.remove(&t);
+                    self.events.push(Event::ThreadExited(t));
+                }
+                self.threads.entry(tid).or_default();
+                self.events.push(Event::Exec);
+                let _ = ptrace::cont(npid(tid), None);
+            }
+            libc::PTRACE_EVENT_STOP => {
+                let state = self.threads.entry(tid).or_default();
+                state.interrupt_pending = false;
+                if is_stop_signal(sig) {
+                    // Group-stop: keep the thread stopped until SIGCONT.
+                    state.group_stopped = true;
+                    listen(tid);
+                } else {
+                    // An interrupt whose sample timed out, the first stop of a new thread,
+                    // or the end of a group-stop: run on.
+                    state.group_stopped = false;
+                    let _ = ptrace::cont(npid(tid), None);
+                }
+            }
+            _ => {
+                let _ = ptrace::cont(npid(tid), None);
+            }
+        }
+    }
+
+    /// Stop `tid`, read its registers, let `capture` copy what it needs (the stack) while
+    /// the thread is stopped, and resume it at once.
+    pub fn sample<T>(&mut self, tid: Tid, capture: impl FnOnce(&Regs) -> T) -> Result<T, Missed> {
+        let state = match self.threads.get(&tid) {
+            Some(s) => *s,
+            None => return Err(Missed::Gone),
+        };
+        if state.group_stopped {
+            return Err(Missed::GroupStopped);
+        }
+        if !state.interrupt_pending {
+            match ptrace::interrupt(npid(tid)) {
+                Ok(()) => {}
+                Err(Errno::ESRCH) => {
+                    self.drain();
+                    return Err(Missed::Gone);
+                }
+                Err(e) => return Err(Missed::Error(e)),
+            }
+        }
+        match self.wait_for_stop(tid) {
+            Ok(()) => {}
+            Err(Missed::Timeout) => {
+                if let Some(s) = self.threads.get_mut(&tid) {
+                    s.interrupt_pending = true;
+                }
+                return Err(Missed::Timeout);
+            }
+            Err(e) => return Err(e),
+        }
+        let result = match ptrace::getregs(npid(tid)) {
+            Ok(r) => Ok(capture(&regs_from_user(&r))),
+            Err(e) => Err(Missed::Error(e)),
+        };
+        let _ = ptrace::cont(npid(tid), None);
+        result
+    }
+
+    /// Wait until `tid` is in the interrupt stop, handling whatever else it reports first.
+    fn wait_for_stop(&mut self, tid: Tid) -> Result<(), Missed> {
+        let deadline = Instant::now() + self.stop_timeout;
+        loop {
+            match waitpid(npid(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Missed::Timeout);
+                    }
+                    match signals::wait(deadline - now) {
+                        Wake::Stop(sig) => self.stop_request = Some(sig),
+                        Wake::Child | Wake::Timeout => {}
+                    }
+                }
+                Ok(WaitStatus::PtraceEvent(_, sig, libc::PTRACE_EVENT_STOP)) => {
+                    let state = self.threads.entry(tid).or_default();
+                    state.interrupt_pending = false;
+                    if is_stop_signal(sig) {
+                        state.group_stopped = true;
+                        listen(tid);
+                        return Err(Missed::GroupStopped);
+                    }
+                    state.group_stopped = false;
+                    return Ok(());
+                }
+                Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                    self.handle(status);
+                    return Err(Missed::Gone);
+                }
+                Ok(status) => {
+                    // A signal to deliver, a clone or exec event: handle it; the interrupt
+                    // stays pending and is reported next.
+                    self.handle(status);
+                    if !self.threads.contains_key(&tid) {
+                        return Err(Missed::Gone);
+                    }
+                }
+                Err(Errno::ECHILD) => {
+                    self.thread_gone(tid);
+                    return Err(Missed::Gone);
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(Missed::Error(e)),
+            }
+        }
+    }
+
+    /// Detach from every thread, leaving the target running (or group-stopped, if it was).
+    /// Signals that arrive meanwhile are delivered by the detach itself.
+    pub fn detach_all(&mut self) {
+        let tids = self.threads();
+        for tid in tids {
+            self.detach_thread(tid);
+        }
+        self.threads.clear();
+        // Reap anything left for threads that exited meanwhile.
+        while let Ok(s) = waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            if s == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+
+    fn detach_thread(&mut self, tid: Tid) {
+        let Some(state) = self.threads.get(&tid).copied() else {
+            return;
+        };
+        if state.group_stopped {
+            let _ = ptrace::detach(npid(tid), None);
+            return;
+        }
+        if !state.interrupt_pending && ptrace::interrupt(npid(tid)).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            match waitpid(npid(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {
+                    if Instant::now() >= deadline {
+                        // Still running (uninterruptible sleep). Leave it; when the agent
+                        // exits the kernel detaches it.
+                        return;
+                    }
+                    if let Wake::Stop(sig) = signals::wait(Duration::from_millis(5)) {
+                        self.stop_request = Some(sig);
+                    }
+                }
+                Ok(WaitStatus::Stopped(_, sig)) => {
+                    // A signal on its way: deliver it with the detach.
+                    let _ = ptrace::detach(npid(tid), Some(sig));
+                    return;
+                }
+                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE)) => {
+                    // The new thread is traced too; seize happened automatically. Detach it
+                    // when its own stop arrives: give it a state so the outer loop finds it.
+                    if let Ok(new) = ptrace::getevent(npid(tid)) {
+                        self.threads.entry(new as Tid).or_default();
+                        self.detach_new_thread(new as Tid);
+                    }
+                    let _ = ptrace::detach(npid(tid), None);
+                    return;
+                }
+                Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::PtraceSyscall(_)) => {
+                    let _ = ptrace::detach(npid(tid), None);
+                    return;
+                }
+                Ok(_) | Err(_) => return,
+            }
+        }
+    }
+
+    fn detach_new_thread(&mut self, tid: Tid) {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            match waitpid(npid(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_micros(200)),
+                Ok(WaitStatus::Stopped(_, sig)) => {
+                    let _ = ptrace::detach(npid(tid), Some(sig));
+                    return;
+                }
+                Ok(WaitStatus::PtraceEvent(..)) => {
+                    let _ = ptrace::detach(npid(tid), None);
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn listen(tid: Tid) {
+    // SAFETY: PTRACE_LISTEN takes no address or data; the tid is a tracee in a group-stop.
+    unsafe {
+        libc::ptrace(libc::PTRACE_LISTEN, tid, 0 as libc::c_long, 0 as libc::c_long);
+    }
+}
+
+/// The registers of `user_regs_struct` in DWARF order.
+pub fn regs_from_user(r: &libc::user_regs_struct) -> Regs {
+    Regs([
+        r.rax, r.rdx, r.rcx, r.rbx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15, r.rip,
+    ])
+}

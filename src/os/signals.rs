@@ -1,0 +1,60 @@
+//! The agent's own signal handling: SIGINT, SIGTERM and SIGCHLD are blocked in every agent
+//! thread and taken synchronously by the sampler with `sigtimedwait`, so a tracee's stop
+//! (SIGCHLD) or a request to stop wakes the sampler at once.
+
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+
+/// The signals the sampler waits for.
+pub fn agent_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGCHLD);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// Block the agent's signals in the calling thread; threads spawned afterwards inherit the
+/// mask. Call from `main` before any thread starts.
+pub fn block_agent_signals() -> nix::Result<()> {
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&agent_signals()), None)
+}
+
+/// What woke a wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The timeout passed.
+    Timeout,
+    /// A tracee changed state (SIGCHLD).
+    Child,
+    /// The user asked the agent to stop (SIGINT, SIGTERM, SIGHUP).
+    Stop(Signal),
+}
+
+/// Wait up to `timeout` for one of the agent's signals.
+pub fn wait(timeout: Duration) -> Wake {
+    let set = agent_signals();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` is a valid initialised sigset, `ts` a valid timespec, and a null siginfo
+    // pointer is allowed.
+    let r = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    match r {
+        libc::SIGCHLD => Wake::Child,
+        s if s > 0 => Signal::try_from(s).map_or(Wake::Timeout, Wake::Stop),
+        _ => Wake::Timeout,
+    }
+}
+
+/// Ask the kernel for precise timer wake-ups in the calling thread (timer slack 1 ns), so
+/// the sampling schedule is kept to the microsecond.
+pub fn precise_timers() {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer argument and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
