@@ -6,12 +6,18 @@
 //! (`profile`); outputs are folded stacks and flame graphs (`output`) and Sentry profile
 //! chunks (`sentry`). Only `os` talks to the kernel.
 
+pub mod app;
 pub mod bytes;
+pub mod cli;
 pub mod elf;
 pub mod memory;
 pub mod modules;
+pub mod output;
 pub mod os;
+pub mod processor;
 pub mod procmaps;
+pub mod profile;
+pub mod sampler;
 pub mod sentry;
 pub mod symbolize;
 pub mod types;

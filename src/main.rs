@@ -1,1 +1,31 @@
-fn main() {}
+//! `profiler`: parse the command line, run, print the summary, choose the exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use profiler::app;
+use profiler::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // SIGINT, SIGTERM, SIGHUP and SIGCHLD are taken synchronously by the sampler thread;
+    // block them here so every thread inherits the mask.
+    if let Err(e) = profiler::os::signals::block_agent_signals() {
+        eprintln!("profiler: cannot set up signal handling: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Attach(args) => app::AttachConfig::from_args(&args)
+            .and_then(|cfg| app::attach(&cfg, &mut |m| eprintln!("profiler: {m}"))),
+    };
+    match result {
+        Ok(summary) => {
+            eprint!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("profiler: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The one place that wires threads together: the sampler (tracer) thread, the processor
+//! (on the calling thread), and the outputs. Returns a summary for `main` to print.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use crossbeam_channel::bounded;
+
+use crate::cli::AttachArgs;
+use crate::os::{permissions, proc};
+use crate::output;
+use crate::processor::Processor;
+use crate::sampler::{Sampler, SamplerConfig, SamplerStats, StopReason};
+use crate::symbolize::Symbolizer;
+use crate::types::Pid;
+
+/// Validated settings of `profiler attach`.
+#[derive(Clone, Debug)]
+pub struct AttachConfig {
+    /// Target.
+    pub pid: Pid,
+    /// Ticks per second.
+    pub frequency: f64,
+    /// How long to sample.
+    pub duration: Option<Duration>,
+    /// Output files.
+    pub outputs: Vec<PathBuf>,
+    /// Extra debug file directories.
+    pub debug_dirs: Vec<PathBuf>,
+    /// Stack copy limit.
+    pub max_stack_bytes: usize,
+    /// Frame limit.
+    pub max_frames: usize,
+    /// Progress and counters.
+    pub verbose: bool,
+}
+
+impl AttachConfig {
+    /// Check the arguments.
+    pub fn from_args(a: &AttachArgs) -> Result<AttachConfig> {
+        if !(a.frequency.is_finite() && a.frequency >= 1.0 && a.frequency <= 20_000.0) {
+            bail!("--frequency must be between 1 and 20000 Hz (got {})", a.frequency);
+        }
+        let duration = match a.duration {
+            Some(d) if !(d.is_finite() && d > 0.0) => bail!("--duration must be positive (got {d})"),
+            Some(d) => Some(Duration::from_secs_f64(d)),
+            None => None,
+        };
+        for o in &a.output {
+            if output::format_of(o).is_none() {
+                bail!(
+                    "--output {}: unknown format; use a name ending in .folded or .svg",
+                    o.display()
+                );
+            }
+        }
+        if a.max_frames < 2 {
+            bail!("--max-frames must be at least 2");
+        }
+        Ok(AttachConfig {
+            pid: a.pid,
+            frequency: a.frequency,
+            duration,
+            outputs: a.output.clone(),
+            debug_dirs: a.debug_dir.clone(),
+            max_stack_bytes: a.max_stack_bytes.max(4096),
+            max_frames: a.max_frames,
+            verbose: a.verbose,
+        })
+    }
+}
+
+/// What a run did, for the closing summary.
+#[derive(Debug)]
+pub struct Summary {
+    /// Target.
+    pub pid: Pid,
+    /// Target's name.
+    pub name: String,
+    /// Why sampling stopped.
+    pub stop: StopReason,
+    /// Sampler counters.
+    pub sampler: SamplerStats,
+    /// Samples per thread: (tid, name, samples, complete).
+    pub threads: Vec<(i32, String, u64, u64)>,
+    /// All samples.
+    pub samples: u64,
+    /// Samples whose stack reached the thread's root.
+    pub complete: u64,
+    /// Requested rate.
+    pub frequency: f64,
+    /// Top functions by self samples.
+    pub top: Vec<(String, u64)>,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+    /// Agent CPU time (user + system) in seconds.
+    pub agent_cpu: f64,
+    /// Verbose counters.
+    pub details: Vec<String>,
+}
+
+impl Summary {
+    /// Ticks per second achieved.
+    pub fn achieved_rate(&self) -> f64 {
+        if self.sampler.elapsed > 0.0 { self.sampler.ticks as f64 / self.sampler.elapsed } else { 0.0 }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stop = match self.stop {
+            StopReason::Duration => "duration reached".to_string(),
+            StopReason::Signal(s) => format!("{s} received"),
+            StopReason::TargetExited => "target exited".to_string(),
+            StopReason::Aborted => "aborted".to_string(),
+        };
+        writeln!(f, "profiled {} ({}) for {:.2} s: {stop}", self.pid, self.name, self.sampler.elapsed)?;
+        let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        writeln!(
+            f,
+            "  samples: {} in {} threads; rate {:.1} Hz (asked {:.0} Hz); {:.1}% of stacks reached their root",
+            self.samples,
+            self.threads.len(),
+            self.achieved_rate(),
+            self.frequency,
+            pct(self.complete, self.samples)
+        )?;
+        let s = &self.sampler;
+        writeln!(
+            f,
+            "  target pause per sample: p50 {} µs, p99 {} µs; agent CPU {:.2} s ({:.3} s per second); missed {}, dropped {}",
+            s.pause_percentile(50.0).unwrap_or(0),
+            s.pause_percentile(99.0).unwrap_or(0),
+            self.agent_cpu,
+            if s.elapsed > 0.0 { self.agent_cpu / s.elapsed } else { 0.0 },
+            s.missed,
+            s.dropped
+        )?;
+        writeln!(f, "  threads:")?;
+        for (tid, name, n, c) in self.threads.iter().take(20) {
+            writeln!(f, "    {tid:>8} {name:<20} {n:>8} samples ({:.1}% complete)", pct(*c, *n))?;
+        }
+        if self.threads.len() > 20 {
+            writeln!(f, "    ... and {} more", self.threads.len() - 20)?;
+        }
+        if !self.top.is_empty() {
+            writeln!(f, "  top functions (self):")?;
+            for (name, n) in &self.top {
+                writeln!(f, "    {:>5.1}%  {name}", pct(*n, self.samples))?;
+            }
+        }
+        for d in &self.details {
+            writeln!(f, "  {d}")?;
+        }
+        for p in &self.files {
+            writeln!(f, "  wrote {}", p.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that need no ptrace: the pid exists, is not us, is not a kernel thread.
+pub fn check_target(pid: Pid) -> Result<()> {
+    if pid <= 0 {
+        bail!("invalid pid {pid}");
+    }
+    if pid == std::process::id() as Pid {
+        bail!("refusing to attach to the profiler's own process ({pid})");
+    }
+    if !proc::proc_dir(pid).exists() {
+        bail!("no such process: {pid}");
+    }
+    if proc::is_kernel_thread(pid) {
+        bail!("process {pid} is a kernel thread: it has no user-space stack to sample");
+    }
+    if proc::status_field(pid, "Tgid").is_some_and(|t| t != pid.to_string()) {
+        let tgid = proc::status_field(pid, "Tgid").unwrap_or_default();
+        bail!("{pid} is a thread of process {tgid}: attach to {tgid} to profile every thread");
+    }
+    Ok(())
+}
+
+fn agent_cpu_seconds() -> f64 {
+    let r = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF);
+    r.map_or(0.0, |r| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(r.user_time()) + t(r.system_time())
+    })
+}
+
+/// Run `profiler attach`. `progress` receives one-line progress messages.
+pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summary> {
+    check_target(cfg.pid)?;
+    let name = proc::process_name(cfg.pid).unwrap_or_default();
+    let epoch = Instant::now();
+    let (tx, rx) = bounded(8192);
+    let (pool_tx, pool_rx) = bounded(256);
+    let (init_tx, init_rx) = bounded(1);
+    let scfg = SamplerConfig {
+        pid: cfg.pid,
+        frequency: cfg.frequency,
+        duration: cfg.duration,
+        max_stack_bytes: cfg.max_stack_bytes,
+    };
+    let sampler = std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || match Sampler::attach(scfg, tx, pool_rx, epoch) {
+            Ok(s) => {
+                let _ = init_tx.send(Ok(s.thread_count()));
+                Some(s.run())
+            }
+            Err(e) => {
+                let _ = init_tx.send(Err(e.errno));
+                None
+            }
+        })
+        .context("starting the sampler thread")?;
+    let threads = match init_rx.recv() {
+        Ok(Ok(n)) => n,
+        Ok(Err(errno)) => {
+            let _ = sampler.join();
+            return Err(anyhow!(permissions::explain(cfg.pid, errno)));
+        }
+        Err(_) => {
+            let _ = sampler.join();
+            bail!("the sampler thread failed to start");
+        }
+    };
+    progress(&format!(
+        "attached to {} ({name}): {threads} threads, sampling at {} Hz{}; Ctrl-C to stop",
+        cfg.pid,
+        cfg.frequency,
+        cfg.duration.map(|d| format!(" for {:.1} s", d.as_secs_f64())).unwrap_or_default()
+    ));
+
+    let mut processor = Processor::new(cfg.pid, cfg.max_frames, pool_tx, false);
+    let mut next_report = 10_000_000_000u64;
+    processor.run(&rx, |p, t| {
+        if t >= next_report {
+            next_report += 10_000_000_000;
+            progress(&format!(
+                "{:.0} s: {} samples, {:.1}% complete stacks",
+                t as f64 / 1e9,
+                p.profile.total_samples(),
+                100.0 * p.profile.complete_samples() as f64 / p.profile.total_samples().max(1) as f64
+            ));
+        }
+    });
+    let sampler_stats = sampler
+        .join()
+        .map_err(|_| anyhow!("the sampler thread panicked"))?
+        .unwrap_or_default();
+    let stop = sampler_stats.stop.unwrap_or(StopReason::Aborted);
+    if stop == StopReason::TargetExited {
+        progress(&format!("target {} exited; writing what was collected", cfg.pid));
+    }
+
+    let mut sym = Symbolizer::new(cfg.debug_dirs.clone());
+    let lines = output::folded_lines(&mut processor, &mut sym);
+    output::write_all(&cfg.outputs, &lines, &format!("profiler: {name} ({})", cfg.pid))?;
+    let threads = processor
+        .profile
+        .threads()
+        .iter()
+        .map(|(tid, t)| (*tid, t.name.clone(), t.samples, t.complete))
+        .collect();
+    let mut details = Vec::new();
+    if cfg.verbose {
+        let ps = &processor.stats;
+        details.push(format!(
+            "unwinds {} ({} frames, {:.1} µs each), maps re-read {}, modules {}, captured {}, reused {}, ticks {} (skipped {}), stack bytes {}",
+            ps.unwinds,
+            ps.frames,
+            ps.unwind_time.as_secs_f64() * 1e6 / ps.unwinds.max(1) as f64,
+            ps.maps_rereads,
+            processor.modules.all().len(),
+            sampler_stats.captured,
+            sampler_stats.repeated,
+            sampler_stats.ticks,
+            sampler_stats.ticks_skipped,
+            sampler_stats.stack_bytes
+        ));
+        for m in processor.modules.all() {
+            if let Some(e) = &m.load_error {
+                details.push(format!("module {}: {e}", m.path));
+            }
+        }
+    }
+    Ok(Summary {
+        pid: cfg.pid,
+        name,
+        stop,
+        samples: processor.profile.total_samples(),
+        complete: processor.profile.complete_samples(),
+        threads,
+        frequency: cfg.frequency,
+        top: output::top_functions(&lines, 10),
+        files: cfg.outputs.clone(),
+        agent_cpu: agent_cpu_seconds(),
+        sampler: sampler_stats,
+        details,
+    })
+}

@@ -1,0 +1,85 @@
+//! Command-line arguments exactly as typed (clap derive). Validation and defaults that
+//! depend on each other live in `app::AttachConfig::from_args`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A sampling profiler for running Linux processes.
+#[derive(Debug, Parser)]
+#[command(name = "profiler", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to a running process and sample every thread's stack.
+    Attach(AttachArgs),
+}
+
+/// `profiler attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Process to profile (as seen in the agent's PID namespace).
+    #[arg(long, short = 'p')]
+    pub pid: i32,
+
+    /// Samples per second per thread.
+    #[arg(long, short = 'F', default_value_t = 100.0)]
+    pub frequency: f64,
+
+    /// Stop after this many seconds (default: until Ctrl-C, SIGTERM or the target exits).
+    #[arg(long, short = 'd')]
+    pub duration: Option<f64>,
+
+    /// Where to write the profile; the format follows the name: `*.folded` (folded stacks),
+    /// `*.svg` (flame graph). May be given more than once.
+    #[arg(long, short = 'o')]
+    pub output: Vec<PathBuf>,
+
+    /// Extra directory to search for separate debug files (by build-id and
+    /// .gnu_debuglink), besides /usr/lib/debug. May be given more than once.
+    #[arg(long)]
+    pub debug_dir: Vec<PathBuf>,
+
+    /// Most bytes of stack copied per sample (deeper stacks end in `[truncated]`).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub max_stack_bytes: usize,
+
+    /// Most frames per stack (deeper stacks end in `[max depth]`).
+    #[arg(long, default_value_t = 4096)]
+    pub max_frames: usize,
+
+    /// Print progress and internal counters.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_attach() {
+        let cli = Cli::try_parse_from([
+            "profiler", "attach", "--pid", "42", "-F", "1000", "--duration", "2.5", "-o",
+            "a.svg", "-o", "b.folded",
+        ])
+        .unwrap();
+        let Command::Attach(a) = cli.command;
+        assert_eq!(a.pid, 42);
+        assert_eq!(a.frequency, 1000.0);
+        assert_eq!(a.duration, Some(2.5));
+        assert_eq!(a.output.len(), 2);
+    }
+
+    #[test]
+    fn pid_is_required() {
+        assert!(Cli::try_parse_from(["profiler", "attach"]).is_err());
+        assert!(Cli::try_parse_from(["profiler", "attach", "--pid", "x"]).is_err());
+    }
+}

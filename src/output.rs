@@ -1,0 +1,166 @@
+//! Local outputs: Brendan Gregg's folded stacks (`*.folded`) and flame graphs (`*.svg`,
+//! drawn by inferno), plus the numbers for the closing summary.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::processor::Processor;
+use crate::symbolize::Symbolizer;
+
+/// Output formats chosen by file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `*.folded`
+    Folded,
+    /// `*.svg`
+    Svg,
+}
+
+/// The format a path asks for, or None for a name this module does not write.
+pub fn format_of(path: &Path) -> Option<Format> {
+    match path.extension()?.to_str()? {
+        "folded" | "txt" => Some(Format::Folded),
+        "svg" => Some(Format::Svg),
+        _ => None,
+    }
+}
+
+/// Folded stack lines, `thread;root;...;leaf count`, sorted, one per unique stack (threads
+/// with the same name share lines). Inlined functions are frames of their own.
+pub fn folded_lines(p: &mut Processor, sym: &mut Symbolizer) -> Vec<String> {
+    let mut agg: HashMap<String, u64> = HashMap::new();
+    let mut idx = Vec::new();
+    let counts: Vec<_> = p.profile.counts().iter().map(|(&k, &v)| (k, v)).collect();
+    for ((tid, stack), count) in counts {
+        let thread = p
+            .profile
+            .threads()
+            .get(&tid)
+            .map(|t| t.name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("tid-{tid}"));
+        let mut line = clean(&thread);
+        p.profile.stack_frames(stack, &mut idx);
+        for &f in idx.iter().rev() {
+            let names = p.names(f, sym);
+            for n in names.iter().rev() {
+                line.push(';');
+                line.push_str(&clean(&n.function));
+            }
+        }
+        *agg.entry(line).or_default() += count;
+    }
+    let mut lines: Vec<String> = agg.into_iter().map(|(l, c)| format!("{l} {c}")).collect();
+    lines.sort();
+    lines
+}
+
+/// A frame name made safe for the folded format (no `;`, no newline).
+fn clean(name: &str) -> String {
+    name.replace([';', '\n'], ",")
+}
+
+/// Write `lines` to every path in the format its name asks for.
+pub fn write_all(paths: &[PathBuf], lines: &[String], title: &str) -> Result<()> {
+    for path in paths {
+        match format_of(path) {
+            Some(Format::Folded) => write_folded(path, lines)?,
+            Some(Format::Svg) => write_svg(path, lines, title)?,
+            None => bail!("unknown output format for {}", path.display()),
+        }
+    }
+    Ok(())
+}
+
+fn create(path: &Path) -> Result<BufWriter<std::fs::File>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(BufWriter::new(f))
+}
+
+/// Write folded stacks.
+pub fn write_folded(path: &Path, lines: &[String]) -> Result<()> {
+    let mut w = create(path)?;
+    for l in lines {
+        writeln!(w, "{l}")?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Write a flame graph.
+pub fn write_svg(path: &Path, lines: &[String], title: &str) -> Result<()> {
+    let mut w = create(path)?;
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.to_string();
+    opts.count_name = "samples".to_string();
+    if lines.is_empty() {
+        // inferno refuses empty input; an empty profile still gets a valid picture.
+        let mut o = inferno::flamegraph::Options::default();
+        o.title = format!("{title} (no samples)");
+        inferno::flamegraph::from_lines(&mut o, ["no-samples 1"].iter().copied(), &mut w)
+            .context("drawing the flame graph")?;
+    } else {
+        inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut w)
+            .context("drawing the flame graph")?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Functions by self samples (the innermost named frame of each stack), most first.
+pub fn top_functions(lines: &[String], n: usize) -> Vec<(String, u64)> {
+    let mut by_fn: HashMap<&str, u64> = HashMap::new();
+    for l in lines {
+        let Some((stack, count)) = l.rsplit_once(' ') else { continue };
+        let count: u64 = count.parse().unwrap_or(0);
+        let leaf = stack.rsplit(';').next().unwrap_or(stack);
+        *by_fn.entry(leaf).or_default() += count;
+    }
+    let mut v: Vec<(String, u64)> = by_fn.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_by_name() {
+        assert_eq!(format_of(Path::new("a/b.folded")), Some(Format::Folded));
+        assert_eq!(format_of(Path::new("b.svg")), Some(Format::Svg));
+        assert_eq!(format_of(Path::new("b.json")), None);
+        assert_eq!(format_of(Path::new("b")), None);
+    }
+
+    #[test]
+    fn top_functions_by_leaf() {
+        let lines = vec![
+            "main;main;a 5".to_string(),
+            "main;main;b;a 3".to_string(),
+            "worker;start;b 4".to_string(),
+        ];
+        let top = top_functions(&lines, 2);
+        assert_eq!(top, vec![("a".to_string(), 8), ("b".to_string(), 4)]);
+    }
+
+    #[test]
+    fn writes_svg_and_folded() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = vec!["t;main;work 3".to_string()];
+        let paths = vec![dir.path().join("p.folded"), dir.path().join("sub/p.svg")];
+        write_all(&paths, &lines, "test").unwrap();
+        assert_eq!(std::fs::read_to_string(&paths[0]).unwrap(), "t;main;work 3\n");
+        let svg = std::fs::read_to_string(&paths[1]).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("work"));
+        write_all(&[dir.path().join("e.svg")], &[], "empty").unwrap();
+        assert!(write_all(&[dir.path().join("x.bin")], &lines, "t").is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! Aggregation of unwound samples: frames and stacks interned once (stacks as a prefix tree
+//! of (parent, frame) nodes, root first), sample counts per thread and stack. Pure data:
+//! names are attached later, once per unique frame.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::types::{StackEnd, Tid};
+
+/// Module id of frames that lie in no known module (JIT code, unmapped addresses).
+pub const NO_MODULE: u32 = u32::MAX;
+/// Module id of the marker frames that end an incomplete stack.
+pub const MARKER: u32 = u32::MAX - 1;
+
+/// A frame before naming: where the address lies and what kind of address it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrameKey {
+    /// Module id (`ModuleMap` index), `NO_MODULE` or `MARKER`.
+    pub module: u32,
+    /// Absolute address; for a marker, the marker kind.
+    pub addr: u64,
+    /// Return address (look up at addr - 1) rather than an exact pc.
+    pub is_return: bool,
+}
+
+impl FrameKey {
+    /// The marker frame standing at the root side of a stack that ended early.
+    pub fn marker(end: StackEnd) -> Option<FrameKey> {
+        let addr = match end {
+            StackEnd::Root => return None,
+            StackEnd::Truncated => 0,
+            StackEnd::Unknown => 1,
+            StackEnd::MaxDepth => 2,
+        };
+        Some(FrameKey { module: MARKER, addr, is_return: false })
+    }
+
+    /// The marker's display name, for a marker frame.
+    pub fn marker_name(&self) -> Option<&'static str> {
+        (self.module == MARKER).then(|| match self.addr {
+            0 => "[truncated]",
+            1 => "[unknown]",
+            _ => "[max depth]",
+        })
+    }
+}
+
+/// Index of an interned stack (its leaf node).
+pub type StackId = u32;
+
+const ROOT: u32 = u32::MAX;
+
+/// Per-thread facts.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadStats {
+    /// Latest name.
+    pub name: String,
+    /// Samples taken.
+    pub samples: u64,
+    /// Samples whose stack reached the thread's root.
+    pub complete: u64,
+}
+
+/// Interned frames and stacks with their sample counts.
+#[derive(Default)]
+pub struct Profile {
+    frames: Vec<FrameKey>,
+    frame_index: HashMap<FrameKey, u32>,
+    nodes: Vec<(u32, u32)>,
+    node_index: HashMap<(u32, u32), u32>,
+    counts: HashMap<(Tid, StackId), u64>,
+    threads: BTreeMap<Tid, ThreadStats>,
+    /// How stacks ended, over all samples.
+    pub ends: HashMap<StackEnd, u64>,
+}
+
+impl Profile {
+    /// An empty profile.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Intern a frame.
+    pub fn frame(&mut self, key: FrameKey) -> u32 {
+        if let Some(&i) = self.frame_index.get(&key) {
+            return i;
+        }
+        let i = self.frames.len() as u32;
+        self.frames.push(key);
+        self.frame_index.insert(key, i);
+        i
+    }
+
+    /// Every interned frame, by index.
+    pub fn frames(&self) -> &[FrameKey] {
+        &self.frames
+    }
+
+    /// Intern a stack given leaf first; an incomplete stack gets its marker at the root.
+    /// None for an empty stack.
+    pub fn intern(&mut self, leaf_first: &[FrameKey], end: StackEnd) -> Option<StackId> {
+        let mut node = ROOT;
+        let marker = FrameKey::marker(end);
+        for key in marker.iter().chain(leaf_first.iter().rev()) {
+            let f = self.frame(*key);
+            node = match self.node_index.get(&(node, f)) {
+                Some(&n) => n,
+                None => {
+                    let n = self.nodes.len() as u32;
+                    self.nodes.push((node, f));
+                    self.node_index.insert((node, f), n);
+                    n
+                }
+            };
+        }
+        (node != ROOT).then_some(node)
+    }
+
+    /// Frame indexes of a stack, leaf first.
+    pub fn stack_frames(&self, stack: StackId, out: &mut Vec<u32>) {
+        out.clear();
+        let mut node = stack;
+        while node != ROOT {
+            let (parent, frame) = self.nodes[node as usize];
+            out.push(frame);
+            node = parent;
+        }
+    }
+
+    /// Count one sample of `tid` with `stack`.
+    pub fn add_sample(&mut self, tid: Tid, stack: StackId, end: StackEnd) {
+        *self.counts.entry((tid, stack)).or_default() += 1;
+        *self.ends.entry(end).or_default() += 1;
+        let t = self.threads.entry(tid).or_default();
+        t.samples += 1;
+        if end.is_complete() {
+            t.complete += 1;
+        }
+    }
+
+    /// Set a thread's name.
+    pub fn set_thread_name(&mut self, tid: Tid, name: &str) {
+        self.threads.entry(tid).or_default().name = name.to_string();
+    }
+
+    /// Per-thread facts.
+    pub fn threads(&self) -> &BTreeMap<Tid, ThreadStats> {
+        &self.threads
+    }
+
+    /// Sample counts by (thread, stack).
+    pub fn counts(&self) -> &HashMap<(Tid, StackId), u64> {
+        &self.counts
+    }
+
+    /// All samples.
+    pub fn total_samples(&self) -> u64 {
+        self.threads.values().map(|t| t.samples).sum()
+    }
+
+    /// Samples whose stack reached the root.
+    pub fn complete_samples(&self) -> u64 {
+        self.threads.values().map(|t| t.complete).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(addr: u64) -> FrameKey {
+        FrameKey { module: 0, addr, is_return: true }
+    }
+
+    #[test]
+    fn stacks_share_prefixes_and_round_trip() {
+        let mut p = Profile::new();
+        let a = p.intern(&[f(3), f(2), f(1)], StackEnd::Root).unwrap();
+        let b = p.intern(&[f(4), f(2), f(1)], StackEnd::Root).unwrap();
+        let a2 = p.intern(&[f(3), f(2), f(1)], StackEnd::Root).unwrap();
+        assert_eq!(a, a2);
+        assert_ne!(a, b);
+        assert_eq!(p.frames().len(), 4);
+        let mut out = Vec::new();
+        p.stack_frames(b, &mut out);
+        let addrs: Vec<u64> = out.iter().map(|&i| p.frames()[i as usize].addr).collect();
+        assert_eq!(addrs, vec![4, 2, 1]);
+    }
+
+    #[test]
+    fn incomplete_stacks_carry_a_marker_at_the_root() {
+        let mut p = Profile::new();
+        let s = p.intern(&[f(9)], StackEnd::Truncated).unwrap();
+        let mut out = Vec::new();
+        p.stack_frames(s, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(p.frames()[out[1] as usize].marker_name(), Some("[truncated]"));
+        p.add_sample(5, s, StackEnd::Truncated);
+        p.add_sample(5, s, StackEnd::Truncated);
+        assert_eq!(p.counts()[&(5, s)], 2);
+        assert_eq!(p.total_samples(), 2);
+        assert_eq!(p.complete_samples(), 0);
+        assert!(p.intern(&[], StackEnd::Root).is_none());
+    }
+}

@@ -1,0 +1,428 @@
+//! The sampling loop. It runs on its own thread, which is the tracer (ptrace is per thread).
+//! Each tick it stops each thread that may have run since its last sample, reads its
+//! registers, copies its used stack with `process_vm_readv` and resumes it at once;
+//! unwinding happens on the processor thread. Threads that did not run are not stopped:
+//! their previous stack is reused. Signals for the target are passed on as they arrive.
+
+pub mod timer;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use nix::sys::signal::Signal;
+
+use crate::memory::StackSnapshot;
+use crate::os::proc::{self, Activity};
+use crate::os::ptrace::{AttachError, Event, Missed, Tracer};
+use crate::os::signals::{self, Wake};
+use crate::os::vm;
+use crate::procmaps::{self, Mapping};
+use crate::types::{Pid, Regs, Tid};
+use timer::Schedule;
+
+/// What the sampler sends to the processor, in order.
+#[derive(Debug)]
+pub enum Msg {
+    /// The target's mappings changed (or are first known): the full maps text.
+    Maps(String),
+    /// A captured thread.
+    Sample {
+        /// Thread.
+        tid: Tid,
+        /// Nanoseconds since the session's start (monotonic).
+        time_ns: u64,
+        /// Registers at the stop.
+        regs: Regs,
+        /// The used part of the stack.
+        stack: StackSnapshot,
+    },
+    /// A thread that has not run since its last sample: its last stack again.
+    Repeat {
+        /// Thread.
+        tid: Tid,
+        /// Nanoseconds since the session's start.
+        time_ns: u64,
+    },
+    /// A thread's name (sent when first seen and when it changes).
+    ThreadName {
+        /// Thread.
+        tid: Tid,
+        /// Its `comm`.
+        name: String,
+    },
+    /// A thread exited.
+    ThreadExited(Tid),
+}
+
+/// Sampler settings.
+#[derive(Clone, Debug)]
+pub struct SamplerConfig {
+    /// Target process.
+    pub pid: Pid,
+    /// Ticks per second.
+    pub frequency: f64,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Most stack bytes copied per sample.
+    pub max_stack_bytes: usize,
+}
+
+/// Why sampling ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// `--duration` elapsed.
+    Duration,
+    /// SIGINT, SIGTERM or SIGHUP.
+    Signal(Signal),
+    /// The target exited.
+    TargetExited,
+    /// The processor hung up.
+    Aborted,
+}
+
+/// Counters from the sampler.
+#[derive(Clone, Debug, Default)]
+pub struct SamplerStats {
+    /// Ticks run.
+    pub ticks: u64,
+    /// Ticks skipped because the sampler fell behind.
+    pub ticks_skipped: u64,
+    /// Threads stopped and captured.
+    pub captured: u64,
+    /// Samples of threads that had not run (stack reused).
+    pub repeated: u64,
+    /// Samples missed: thread gone, did not stop in time, or the kernel refused.
+    pub missed: u64,
+    /// Samples dropped because the processor fell behind.
+    pub dropped: u64,
+    /// Pause of the target thread per capture, in microseconds (histogram, 1 µs buckets).
+    pub pause_us: Vec<u32>,
+    /// Bytes of stack copied.
+    pub stack_bytes: u64,
+    /// Seconds from the first to the last tick.
+    pub elapsed: f64,
+    /// Threads seen in all.
+    pub threads_seen: u64,
+    /// Why it stopped.
+    pub stop: Option<StopReason>,
+}
+
+impl SamplerStats {
+    /// A percentile (0..=100) of the pause histogram, in microseconds.
+    pub fn pause_percentile(&self, p: f64) -> Option<u32> {
+        let total: u64 = self.pause_us.iter().map(|&c| c as u64).sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (us, &c) in self.pause_us.iter().enumerate() {
+            seen += c as u64;
+            if seen >= want {
+                return Some(us as u32);
+            }
+        }
+        Some(self.pause_us.len() as u32)
+    }
+
+    fn record_pause(&mut self, d: Duration) {
+        let us = (d.as_micros() as usize).min(9_999);
+        if self.pause_us.len() <= us {
+            self.pause_us.resize(us + 1, 0);
+        }
+        self.pause_us[us] += 1;
+    }
+}
+
+struct ThreadSlot {
+    activity: Option<Activity>,
+    name: Option<String>,
+    name_checked: Instant,
+    stack_range: Option<(u64, u64)>,
+}
+
+/// Runs the sampling loop on the calling thread.
+pub struct Sampler {
+    cfg: SamplerConfig,
+    tracer: Tracer,
+    tx: Sender<Msg>,
+    pool: Receiver<Vec<u8>>,
+    threads: HashMap<Tid, ThreadSlot>,
+    maps: Vec<Mapping>,
+    maps_text: String,
+    maps_read_at: Instant,
+    maps_interval: Duration,
+    epoch: Instant,
+    stats: SamplerStats,
+}
+
+impl Sampler {
+    /// Seize the target. Must be called on the thread that will run `run`.
+    pub fn attach(
+        cfg: SamplerConfig,
+        tx: Sender<Msg>,
+        pool: Receiver<Vec<u8>>,
+        epoch: Instant,
+    ) -> Result<Sampler, AttachError> {
+        let tracer = Tracer::attach(cfg.pid)?;
+        let mut s = Sampler {
+            cfg,
+            tracer,
+            tx,
+            pool,
+            threads: HashMap::new(),
+            maps: Vec::new(),
+            maps_text: String::new(),
+            maps_read_at: Instant::now(),
+            maps_interval: Duration::from_millis(20),
+            epoch,
+            stats: SamplerStats::default(),
+        };
+        s.refresh_maps();
+        for tid in s.tracer.threads() {
+            s.add_thread(tid);
+        }
+        Ok(s)
+    }
+
+    /// Threads traced now.
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    fn add_thread(&mut self, tid: Tid) {
+        self.stats.threads_seen += 1;
+        self.threads.insert(
+            tid,
+            ThreadSlot {
+                activity: None,
+                name: None,
+                name_checked: Instant::now() - Duration::from_secs(10),
+                stack_range: None,
+            },
+        );
+    }
+
+    /// Re-read the maps; send them on when they changed. Returns false when the process is
+    /// gone.
+    fn refresh_maps(&mut self) -> bool {
+        let t0 = Instant::now();
+        let Ok(text) = proc::read_maps(self.cfg.pid) else {
+            return false;
+        };
+        let cost = t0.elapsed();
+        self.maps_read_at = Instant::now();
+        // Keep re-reading cheap relative to the work: at least 20 ms apart, and at least
+        // 50 times the cost of one read.
+        self.maps_interval = (cost * 50).max(Duration::from_millis(20));
+        if text != self.maps_text {
+            self.maps = procmaps::parse(&text);
+            self.maps_text = text.clone();
+            let _ = self.tx.send(Msg::Maps(text));
+            for t in self.threads.values_mut() {
+                t.stack_range = None;
+            }
+        }
+        true
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn handle_events(&mut self) {
+        for ev in self.tracer.take_events() {
+            match ev {
+                Event::NewThread(tid) => {
+                    if !self.threads.contains_key(&tid) {
+                        self.add_thread(tid);
+                    }
+                }
+                Event::ThreadExited(tid) => {
+                    if self.threads.remove(&tid).is_some() {
+                        let _ = self.tx.send(Msg::ThreadExited(tid));
+                    }
+                }
+                Event::Exec => {
+                    self.refresh_maps();
+                    for t in self.threads.values_mut() {
+                        t.activity = None;
+                        t.name = None;
+                    }
+                }
+                Event::ProcessExited => {}
+            }
+        }
+        // Threads the tracer knows of that we did not hear about (first stops seen early).
+        for tid in self.tracer.threads() {
+            if !self.threads.contains_key(&tid) {
+                self.add_thread(tid);
+            }
+        }
+    }
+
+    /// Sleep until `deadline` (relative to the epoch), passing signals and events on.
+    fn sleep_until(&mut self, deadline_ns: u64) -> Option<StopReason> {
+        loop {
+            let now = self.now_ns();
+            if now >= deadline_ns {
+                return None;
+            }
+            match signals::wait(Duration::from_nanos(deadline_ns - now)) {
+                Wake::Timeout => {}
+                Wake::Child => {
+                    self.tracer.drain();
+                    self.handle_events();
+                    if self.tracer.process_exited() {
+                        return Some(StopReason::TargetExited);
+                    }
+                }
+                Wake::Stop(sig) => return Some(StopReason::Signal(sig)),
+            }
+        }
+    }
+
+    /// Run until the duration ends, a stop signal arrives or the target exits. Detaches
+    /// from the target before returning.
+    pub fn run(mut self) -> SamplerStats {
+        signals::precise_timers();
+        let start = self.now_ns();
+        let mut schedule = Schedule::new(start, self.cfg.frequency, 0.25, fastrand::u64(..));
+        let end_ns = self.cfg.duration.map(|d| start + d.as_nanos() as u64);
+        let mut first_tick = None;
+        let mut last_tick = start;
+        let stop = loop {
+            let deadline = schedule.next(self.now_ns());
+            if let Some(end) = end_ns {
+                if deadline >= end {
+                    if let Some(r) = self.sleep_until(end) {
+                        break r;
+                    }
+                    break StopReason::Duration;
+                }
+            }
+            if let Some(r) = self.sleep_until(deadline) {
+                break r;
+            }
+            if let Some(sig) = self.tracer.take_stop_request() {
+                break StopReason::Signal(sig);
+            }
+            self.tracer.drain();
+            self.handle_events();
+            if self.tracer.process_exited() {
+                break StopReason::TargetExited;
+            }
+            if self.maps_read_at.elapsed() >= self.maps_interval && !self.refresh_maps() {
+                break StopReason::TargetExited;
+            }
+            let tick_ns = self.now_ns();
+            first_tick.get_or_insert(tick_ns);
+            last_tick = tick_ns;
+            self.stats.ticks += 1;
+            if !self.tick() {
+                break StopReason::Aborted;
+            }
+            if let Some(sig) = self.tracer.take_stop_request() {
+                break StopReason::Signal(sig);
+            }
+        };
+        self.stats.ticks_skipped = schedule.skipped();
+        self.stats.elapsed = (last_tick.saturating_sub(first_tick.unwrap_or(last_tick))) as f64 / 1e9
+            + schedule.period_ns() as f64 / 1e9;
+        self.stats.stop = Some(stop);
+        self.tracer.detach_all();
+        self.stats
+    }
+
+    /// Sample every thread once. False when the processor is gone.
+    fn tick(&mut self) -> bool {
+        let pid = self.cfg.pid;
+        let mut tids: Vec<Tid> = self.threads.keys().copied().collect();
+        tids.sort_unstable();
+        for tid in tids {
+            if self.tracer.is_group_stopped(tid) {
+                continue;
+            }
+            let Some(slot) = self.threads.get_mut(&tid) else { continue };
+            // Name: on first sight and every second (threads name themselves after start).
+            if slot.name_checked.elapsed() >= Duration::from_secs(1) {
+                slot.name_checked = Instant::now();
+                if let Some(n) = proc::thread_name(pid, tid) {
+                    if slot.name.as_deref() != Some(n.as_str()) {
+                        slot.name = Some(n.clone());
+                        if self.tx.send(Msg::ThreadName { tid, name: n }).is_err() {
+                            return false;
+                        }
+                    }
+                }
+            }
+            if slot.activity.is_none() {
+                slot.activity = Activity::open(pid, tid);
+            }
+            let ran = slot.activity.as_mut().is_none_or(|a| a.ran_since_last());
+            let time_ns = self.epoch.elapsed().as_nanos() as u64;
+            if !ran {
+                self.stats.repeated += 1;
+                if !self.send(Msg::Repeat { tid, time_ns }) {
+                    return false;
+                }
+                continue;
+            }
+            let mut buf = self.pool.try_recv().unwrap_or_default();
+            let max = self.cfg.max_stack_bytes;
+            let known_range = slot.stack_range;
+            let maps = &self.maps;
+            let t0 = Instant::now();
+            let result = self.tracer.sample(tid, |regs| {
+                let sp = regs.sp();
+                let range = known_range
+                    .filter(|&(lo, hi)| sp >= lo && sp < hi)
+                    .or_else(|| procmaps::find(maps, sp).map(|m| (m.start, m.end)));
+                let top = range.map_or(sp + 64 * 1024, |(_, hi)| hi);
+                let len = (top.saturating_sub(sp) as usize).min(max);
+                buf.resize(len, 0);
+                let n = vm::read(tid, sp, &mut buf);
+                buf.truncate(n);
+                (*regs, range)
+            });
+            let pause = t0.elapsed();
+            match result {
+                Ok((regs, range)) => {
+                    self.stats.record_pause(pause);
+                    self.stats.captured += 1;
+                    self.stats.stack_bytes += buf.len() as u64;
+                    if let Some(slot) = self.threads.get_mut(&tid) {
+                        slot.stack_range = range;
+                    }
+                    let stack = StackSnapshot { start: regs.sp(), bytes: buf };
+                    if !self.send(Msg::Sample { tid, time_ns, regs, stack }) {
+                        return false;
+                    }
+                }
+                Err(Missed::Gone) => {
+                    self.handle_events();
+                    if self.threads.remove(&tid).is_some() {
+                        let _ = self.tx.send(Msg::ThreadExited(tid));
+                    }
+                }
+                Err(Missed::GroupStopped) => {}
+                Err(_) => self.stats.missed += 1,
+            }
+        }
+        true
+    }
+
+    /// Send without blocking; a full channel drops the message (counted). False when the
+    /// processor is gone.
+    fn send(&mut self, msg: Msg) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.stats.dropped += 1;
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
