@@ -362,10 +362,8 @@ impl Tracer {
         let Some(state) = self.threads.get(&tid).copied() else {
             return;
         };
-        if state.group_stopped {
-            let _ = ptrace::detach(npid(tid), None);
-            return;
-        }
+        // A thread parked with PTRACE_LISTEN accepts only PTRACE_INTERRUPT: interrupt it
+        // too; it then reports a stop and can be detached, staying in its group-stop.
         if !state.interrupt_pending && ptrace::interrupt(npid(tid)).is_err() {
             return;
         }
