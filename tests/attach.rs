@@ -1,0 +1,355 @@
+//! End-to-end: `profiler attach` against the fixtures (built by `make fixtures`), checked
+//! against what each fixture is known to do.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Fixture, fixture_path, tracer_pid};
+
+fn profiler() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_profiler"))
+}
+
+/// Run the profiler to completion (with a generous timeout) and return its output.
+fn run(args: &[&str]) -> Output {
+    let child = profiler()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child, Duration::from_secs(120))
+}
+
+fn wait_output(mut child: std::process::Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("profiler did not finish in {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Folded stacks as (frames root first, count); the first frame is the thread name.
+fn read_folded(path: &Path) -> Vec<(Vec<String>, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (stack, n) = l.rsplit_once(' ').unwrap();
+            (stack.split(';').map(str::to_string).collect(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+fn total(stacks: &[(Vec<String>, u64)]) -> u64 {
+    stacks.iter().map(|(_, n)| n).sum()
+}
+
+fn count_where(stacks: &[(Vec<String>, u64)], f: impl Fn(&[String]) -> bool) -> u64 {
+    stacks.iter().filter(|(s, _)| f(s)).map(|(_, n)| n).sum()
+}
+
+fn has(s: &[String], name: &str) -> bool {
+    s.iter().any(|f| f == name || f.starts_with(&format!("{name}(")))
+}
+
+/// The achieved rate from the summary line `rate X Hz (asked Y Hz)`.
+fn achieved_rate(summary: &str) -> f64 {
+    let at = summary.find("rate ").expect("summary has a rate");
+    summary[at + 5..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn attach_for(fx: &Fixture, secs: f64, hz: u32, out: &Path, extra: &[&str]) -> Output {
+    let pid = fx.pid().to_string();
+    let (secs, hz) = (secs.to_string(), hz.to_string());
+    let mut args = vec!["attach", "--pid", &pid, "--duration", &secs, "--frequency", &hz];
+    let out = out.to_str().unwrap();
+    args.extend(["--output", out]);
+    args.extend(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "profiler failed: {}", stderr(&o));
+    o
+}
+
+/// Shares of the three workers in the C fixture, checked against the truth (50/30/20),
+/// plus completeness and the inlined helper.
+fn check_c_workers(binary: &str, hz: u32, secs: f64, extra: &[&str]) -> (Vec<(Vec<String>, u64)>, String) {
+    let fx = Fixture::spawn(binary, &[]);
+    let dir = tmp();
+    let folded = dir.path().join("p.folded");
+    let o = attach_for(&fx, secs, hz, &folded, extra);
+    let summary = stderr(&o);
+    let stacks = read_folded(&folded);
+    let n = total(&stacks);
+    assert!(n as f64 >= secs * hz as f64 * 0.9, "{n} samples\n{summary}");
+    let reach_main = count_where(&stacks, |s| has(s, "main"));
+    assert!(
+        reach_main as f64 >= 0.99 * n as f64,
+        "{reach_main}/{n} samples reach main\n{summary}"
+    );
+    for (name, share) in [("worker_direct", 0.5), ("worker_recursive", 0.3), ("worker_indirect", 0.2)] {
+        let got = count_where(&stacks, |s| has(s, name)) as f64 / n as f64;
+        assert!((got - share).abs() <= 0.03, "{name}: {got:.3} vs {share}\n{summary}");
+    }
+    // The inlined helper is a frame of its own, called from worker_direct only.
+    let inl = count_where(&stacks, |s| s.iter().any(|f| f == "mix_bits"));
+    assert!(inl as f64 > 0.2 * n as f64, "mix_bits in {inl}/{n} samples");
+    for (s, _) in &stacks {
+        if let Some(i) = s.iter().position(|f| f == "mix_bits") {
+            assert_eq!(s[i - 1], "worker_direct", "mix_bits under {:?}", &s[..i]);
+        }
+    }
+    // The recursion shows its depth.
+    assert!(stacks.iter().any(|(s, _)| s.iter().filter(|f| *f == "recurse").count() >= 6));
+    (stacks, summary)
+}
+
+#[test]
+fn c_workers_without_frame_pointers_1000hz() {
+    let (_, summary) = check_c_workers("c_workers", 1000, 10.0, &[]);
+    let rate = achieved_rate(&summary);
+    assert!((rate - 1000.0).abs() <= 50.0, "rate {rate}\n{summary}");
+}
+
+#[test]
+fn c_workers_with_frame_pointers_100hz() {
+    let (_, summary) = check_c_workers("c_workers_fp", 100, 5.0, &[]);
+    let rate = achieved_rate(&summary);
+    assert!((rate - 100.0).abs() <= 5.0, "rate {rate}\n{summary}");
+}
+
+#[test]
+fn stripped_copies_named_from_debug_files() {
+    let debug_dir = fixture_path("debug");
+    check_c_workers("c_workers_stripped_buildid", 200, 3.0, &["--debug-dir", debug_dir.to_str().unwrap()]);
+    check_c_workers("c_workers_stripped_debuglink", 200, 3.0, &[]);
+}
+
+#[test]
+fn deep_recursion_is_complete() {
+    let fx = Fixture::spawn("deep_recursion", &[]);
+    // Let it reach the bottom of its recursion.
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = tmp();
+    let folded = dir.path().join("p.folded");
+    let o = attach_for(&fx, 3.0, 100, &folded, &[]);
+    let stacks = read_folded(&folded);
+    let n = total(&stacks);
+    assert!(n >= 250, "{n} samples\n{}", stderr(&o));
+    for (s, c) in &stacks {
+        let depth = s.iter().filter(|f| f.as_str() == "deep").count();
+        assert!(has(s, "main"), "{c} samples do not reach main: {:?}", &s[..s.len().min(5)]);
+        assert!(depth >= 2000, "{c} samples with only {depth} frames of deep");
+    }
+}
+
+fn mangled(f: &str) -> bool {
+    f.starts_with("_Z")
+        || f.starts_with("_R")
+        || f.contains("::h") && f.rsplit("::h").next().is_some_and(|h| h.len() >= 16 && h[..16].chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[test]
+fn cpp_names_threads_and_new_threads() {
+    let fx = Fixture::spawn("cpp_app", &[]);
+    let dir = tmp();
+    let folded = dir.path().join("p.folded");
+    let o = attach_for(&fx, 3.0, 200, &folded, &[]);
+    let stacks = read_folded(&folded);
+    let summary = stderr(&o);
+    for (s, _) in &stacks {
+        for f in s {
+            assert!(!mangled(f), "mangled frame {f}");
+        }
+    }
+    let threads: std::collections::HashSet<&str> = stacks.iter().map(|(s, _)| s[0].as_str()).collect();
+    for t in ["acc-int", "acc-double", "lambda-worker", "pipe-reader", "churner"] {
+        assert!(threads.contains(t), "thread {t} missing from {threads:?}\n{summary}");
+    }
+    // Threads created after the attach are sampled.
+    let short = count_where(&stacks, |s| s.iter().any(|f| f.contains("short_task")));
+    assert!(short > 0, "no samples of short-lived threads\n{summary}");
+    assert!(stacks.iter().any(|(s, _)| s.iter().any(|f| f.contains("app::") && f.contains("Accumulator<"))));
+}
+
+#[test]
+fn rust_names_demangled_legacy_and_v0() {
+    for bin in ["rust_app_legacy", "rust_app_v0"] {
+        let fx = Fixture::spawn(bin, &[]);
+        let dir = tmp();
+        let folded = dir.path().join("p.folded");
+        let o = attach_for(&fx, 2.0, 200, &folded, &[]);
+        let stacks = read_folded(&folded);
+        assert!(total(&stacks) > 100, "{}", stderr(&o));
+        for (s, _) in &stacks {
+            for f in s {
+                assert!(!mangled(f), "{bin}: mangled frame {f}");
+            }
+        }
+        let threads: std::collections::HashSet<&str> = stacks.iter().map(|(s, _)| s[0].as_str()).collect();
+        assert!(threads.contains("rust-crunch-u64"), "{bin}: {threads:?}");
+        assert!(stacks.iter().any(|(s, _)| s.iter().any(|f| f.contains("crunch"))), "{bin}");
+    }
+}
+
+#[test]
+fn dlopen_time_goes_to_each_library() {
+    let fx = Fixture::spawn("dlopen_app", &["--wait-traced"]);
+    let pid = fx.pid().to_string();
+    let dir = tmp();
+    let folded = dir.path().join("p.folded");
+    let o = run(&["attach", "--pid", &pid, "--frequency", "200", "--output", folded.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("target exited"), "{}", stderr(&o));
+    let a = fx.wait_for_line("loaded a", Duration::from_secs(1)).expect("loaded a");
+    let b = fx.wait_for_line("loaded b", Duration::from_secs(1)).expect("loaded b");
+    let stacks = read_folded(&folded);
+    let in_a = count_where(&stacks, |s| has(s, "liba_work"));
+    let in_b = count_where(&stacks, |s| has(s, "libb_work"));
+    let both = count_where(&stacks, |s| has(s, "liba_work") && has(s, "libb_work"));
+    assert_eq!(both, 0);
+    // Each phase is 1.5 s at 200 Hz: about 300 samples each.
+    assert!(in_a > 200 && in_b > 200, "a {in_a}, b {in_b} ({a} / {b})\n{}", stderr(&o));
+    let unnamed = count_where(&stacks, |s| s.iter().any(|f| f.starts_with("libdl_")));
+    assert!(unnamed * 50 < in_a + in_b, "{unnamed} samples with unnamed library frames");
+}
+
+/// After the profiler stops, the target runs on untraced.
+fn assert_released(fx: &Fixture) {
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(tracer_pid(fx.pid()), None, "still traced");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", fx.pid())).unwrap();
+    let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+    assert!(state == 'R' || state == 'S', "target state {state}");
+}
+
+#[test]
+fn stops_cleanly_four_ways() {
+    // 1. --duration
+    let fx = Fixture::spawn("c_workers", &[]);
+    let dir = tmp();
+    let svg = dir.path().join("d.svg");
+    attach_for(&fx, 1.0, 100, &svg, &[]);
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("worker_direct"));
+    assert_released(&fx);
+
+    // 2. and 3. SIGINT and SIGTERM to the profiler.
+    for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+        let folded = dir.path().join(format!("{sig}.folded"));
+        let child = profiler()
+            .args(["attach", "--pid", &fx.pid().to_string(), "--output", folded.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let o = wait_output(child, Duration::from_secs(30));
+        assert!(o.status.success(), "{sig}: {}", stderr(&o));
+        assert!(total(&read_folded(&folded)) > 20, "{sig}");
+        assert_released(&fx);
+    }
+
+    // 4. The target exits.
+    let short = Fixture::spawn("c_workers", &["--seconds", "1.5"]);
+    let folded = dir.path().join("exit.folded");
+    let o = run(&["attach", "--pid", &short.pid().to_string(), "--output", folded.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("target exited"));
+    assert!(total(&read_folded(&folded)) > 50);
+    assert!(short.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn signals_app_passes_its_self_check_at_1000hz() {
+    let fx = Fixture::spawn("signals_app", &["--seconds", "4"]);
+    let pid = fx.pid().to_string();
+    let o = run(&["attach", "--pid", &pid, "--frequency", "1000", "--output", "/dev/null.folded"]);
+    let _ = o;
+    let line = fx.wait_for_line("selfcheck", Duration::from_secs(10)).expect("self-check line");
+    assert_eq!(line.trim(), "selfcheck ok");
+    assert!(fx.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn clear_errors() {
+    let o = run(&["attach", "--pid", "999999999"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no such process"), "{}", stderr(&o));
+
+    // Its own pid: the shell execs the profiler, which keeps the shell's pid.
+    let o = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec {} attach --pid $$", env!("CARGO_BIN_EXE_profiler")))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("own process"), "{}", stderr(&o));
+
+    if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
+        let o = run(&["attach", "--pid", "2"]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("kernel thread"), "{}", stderr(&o));
+    }
+
+    // Already traced by another profiler.
+    let fx = Fixture::spawn("c_workers", &[]);
+    let pid = fx.pid().to_string();
+    let first = profiler().args(["attach", "--pid", &pid, "--duration", "5"]).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tracer_pid(fx.pid()).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = run(&["attach", "--pid", &pid, "--duration", "1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already traced by process"), "{}", stderr(&o));
+    let o = wait_output(first, Duration::from_secs(30));
+    assert!(o.status.success());
+
+    // Bad arguments.
+    let o = run(&["attach", "--pid", &pid, "--frequency", "0"]);
+    assert!(!o.status.success() && stderr(&o).contains("--frequency"));
+    let o = run(&["attach", "--pid", &pid, "--output", "x.pdf"]);
+    assert!(!o.status.success() && stderr(&o).contains("unknown format"));
+}
+
+#[test]
+fn permission_denied_names_the_cause() {
+    // Only meaningful as root with setpriv available: drop to an unprivileged user.
+    if !nix::unistd::geteuid().is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let fx = Fixture::spawn("c_workers", &[]);
+    let exe: PathBuf = env!("CARGO_BIN_EXE_profiler").into();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(&exe)
+        .args(["attach", "--pid", &fx.pid().to_string(), "--duration", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    if e.contains("Permission denied") && e.contains("execute") {
+        eprintln!("skipped: the test binary is not executable by nobody");
+        return;
+    }
+    assert!(e.contains("permission denied"), "{e}");
+    assert!(e.contains("CAP_SYS_PTRACE") || e.contains("ptrace_scope"), "{e}");
+    let _: HashMap<(), ()> = HashMap::new();
+}
