@@ -34,7 +34,9 @@ pub(crate) struct RuleCache {
 impl RuleCache {
     /// An empty cache.
     pub fn new() -> Self {
-        RuleCache { slots: vec![None; CACHE_SLOTS].into_boxed_slice() }
+        RuleCache {
+            slots: vec![None; CACHE_SLOTS].into_boxed_slice(),
+        }
     }
 
     fn slot(addr: u64, module: u32, is_return: bool) -> usize {
@@ -55,7 +57,11 @@ impl RuleCache {
 
     /// Remember a rule, replacing whatever shared its slot.
     pub fn insert(&mut self, addr: u64, module: u32, is_return: bool, rule: FrameRule) {
-        self.slots[Self::slot(addr, module, is_return)] =
-            Some(Entry { addr, module, is_return, rule });
+        self.slots[Self::slot(addr, module, is_return)] = Some(Entry {
+            addr,
+            module,
+            is_return,
+            rule,
+        });
     }
 }

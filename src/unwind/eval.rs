@@ -48,7 +48,11 @@ pub(crate) fn evaluate<M: ReadMemory>(
     bias: u64,
     mem: &M,
 ) -> Result<u64, EvalError> {
-    let encoding = Encoding { format: Format::Dwarf32, version: 4, address_size: 8 };
+    let encoding = Encoding {
+        format: Format::Dwarf32,
+        version: 4,
+        address_size: 8,
+    };
     let mut eval: Evaluation<EndianSlice<'_, LittleEndian>, FixedStore> =
         Evaluation::new_in(EndianSlice::new(bytecode, LittleEndian), encoding);
     eval.set_max_iterations(MAX_EXPR_STEPS);
@@ -59,7 +63,12 @@ pub(crate) fn evaluate<M: ReadMemory>(
     loop {
         state = match state {
             EvaluationResult::Complete => break,
-            EvaluationResult::RequiresMemory { address, size, space: None, .. } => {
+            EvaluationResult::RequiresMemory {
+                address,
+                size,
+                space: None,
+                ..
+            } => {
                 let size = usize::from(size).min(8);
                 let mut buf = [0u8; 8];
                 if size == 0 || !mem.read_bytes(address, &mut buf[..size]) {
@@ -85,10 +94,18 @@ pub(crate) fn evaluate<M: ReadMemory>(
         return v.to_u64(u64::MAX).map_err(|_| EvalError::Invalid);
     }
     match eval.as_result() {
-        [Piece { location: Location::Address { address }, .. }] => Ok(*address),
-        [Piece { location: Location::Value { value }, .. }] => {
-            value.to_u64(u64::MAX).map_err(|_| EvalError::Invalid)
-        }
+        [
+            Piece {
+                location: Location::Address { address },
+                ..
+            },
+        ] => Ok(*address),
+        [
+            Piece {
+                location: Location::Value { value },
+                ..
+            },
+        ] => value.to_u64(u64::MAX).map_err(|_| EvalError::Invalid),
         _ => Err(EvalError::Invalid),
     }
 }

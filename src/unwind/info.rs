@@ -6,8 +6,8 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use gimli::{
-    BaseAddresses, DebugFrame, DebugFrameOffset, EhFrame, EhFrameHdr, EhFrameOffset,
-    EndianSlice, LittleEndian, UnwindContext, UnwindSection,
+    BaseAddresses, DebugFrame, DebugFrameOffset, EhFrame, EhFrameHdr, EhFrameOffset, EndianSlice,
+    LittleEndian, UnwindContext, UnwindSection,
 };
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
 use object::{Endianness, Object, ObjectSection};
@@ -94,7 +94,11 @@ fn section_data(bytes: &Bytes, file_range: Option<(u64, u64)>, svma: u64) -> Opt
     if end > bytes.len() || start == end {
         return None;
     }
-    Some(SectionData { bytes: bytes.clone(), range: start..end, svma })
+    Some(SectionData {
+        bytes: bytes.clone(),
+        range: start..end,
+        svma,
+    })
 }
 
 /// `.debug_frame` of an ELF file, decompressed when needed.
@@ -106,7 +110,11 @@ fn debug_frame_of(file: &ElfFile64<'_, Endianness>, bytes: &Bytes) -> Option<Sec
         _ => {
             let data = sec.uncompressed_data().ok()?.into_owned();
             let len = data.len();
-            (len > 0).then(|| SectionData { bytes: Bytes::new(data), range: 0..len, svma })
+            (len > 0).then(|| SectionData {
+                bytes: Bytes::new(data),
+                range: 0..len,
+                svma,
+            })
         }
     }
 }
@@ -182,7 +190,9 @@ impl UnwindInfo {
         // Where the hdr says `.eh_frame` is; used to find it without section headers and
         // to validate the search table against the section we have.
         let hdr_eh_ptr = hdr.as_ref().and_then(|h| {
-            let parsed = EhFrameHdr::new(h.data(), LittleEndian).parse(&bases, 8).ok()?;
+            let parsed = EhFrameHdr::new(h.data(), LittleEndian)
+                .parse(&bases, 8)
+                .ok()?;
             let ptr = parsed.eh_frame_ptr().direct().ok()?;
             Some((ptr, parsed.table().is_some()))
         });
@@ -195,12 +205,16 @@ impl UnwindInfo {
         if let Some(eh) = &eh_frame {
             bases = bases.set_eh_frame(eh.svma);
         }
-        let hdr_ok = matches!((hdr_eh_ptr, &eh_frame), (Some((ptr, true)), Some(eh)) if ptr == eh.svma);
+        let hdr_ok =
+            matches!((hdr_eh_ptr, &eh_frame), (Some((ptr, true)), Some(eh)) if ptr == eh.svma);
         info.eh_frame_hdr = if hdr_ok { hdr } else { None };
         info.eh_frame = eh_frame;
         info.bases = bases;
         if let Some(df) = debug_frame_of(&file, &elf) {
-            info.debug_frames.push(DebugFrameTable { sec: df, index: OnceLock::new() });
+            info.debug_frames.push(DebugFrameTable {
+                sec: df,
+                index: OnceLock::new(),
+            });
         }
         Ok(info)
     }
@@ -216,7 +230,10 @@ impl UnwindInfo {
             return;
         }
         if let Some(df) = debug_frame_of(&file, &debug_elf) {
-            self.debug_frames.push(DebugFrameTable { sec: df, index: OnceLock::new() });
+            self.debug_frames.push(DebugFrameTable {
+                sec: df,
+                index: OnceLock::new(),
+            });
         }
     }
 
@@ -262,7 +279,10 @@ impl UnwindInfo {
     pub(crate) fn table_bytes(&self, table: u8) -> Option<&[u8]> {
         match table {
             0 => self.eh_frame.as_ref().map(SectionData::data),
-            t => self.debug_frames.get(usize::from(t) - 1).map(|d| d.sec.data()),
+            t => self
+                .debug_frames
+                .get(usize::from(t) - 1)
+                .map(|d| d.sec.data()),
         }
     }
 
@@ -298,7 +318,9 @@ impl UnwindInfo {
         let bases = &self.bases;
         let offset = match &self.eh_frame_hdr {
             Some(hdr) => {
-                let parsed = EhFrameHdr::new(hdr.data(), LittleEndian).parse(bases, 8).ok()?;
+                let parsed = EhFrameHdr::new(hdr.data(), LittleEndian)
+                    .parse(bases, 8)
+                    .ok()?;
                 let table = parsed.table()?;
                 let ptr = table.lookup(svma, bases).ok()?;
                 table.pointer_to_offset(ptr).ok()?
@@ -308,13 +330,17 @@ impl UnwindInfo {
                 EhFrameOffset(search(index, svma)?)
             }
         };
-        let fde = section.fde_from_offset(bases, offset, EhFrame::cie_from_offset).ok()?;
+        let fde = section
+            .fde_from_offset(bases, offset, EhFrame::cie_from_offset)
+            .ok()?;
         if !fde.contains(svma) {
             return None;
         }
         let signal = fde.is_signal_trampoline();
         let ra = fde.cie().return_address_register();
-        let row = fde.unwind_info_for_address(&section, bases, ctx, svma).ok()?;
+        let row = fde
+            .unwind_info_for_address(&section, bases, ctx, svma)
+            .ok()?;
         compact(row, ra, signal, 0)
     }
 
@@ -330,13 +356,17 @@ impl UnwindInfo {
         let bases = &self.bases;
         let index = table.index.get_or_init(|| build_index(&section, bases));
         let offset = DebugFrameOffset(search(index, svma)?);
-        let fde = section.fde_from_offset(bases, offset, DebugFrame::cie_from_offset).ok()?;
+        let fde = section
+            .fde_from_offset(bases, offset, DebugFrame::cie_from_offset)
+            .ok()?;
         if !fde.contains(svma) {
             return None;
         }
         let signal = fde.is_signal_trampoline();
         let ra = fde.cie().return_address_register();
-        let row = fde.unwind_info_for_address(&section, bases, ctx, svma).ok()?;
+        let row = fde
+            .unwind_info_for_address(&section, bases, ctx, svma)
+            .ok()?;
         compact(row, ra, signal, id)
     }
 }

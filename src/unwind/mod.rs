@@ -98,7 +98,11 @@ impl UnwinderStats {
     /// Fraction of rule lookups served by the cache (0 when none happened).
     pub fn cache_hit_rate(&self) -> f64 {
         let total = self.cache_hits + self.cache_misses;
-        if total == 0 { 0.0 } else { self.cache_hits as f64 / total as f64 }
+        if total == 0 {
+            0.0
+        } else {
+            self.cache_hits as f64 / total as f64
+        }
     }
 }
 
@@ -257,9 +261,7 @@ impl Unwinder {
                 // before it) is recognised by its code.
                 let pc = frame.addr.wrapping_sub(m.bias);
                 let at_trampoline = m.info.is_sigreturn_at(pc)
-                    || (!frame.is_return
-                        && pc >= 7
-                        && m.info.is_sigreturn_at(pc - 7));
+                    || (!frame.is_return && pc >= 7 && m.info.is_sigreturn_at(pc - 7));
                 match found {
                     _ if at_trampoline => FrameRule::SigReturn,
                     Found::Rule(r) => FrameRule::Cfi(r),
@@ -316,7 +318,11 @@ impl Unwinder {
                 }
                 *regs = new;
                 *valid = new_valid;
-                Step::Next(if rule.signal { FrameAddr::ip(ra) } else { FrameAddr::ret(ra) })
+                Step::Next(if rule.signal {
+                    FrameAddr::ip(ra)
+                } else {
+                    FrameAddr::ret(ra)
+                })
             }
             Err(end) => Step::End(end),
         }
@@ -353,9 +359,7 @@ impl Unwinder {
                 RegRule::SameValue => (valid & (1 << i) != 0).then_some(regs.0[i]),
                 RegRule::Offset(n) => Some(read(cfa.wrapping_add(n as i64 as u64))?),
                 RegRule::ValOffset(n) => Some(cfa.wrapping_add(n as i64 as u64)),
-                RegRule::Register(s) => {
-                    (valid & (1 << s) != 0).then_some(regs.0[usize::from(s)])
-                }
+                RegRule::Register(s) => (valid & (1 << s) != 0).then_some(regs.0[usize::from(s)]),
                 RegRule::Expr(e) => Some(read(self.eval(m, e, Some(cfa), regs, valid, mem)?)?),
                 RegRule::ValExpr(e) => Some(self.eval(m, e, Some(cfa), regs, valid, mem)?),
                 RegRule::Constant(c) => Some(c),
@@ -423,7 +427,11 @@ fn fp_step<M: ReadMemory>(regs: &mut Regs, valid: &mut u32, mem: &M, in_module: 
     let bp = regs.bp();
     let sp = regs.sp();
     if bp == 0 {
-        return Step::End(if in_module { StackEnd::Root } else { StackEnd::Unknown });
+        return Step::End(if in_module {
+            StackEnd::Root
+        } else {
+            StackEnd::Unknown
+        });
     }
     if bp < sp || bp % 8 != 0 {
         return Step::End(StackEnd::Unknown);
