@@ -1,34 +1,57 @@
 //! Stack unwinding over captured registers and memory: DWARF CFI (`.eh_frame` through
-//! `.eh_frame_hdr`, `.debug_frame`) through gimli, frame pointers where no CFI covers an
-//! address. Pure code: it never opens a file or touches a process.
+//! `.eh_frame_hdr`, `.debug_frame`) through gimli, signal trampolines, and frame pointers
+//! where no CFI covers an address. Pure code: it never opens a file or touches a process.
 //!
-//! OWNER: unwinder helper. The public items below are the contract with the rest of the
-//! crate; their bodies are to be written.
+//! # Address vocabulary
+//!
+//! - **AVMA** (actual virtual memory address): an address in the target process, as found
+//!   in registers, on the stack and in [`FrameAddr`]s.
+//! - **SVMA** (stated virtual memory address): an address as the ELF file states it
+//!   (`p_vaddr`, `sh_addr`, FDE ranges). For a PIE or shared object the first `PT_LOAD`
+//!   usually states 0; for a non-PIE executable the SVMAs equal the AVMAs.
+//! - **bias** = AVMA − SVMA of a module ([`ModuleRef::bias`]), the same for every
+//!   segment of one mapping. The unwinder looks a frame up at
+//!   `svma = frame.lookup_addr() - bias`; `DW_OP_addr` operands are relocated by `+ bias`.
+//!
+//! Inside one image, `.eh_frame` pointers encoded `DW_EH_PE_pcrel` are relative to the
+//! SVMA of the byte being read, so the section addresses (`sh_addr`, not file offsets)
+//! are handed to gimli's `BaseAddresses` together with `.text` and `.got`.
+//!
+//! # The walk
+//!
+//! Frame 0 is the exact instruction pointer; every caller is a return address looked up
+//! at `addr - 1`, except a frame interrupted by a signal, which is exact again. For each
+//! frame the unwinder finds the module, the CFI row for the address (cached as a compact
+//! [`Copy`] rule keyed by module id and address) and computes the caller's registers:
+//! CFA (`reg + offset` or an expression), the return address and every register with a
+//! rule (callee-saved ones default to "same value"). Without CFI it recognises the
+//! `rt_sigreturn` trampoline by its code bytes, tries the return address at `[rsp]` for
+//! an exact pc (a frameless stub), and finally follows the frame pointer chain.
+//!
+//! The walk ends with [`StackEnd::Root`] at a return address the CFI marks undefined
+//! (`_start`, the child side of `clone`/`clone3`), at a return address of 0, or at a null
+//! frame pointer inside a known module; [`StackEnd::Truncated`] when a needed read falls
+//! outside the captured memory; [`StackEnd::Unknown`] when nothing explains the next
+//! frame (or the stack pointer would not grow); [`StackEnd::MaxDepth`] at the frame
+//! limit.
 
-use crate::bytes::Bytes;
+mod cache;
+mod eval;
+mod info;
+mod rule;
+#[cfg(test)]
+mod tests;
+
+use gimli::UnwindContext;
+
+use self::cache::{FrameRule, RuleCache};
+use self::eval::{EvalError, EvalRegs};
+use self::info::Found;
+use self::rule::{CALLEE_SAVED, CfaRule, CfiRule, ExprRef, NREGS, RegRule};
 use crate::memory::ReadMemory;
 use crate::types::{FrameAddr, Regs, StackEnd};
 
-/// Unwind tables of one ELF image, built from its bytes.
-#[derive(Debug)]
-pub struct UnwindInfo {
-    _private: (),
-}
-
-impl UnwindInfo {
-    /// Parse the unwind sections of an ELF image (file bytes, or an image read from memory
-    /// such as the vDSO). A corrupt or missing section yields an info with fewer tables,
-    /// not an error, unless the bytes are not an ELF file at all.
-    pub fn from_elf(_elf: Bytes) -> Result<UnwindInfo, String> {
-        unimplemented!()
-    }
-
-    /// Add `.debug_frame` from a separate debug file for addresses `.eh_frame` does not
-    /// cover.
-    pub fn add_debug_file(&mut self, _debug_elf: Bytes) {
-        unimplemented!()
-    }
-}
+pub use self::info::UnwindInfo;
 
 /// A module that covers an address, as given to the unwinder.
 #[derive(Clone, Copy, Debug)]
@@ -48,26 +71,383 @@ pub trait UnwindModules {
     fn find(&self, avma: u64) -> Option<ModuleRef<'_>>;
 }
 
+/// Counters of an [`Unwinder`] since it was made (or since [`Unwinder::reset_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwinderStats {
+    /// Calls to [`Unwinder::unwind`].
+    pub unwinds: u64,
+    /// Frames produced in total.
+    pub frames: u64,
+    /// Frame rules found in the rule cache.
+    pub cache_hits: u64,
+    /// Frame rules computed from the CFI tables (then cached).
+    pub cache_misses: u64,
+    /// Steps through a CFI rule.
+    pub cfi_steps: u64,
+    /// Steps through the `rt_sigreturn` trampoline recognised by its code bytes.
+    pub sigreturn_steps: u64,
+    /// Steps taking `[rsp]` as the return address of a frameless exact pc.
+    pub stack_scan_steps: u64,
+    /// Steps following the frame pointer chain.
+    pub fp_steps: u64,
+    /// DWARF expressions evaluated.
+    pub expr_evals: u64,
+}
+
+impl UnwinderStats {
+    /// Fraction of rule lookups served by the cache (0 when none happened).
+    pub fn cache_hit_rate(&self) -> f64 {
+        let total = self.cache_hits + self.cache_misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.cache_hits as f64 / total as f64
+        }
+    }
+}
+
 /// Walks stacks; owns caches and scratch space reused across calls.
 pub struct Unwinder {
-    _max_frames: usize,
+    max_frames: usize,
+    ctx: Box<UnwindContext<usize>>,
+    cache: RuleCache,
+    stats: UnwinderStats,
 }
+
+/// What one step found.
+enum Step {
+    /// The caller's frame; the register state was updated.
+    Next(FrameAddr),
+    /// The walk is over.
+    End(StackEnd),
+}
+
+/// Every tracked register known.
+const ALL_VALID: u32 = (1 << NREGS) - 1;
+
+const fn bit(reg: u16) -> u32 {
+    1 << reg
+}
+
+/// Registers still known in a caller after a call (the ABI preserves them).
+const CALL_PRESERVED: u32 = {
+    let mut m = bit(Regs::RSP) | bit(Regs::RIP);
+    let mut i = 0;
+    while i < CALLEE_SAVED.len() {
+        m |= bit(CALLEE_SAVED[i]);
+        i += 1;
+    }
+    m
+};
+
+/// `struct ucontext` offset of `uc_mcontext.gregs` on x86_64 (after uc_flags, uc_link and
+/// the 24-byte `stack_t`).
+const UC_MCONTEXT_GREGS: u64 = 40;
+
+/// DWARF numbers of `gregs[0..17]` in x86_64 `struct sigcontext` order: r8..r15, rdi,
+/// rsi, rbp, rbx, rdx, rax, rcx, rsp, rip.
+const SIGCONTEXT_ORDER: [u16; 17] = [8, 9, 10, 11, 12, 13, 14, 15, 5, 4, 6, 3, 1, 0, 2, 7, 16];
 
 impl Unwinder {
     /// An unwinder that stops after `max_frames` frames.
     pub fn new(max_frames: usize) -> Self {
-        Unwinder { _max_frames: max_frames }
+        Unwinder {
+            max_frames,
+            ctx: Box::new(UnwindContext::new()),
+            cache: RuleCache::new(),
+            stats: UnwinderStats::default(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> UnwinderStats {
+        self.stats
+    }
+
+    /// Zero the counters.
+    pub fn reset_stats(&mut self) {
+        self.stats = UnwinderStats::default();
     }
 
     /// Unwind from `regs`, pushing frames (leaf first) into `out` (cleared first), and
     /// report how the walk ended.
     pub fn unwind<M: ReadMemory, U: UnwindModules>(
         &mut self,
-        _regs: &Regs,
-        _mem: &M,
-        _modules: &U,
-        _out: &mut Vec<FrameAddr>,
+        regs: &Regs,
+        mem: &M,
+        modules: &U,
+        out: &mut Vec<FrameAddr>,
     ) -> StackEnd {
-        unimplemented!()
+        out.clear();
+        self.stats.unwinds += 1;
+        let end = self.walk(regs, mem, modules, out);
+        self.stats.frames += out.len() as u64;
+        end
     }
+
+    fn walk<M: ReadMemory, U: UnwindModules>(
+        &mut self,
+        regs: &Regs,
+        mem: &M,
+        modules: &U,
+        out: &mut Vec<FrameAddr>,
+    ) -> StackEnd {
+        if self.max_frames == 0 {
+            return StackEnd::MaxDepth;
+        }
+        let mut regs = *regs;
+        let mut valid = ALL_VALID;
+        let mut frame = FrameAddr::ip(regs.ip());
+        loop {
+            out.push(frame);
+            match self.step(frame, &mut regs, &mut valid, mem, modules) {
+                Step::End(end) => return end,
+                Step::Next(next) => {
+                    if out.len() >= self.max_frames {
+                        return StackEnd::MaxDepth;
+                    }
+                    frame = next;
+                }
+            }
+        }
+    }
+
+    /// Compute the caller of `frame`.
+    fn step<M: ReadMemory, U: UnwindModules>(
+        &mut self,
+        frame: FrameAddr,
+        regs: &mut Regs,
+        valid: &mut u32,
+        mem: &M,
+        modules: &U,
+    ) -> Step {
+        let module = modules.find(frame.lookup_addr());
+        if let Some(m) = module {
+            match self.rule_for(m, frame) {
+                FrameRule::Cfi(rule) => {
+                    self.stats.cfi_steps += 1;
+                    return self.apply_cfi(&rule, m, regs, valid, mem);
+                }
+                FrameRule::SigReturn => {
+                    self.stats.sigreturn_steps += 1;
+                    return sigreturn_step(regs, valid, mem);
+                }
+                FrameRule::NoCfi => {}
+            }
+        }
+        if !frame.is_return
+            && let Some(step) = self.stack_scan_step(regs, valid, mem, modules)
+        {
+            self.stats.stack_scan_steps += 1;
+            return step;
+        }
+        self.stats.fp_steps += 1;
+        fp_step(regs, valid, mem, module.is_some())
+    }
+
+    /// The rule of `frame` in module `m`, from the cache or the tables.
+    fn rule_for(&mut self, m: ModuleRef<'_>, frame: FrameAddr) -> FrameRule {
+        if let Some(rule) = self.cache.get(frame.addr, m.id, frame.is_return) {
+            self.stats.cache_hits += 1;
+            return rule;
+        }
+        self.stats.cache_misses += 1;
+        let svma = frame.lookup_addr().wrapping_sub(m.bias);
+        let found = m.info.find_rule(svma, &mut self.ctx);
+        let rule = match found {
+            Found::Rule(r) if r.signal => FrameRule::Cfi(r),
+            found => {
+                // A signal trampoline without CFI (musl, or CFI that covers the bytes
+                // before it) is recognised by its code.
+                let pc = frame.addr.wrapping_sub(m.bias);
+                let at_trampoline = m.info.is_sigreturn_at(pc)
+                    || (!frame.is_return && pc >= 7 && m.info.is_sigreturn_at(pc - 7));
+                match found {
+                    _ if at_trampoline => FrameRule::SigReturn,
+                    Found::Rule(r) => FrameRule::Cfi(r),
+                    Found::None => FrameRule::NoCfi,
+                }
+            }
+        };
+        self.cache.insert(frame.addr, m.id, frame.is_return, rule);
+        rule
+    }
+
+    fn eval<M: ReadMemory>(
+        &mut self,
+        m: ModuleRef<'_>,
+        e: ExprRef,
+        initial: Option<u64>,
+        regs: &Regs,
+        valid: u32,
+        mem: &M,
+    ) -> Result<u64, StackEnd> {
+        self.stats.expr_evals += 1;
+        let start = e.offset as usize;
+        let bytes = m
+            .info
+            .table_bytes(e.table)
+            .and_then(|t| t.get(start..start + usize::from(e.len)))
+            .ok_or(StackEnd::Unknown)?;
+        eval::evaluate(bytes, initial, &EvalRegs { regs, valid }, m.bias, mem).map_err(
+            |e| match e {
+                EvalError::Memory => StackEnd::Truncated,
+                EvalError::Invalid => StackEnd::Unknown,
+            },
+        )
+    }
+
+    /// Apply a CFI rule: compute the CFA, then every register of the caller.
+    fn apply_cfi<M: ReadMemory>(
+        &mut self,
+        rule: &CfiRule,
+        m: ModuleRef<'_>,
+        regs: &mut Regs,
+        valid: &mut u32,
+        mem: &M,
+    ) -> Step {
+        match self.caller_regs(rule, m, regs, *valid, mem) {
+            Ok((new, new_valid)) => {
+                let ra = new.ip();
+                if ra == 0 && !rule.signal {
+                    return Step::End(StackEnd::Root);
+                }
+                if !rule.signal && new.sp() <= regs.sp() {
+                    // The stack must grow towards its base at each ordinary return.
+                    return Step::End(StackEnd::Unknown);
+                }
+                *regs = new;
+                *valid = new_valid;
+                Step::Next(if rule.signal {
+                    FrameAddr::ip(ra)
+                } else {
+                    FrameAddr::ret(ra)
+                })
+            }
+            Err(end) => Step::End(end),
+        }
+    }
+
+    fn caller_regs<M: ReadMemory>(
+        &mut self,
+        rule: &CfiRule,
+        m: ModuleRef<'_>,
+        regs: &Regs,
+        valid: u32,
+        mem: &M,
+    ) -> Result<(Regs, u32), StackEnd> {
+        match rule.regs[Regs::RIP as usize] {
+            RegRule::Undefined => return Err(StackEnd::Root),
+            RegRule::Unknown => return Err(StackEnd::Unknown),
+            _ => {}
+        }
+        let cfa = match rule.cfa {
+            CfaRule::RegOffset { reg, offset } => {
+                if valid & (1 << reg) == 0 {
+                    return Err(StackEnd::Unknown);
+                }
+                regs.0[usize::from(reg)].wrapping_add(offset as i64 as u64)
+            }
+            CfaRule::Expr(e) => self.eval(m, e, None, regs, valid, mem)?,
+        };
+        let read = |addr: u64| mem.read_u64(addr).ok_or(StackEnd::Truncated);
+        let mut new = Regs::default();
+        let mut new_valid = 0u32;
+        for (i, r) in rule.regs.iter().enumerate() {
+            let value = match *r {
+                RegRule::Unknown | RegRule::Undefined => None,
+                RegRule::SameValue => (valid & (1 << i) != 0).then_some(regs.0[i]),
+                RegRule::Offset(n) => Some(read(cfa.wrapping_add(n as i64 as u64))?),
+                RegRule::ValOffset(n) => Some(cfa.wrapping_add(n as i64 as u64)),
+                RegRule::Register(s) => (valid & (1 << s) != 0).then_some(regs.0[usize::from(s)]),
+                RegRule::Expr(e) => Some(read(self.eval(m, e, Some(cfa), regs, valid, mem)?)?),
+                RegRule::ValExpr(e) => Some(self.eval(m, e, Some(cfa), regs, valid, mem)?),
+                RegRule::Constant(c) => Some(c),
+            };
+            if let Some(v) = value {
+                new.0[i] = v;
+                new_valid |= 1 << i;
+            }
+        }
+        let needed = bit(Regs::RIP) | bit(Regs::RSP);
+        if new_valid & needed != needed {
+            return Err(StackEnd::Unknown);
+        }
+        Ok((new, new_valid))
+    }
+
+    /// For an exact pc without CFI (a frameless stub, a call through a null pointer):
+    /// take `[rsp]` as the return address when it lands in code that has CFI.
+    fn stack_scan_step<M: ReadMemory, U: UnwindModules>(
+        &mut self,
+        regs: &mut Regs,
+        valid: &mut u32,
+        mem: &M,
+        modules: &U,
+    ) -> Option<Step> {
+        let sp = regs.sp();
+        let ra = mem.read_u64(sp)?;
+        if ra == 0 {
+            return None;
+        }
+        let target = FrameAddr::ret(ra);
+        let m = modules.find(target.lookup_addr())?;
+        if !matches!(self.rule_for(m, target), FrameRule::Cfi(_)) {
+            return None;
+        }
+        regs.set(Regs::RSP, sp.wrapping_add(8));
+        regs.set(Regs::RIP, ra);
+        *valid &= CALL_PRESERVED;
+        Some(Step::Next(target))
+    }
+}
+
+/// Restore the interrupted context from the `ucontext_t` that `rsp` points at when the
+/// pc is at the start of `__restore_rt`.
+fn sigreturn_step<M: ReadMemory>(regs: &mut Regs, valid: &mut u32, mem: &M) -> Step {
+    let mut buf = [0u8; 17 * 8];
+    let base = regs.sp().wrapping_add(UC_MCONTEXT_GREGS);
+    if !mem.read_bytes(base, &mut buf) {
+        return Step::End(StackEnd::Truncated);
+    }
+    for (i, &reg) in SIGCONTEXT_ORDER.iter().enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+        regs.set(reg, u64::from_le_bytes(w));
+    }
+    *valid = ALL_VALID;
+    Step::Next(FrameAddr::ip(regs.ip()))
+}
+
+/// Follow the frame pointer: `[rbp]` is the caller's rbp, `[rbp+8]` the return address.
+fn fp_step<M: ReadMemory>(regs: &mut Regs, valid: &mut u32, mem: &M, in_module: bool) -> Step {
+    if *valid & bit(Regs::RBP) == 0 {
+        return Step::End(StackEnd::Unknown);
+    }
+    let bp = regs.bp();
+    let sp = regs.sp();
+    if bp == 0 {
+        return Step::End(if in_module {
+            StackEnd::Root
+        } else {
+            StackEnd::Unknown
+        });
+    }
+    if bp < sp || bp % 8 != 0 {
+        return Step::End(StackEnd::Unknown);
+    }
+    let (Some(saved_bp), Some(ra)) = (mem.read_u64(bp), mem.read_u64(bp.wrapping_add(8))) else {
+        return Step::End(StackEnd::Truncated);
+    };
+    if ra == 0 {
+        return Step::End(StackEnd::Root);
+    }
+    let Some(new_sp) = bp.checked_add(16) else {
+        return Step::End(StackEnd::Unknown);
+    };
+    regs.set(Regs::RSP, new_sp);
+    regs.set(Regs::RBP, saved_bp);
+    regs.set(Regs::RIP, ra);
+    *valid = bit(Regs::RSP) | bit(Regs::RBP) | bit(Regs::RIP);
+    Step::Next(FrameAddr::ret(ra))
 }
