@@ -324,17 +324,17 @@ impl Module {
         let mut symtabs = Vec::new();
         let mut info = DebugInfo::Nothing;
         let mut dwarf = DwarfState::Absent;
-        if let Some((found, found_info)) = separate {
-            if let Ok(file) = object::File::parse(&*found.data) {
-                symtabs.push(SymbolTable::read(&file, Which::Static));
-                if dwarf::has_debug_info(&file) {
-                    let sup = find_sup(&file, &found.path, &desc.root, debug_dirs);
-                    dwarf = DwarfState::Pending {
-                        data: found.data.clone(),
-                        sup,
-                    };
-                    info = found_info;
-                }
+        if let Some((found, found_info)) = separate
+            && let Ok(file) = object::File::parse(&*found.data)
+        {
+            symtabs.push(SymbolTable::read(&file, Which::Static));
+            if dwarf::has_debug_info(&file) {
+                let sup = find_sup(&file, &found.path, &desc.root, debug_dirs);
+                dwarf = DwarfState::Pending {
+                    data: found.data.clone(),
+                    sup,
+                };
+                info = found_info;
             }
         }
         if let Some(own) = &own {
