@@ -84,9 +84,14 @@ fn compile(
     let src = dir.join(name);
     std::fs::write(&src, source).unwrap();
     let out = dir.join(out);
+    let link_args: &[&str] = if compiler == "rustc" {
+        &["-C", "link-arg=-Wl,--build-id"]
+    } else {
+        &["-Wl,--build-id"]
+    };
     let status = Command::new(compiler)
         .args(args)
-        .arg("-Wl,--build-id")
+        .args(link_args)
         .arg("-o")
         .arg(&out)
         .arg(&src)
@@ -517,6 +522,9 @@ fn stripped_library_names_exports_from_dynsym() {
     assert!(file_is(frames.last().unwrap(), "lib.c"));
 }
 
+/// A predicate on a demangled name.
+type NameCheck = dyn Fn(&str) -> bool;
+
 #[test]
 fn cpp_names_demangled_with_namespaces() {
     let dir = tempfile::tempdir().unwrap();
@@ -538,7 +546,7 @@ fn cpp_names_demangled_with_namespaces() {
     std::fs::copy(&debug, &target).unwrap();
     let split = desc(&stripped);
 
-    let expectations: [(&str, &dyn Fn(&str) -> bool); 3] = [
+    let expectations: [(&str, &NameCheck); 3] = [
         ("Accumulator", &|n: &str| {
             n.starts_with("app::engine::Accumulator<int>::run(")
         }),
@@ -660,4 +668,66 @@ fn module_cache_is_bounded() {
     let stats = sym.stats();
     assert_eq!(stats.modules_loaded, 6);
     assert_eq!(stats.modules_evicted, 5);
+}
+
+const RUST_SOURCE: &str = r#"mod app {
+    pub mod engine {
+        pub struct Acc(pub Vec<u64>);
+        impl Acc {
+            #[inline(never)]
+            pub fn run(&self) -> u64 {
+                self.0.iter().map(|x| x * x).sum()
+            }
+        }
+    }
+}
+fn main() {
+    let n = std::env::args().count() as u64 * 100;
+    let a = app::engine::Acc((0..n).collect());
+    println!("{}", a.run());
+}
+"#;
+
+#[test]
+fn rust_line_tables_only_names_qualified_from_symtab() {
+    // With line-tables-only DWARF, rustc emits bare names (`run`) without linkage names:
+    // the symbol table supplies the full path for the outermost frame.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(
+        dir.path(),
+        "rustc",
+        "lto.rs",
+        RUST_SOURCE,
+        "lto",
+        &["-O", "-C", "debuginfo=line-tables-only"],
+    );
+    let (mangled, addr) = function_symbols(&exe)
+        .into_iter()
+        .find(|(n, _)| n.contains("3Acc3run"))
+        .expect("Acc::run symbol");
+    let module = desc(&exe);
+    let mut sym = Symbolizer::new(Vec::new());
+    assert_eq!(sym.debug_info(&module), DebugInfo::Embedded);
+    let (_, size) = symbol(&exe, &mangled);
+    let mut saw_inlined = false;
+    for a in addr..addr + size {
+        let frames = sym.symbolize(&module, a);
+        let (outer, inner) = frames.split_last().expect("named");
+        assert_eq!(
+            outer.function.as_deref(),
+            Some("lto::app::engine::Acc::run"),
+            "{frames:?}"
+        );
+        if a == addr {
+            assert!(file_is(outer, "lto.rs"), "{frames:?}");
+        }
+        saw_inlined |= !inner.is_empty();
+        for f in &frames {
+            assert!(
+                !looks_mangled(f.function.as_deref().unwrap_or("")),
+                "{frames:?}"
+            );
+        }
+    }
+    assert!(saw_inlined, "iterator code should be inlined into run");
 }
