@@ -1,0 +1,177 @@
+//! DWARF sections of an ELF file as gimli readers over the shared file bytes (no copy for
+//! uncompressed sections; compressed ones are inflated once), and the addr2line lookup of
+//! one address into raw frames (innermost first).
+
+use std::ops::Deref;
+
+use gimli::{EndianReader, RunTimeEndian};
+use object::{CompressionFormat, Object, ObjectSection};
+
+use crate::bytes::Bytes;
+
+/// Shared file bytes as a gimli reader backing store.
+#[derive(Clone)]
+pub(crate) struct SharedBytes(Bytes);
+
+impl Deref for SharedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+// SAFETY: `Bytes` is an `Arc` of an immutable owner (a `Vec<u8>` or a read-only `Mmap`)
+// that is never mutated through it; the slice it derefs to lives in that owner's heap
+// allocation or mapping, whose address does not change when the `Bytes` (or the `Arc`) is
+// moved or cloned, and stays alive as long as any clone exists.
+unsafe impl gimli::StableDeref for SharedBytes {}
+// SAFETY: cloning a `SharedBytes` clones the `Arc`; both clones deref to the same slice.
+unsafe impl gimli::CloneStableDeref for SharedBytes {}
+
+/// The gimli reader used for all DWARF data.
+pub(crate) type Reader = EndianReader<RunTimeEndian, SharedBytes>;
+
+/// True when `file` has a non-empty `.debug_info` (or `.zdebug_info`) section with bytes in
+/// the file.
+pub(crate) fn has_debug_info(file: &object::File<'_>) -> bool {
+    file.section_by_name(".debug_info").is_some_and(|s| {
+        s.compressed_file_range()
+            .is_ok_and(|r| r.uncompressed_size > 0 && r.compressed_size > 0)
+    })
+}
+
+/// A reader over one section of `file` (whose bytes are `data`): a window onto `data` when
+/// the section is stored plainly, a fresh buffer when it is compressed. An absent or
+/// unreadable section is empty.
+fn section_reader(
+    data: &Bytes,
+    file: &object::File<'_>,
+    name: &str,
+    endian: RunTimeEndian,
+) -> Reader {
+    let empty = || EndianReader::new(SharedBytes(Bytes::new(Vec::<u8>::new())), endian);
+    let Some(section) = file.section_by_name(name) else {
+        return empty();
+    };
+    let Ok(range) = section.compressed_file_range() else {
+        return empty();
+    };
+    if range.format == CompressionFormat::None {
+        let (Ok(start), Ok(len)) = (
+            usize::try_from(range.offset),
+            usize::try_from(range.uncompressed_size),
+        ) else {
+            return empty();
+        };
+        if start.checked_add(len).is_none_or(|end| end > data.len()) {
+            return empty();
+        }
+        return EndianReader::new(SharedBytes(data.clone()), endian).range(start..start + len);
+    }
+    match section.uncompressed_data() {
+        Ok(bytes) => EndianReader::new(SharedBytes(Bytes::new(bytes.into_owned())), endian),
+        Err(_) => empty(),
+    }
+}
+
+/// Load every DWARF section of `file` (bytes `data`) into a `gimli::Dwarf`. Nothing is
+/// parsed yet beyond locating (and, when compressed, inflating) the sections.
+pub(crate) fn load(data: &Bytes, file: &object::File<'_>) -> gimli::Dwarf<Reader> {
+    let endian = if file.is_little_endian() {
+        RunTimeEndian::Little
+    } else {
+        RunTimeEndian::Big
+    };
+    let loader = |id: gimli::SectionId| -> Result<Reader, std::convert::Infallible> {
+        Ok(section_reader(data, file, id.name(), endian))
+    };
+    match gimli::Dwarf::load(loader) {
+        Ok(dwarf) => dwarf,
+        Err(never) => match never {},
+    }
+}
+
+/// One frame as addr2line reports it, before demangling.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RawFrame {
+    /// The DWARF name: a linkage (mangled) name when the DIE has one, else `DW_AT_name`.
+    pub name: Option<String>,
+    /// The language of the unit the function is in.
+    pub language: Option<gimli::DwLang>,
+    /// Full path of the source file.
+    pub file: Option<String>,
+    /// Source line.
+    pub line: Option<u32>,
+}
+
+/// The frames for `svma`, innermost first; the last one is the real (not inlined) function.
+/// Split DWARF (`.dwo`) loads are skipped. On an error part-way, the frames found so far
+/// are returned with the error.
+pub(crate) fn find_frames(
+    ctx: &addr2line::Context<Reader>,
+    svma: u64,
+) -> (Vec<RawFrame>, Option<gimli::Error>) {
+    let mut out = Vec::new();
+    let mut iter = match ctx.find_frames(svma).skip_all_loads() {
+        Ok(iter) => iter,
+        Err(e) => return (out, Some(e)),
+    };
+    loop {
+        match iter.next() {
+            Ok(Some(frame)) => {
+                let (name, language) = match &frame.function {
+                    Some(f) => (f.raw_name().ok().map(|n| n.into_owned()), f.language),
+                    None => (None, None),
+                };
+                let (file, line) = match &frame.location {
+                    Some(loc) => (loc.file.map(str::to_string), loc.line),
+                    None => (None, None),
+                };
+                out.push(RawFrame {
+                    name,
+                    language,
+                    file,
+                    line,
+                });
+            }
+            Ok(None) => return (out, None),
+            Err(e) => return (out, Some(e)),
+        }
+    }
+}
+
+/// Only the line table location of `svma`, for when function lookup failed.
+pub(crate) fn find_location(ctx: &addr2line::Context<Reader>, svma: u64) -> Option<RawFrame> {
+    let loc = ctx.find_location(svma).ok()??;
+    Some(RawFrame {
+        name: None,
+        language: None,
+        file: loc.file.map(str::to_string),
+        line: loc.line,
+    })
+}
+
+/// True for the DWARF languages whose function names are qualified paths (C++, Rust):
+/// for these a bare `DW_AT_name` loses information the symbol table may still have.
+pub(crate) fn is_qualified_language(language: Option<gimli::DwLang>) -> bool {
+    matches!(
+        language,
+        None | Some(
+            gimli::DW_LANG_Rust
+                | gimli::DW_LANG_C_plus_plus
+                | gimli::DW_LANG_C_plus_plus_03
+                | gimli::DW_LANG_C_plus_plus_11
+                | gimli::DW_LANG_C_plus_plus_14
+                | gimli::DW_LANG_C_plus_plus_17
+                | gimli::DW_LANG_C_plus_plus_20
+                | gimli::DW_LANG_ObjC_plus_plus
+                | gimli::DW_LANG_D
+        )
+    )
+}
