@@ -35,16 +35,23 @@ pub struct AttachConfig {
     pub max_frames: usize,
     /// Progress and counters.
     pub verbose: bool,
+    /// Real-time priority for the sampler thread when permitted.
+    pub realtime: bool,
 }
 
 impl AttachConfig {
     /// Check the arguments.
     pub fn from_args(a: &AttachArgs) -> Result<AttachConfig> {
         if !(a.frequency.is_finite() && a.frequency >= 1.0 && a.frequency <= 20_000.0) {
-            bail!("--frequency must be between 1 and 20000 Hz (got {})", a.frequency);
+            bail!(
+                "--frequency must be between 1 and 20000 Hz (got {})",
+                a.frequency
+            );
         }
         let duration = match a.duration {
-            Some(d) if !(d.is_finite() && d > 0.0) => bail!("--duration must be positive (got {d})"),
+            Some(d) if !(d.is_finite() && d > 0.0) => {
+                bail!("--duration must be positive (got {d})")
+            }
             Some(d) => Some(Duration::from_secs_f64(d)),
             None => None,
         };
@@ -68,6 +75,7 @@ impl AttachConfig {
             max_stack_bytes: a.max_stack_bytes.max(4096),
             max_frames: a.max_frames,
             verbose: a.verbose,
+            realtime: !a.no_realtime,
         })
     }
 }
@@ -104,7 +112,11 @@ pub struct Summary {
 impl Summary {
     /// Ticks per second achieved.
     pub fn achieved_rate(&self) -> f64 {
-        if self.sampler.elapsed > 0.0 { self.sampler.ticks as f64 / self.sampler.elapsed } else { 0.0 }
+        if self.sampler.elapsed > 0.0 {
+            self.sampler.ticks as f64 / self.sampler.elapsed
+        } else {
+            0.0
+        }
     }
 }
 
@@ -116,8 +128,18 @@ impl fmt::Display for Summary {
             StopReason::TargetExited => "target exited".to_string(),
             StopReason::Aborted => "aborted".to_string(),
         };
-        writeln!(f, "profiled {} ({}) for {:.2} s: {stop}", self.pid, self.name, self.sampler.elapsed)?;
-        let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        writeln!(
+            f,
+            "profiled {} ({}) for {:.2} s: {stop}",
+            self.pid, self.name, self.sampler.elapsed
+        )?;
+        let pct = |a: u64, b: u64| {
+            if b == 0 {
+                0.0
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
         writeln!(
             f,
             "  samples: {} in {} threads; rate {:.1} Hz (asked {:.0} Hz); {:.1}% of stacks reached their root",
@@ -134,13 +156,21 @@ impl fmt::Display for Summary {
             s.pause_percentile(50.0).unwrap_or(0),
             s.pause_percentile(99.0).unwrap_or(0),
             self.agent_cpu,
-            if s.elapsed > 0.0 { self.agent_cpu / s.elapsed } else { 0.0 },
+            if s.elapsed > 0.0 {
+                self.agent_cpu / s.elapsed
+            } else {
+                0.0
+            },
             s.missed,
             s.dropped
         )?;
         writeln!(f, "  threads:")?;
         for (tid, name, n, c) in self.threads.iter().take(20) {
-            writeln!(f, "    {tid:>8} {name:<20} {n:>8} samples ({:.1}% complete)", pct(*c, *n))?;
+            writeln!(
+                f,
+                "    {tid:>8} {name:<20} {n:>8} samples ({:.1}% complete)",
+                pct(*c, *n)
+            )?;
         }
         if self.threads.len() > 20 {
             writeln!(f, "    ... and {} more", self.threads.len() - 20)?;
@@ -203,6 +233,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         frequency: cfg.frequency,
         duration: cfg.duration,
         max_stack_bytes: cfg.max_stack_bytes,
+        realtime: cfg.realtime,
     };
     let sampler = std::thread::Builder::new()
         .name("sampler".into())
@@ -232,7 +263,9 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         "attached to {} ({name}): {threads} threads, sampling at {} Hz{}; Ctrl-C to stop",
         cfg.pid,
         cfg.frequency,
-        cfg.duration.map(|d| format!(" for {:.1} s", d.as_secs_f64())).unwrap_or_default()
+        cfg.duration
+            .map(|d| format!(" for {:.1} s", d.as_secs_f64()))
+            .unwrap_or_default()
     ));
 
     let mut processor = Processor::new(cfg.pid, cfg.max_frames, pool_tx, false);
@@ -244,7 +277,8 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
                 "{:.0} s: {} samples, {:.1}% complete stacks",
                 t as f64 / 1e9,
                 p.profile.total_samples(),
-                100.0 * p.profile.complete_samples() as f64 / p.profile.total_samples().max(1) as f64
+                100.0 * p.profile.complete_samples() as f64
+                    / p.profile.total_samples().max(1) as f64
             ));
         }
     });
@@ -254,12 +288,19 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         .unwrap_or_default();
     let stop = sampler_stats.stop.unwrap_or(StopReason::Aborted);
     if stop == StopReason::TargetExited {
-        progress(&format!("target {} exited; writing what was collected", cfg.pid));
+        progress(&format!(
+            "target {} exited; writing what was collected",
+            cfg.pid
+        ));
     }
 
     let mut sym = Symbolizer::new(cfg.debug_dirs.clone());
     let lines = output::folded_lines(&mut processor, &mut sym);
-    output::write_all(&cfg.outputs, &lines, &format!("profiler: {name} ({})", cfg.pid))?;
+    output::write_all(
+        &cfg.outputs,
+        &lines,
+        &format!("profiler: {name} ({})", cfg.pid),
+    )?;
     let threads = processor
         .profile
         .threads()
@@ -270,7 +311,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
     if cfg.verbose {
         let ps = &processor.stats;
         details.push(format!(
-            "unwinds {} ({} frames, {:.1} µs each), maps re-read {}, modules {}, captured {}, reused {}, ticks {} (skipped {}), stack bytes {}",
+            "unwinds {} ({} frames, {:.1} µs each), maps re-read {}, modules {}, captured {}, reused {}, ticks {} (skipped {}), stack bytes {}, realtime {}",
             ps.unwinds,
             ps.frames,
             ps.unwind_time.as_secs_f64() * 1e6 / ps.unwinds.max(1) as f64,
@@ -280,7 +321,8 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
             sampler_stats.repeated,
             sampler_stats.ticks,
             sampler_stats.ticks_skipped,
-            sampler_stats.stack_bytes
+            sampler_stats.stack_bytes,
+            sampler_stats.realtime
         ));
         for m in processor.modules.all() {
             if let Some(e) = &m.load_error {

@@ -54,6 +54,11 @@ pub struct AttachArgs {
     #[arg(long, default_value_t = 4096)]
     pub max_frames: usize,
 
+    /// Keep the sampler thread at normal priority (by default it asks for the lowest
+    /// real-time priority when permitted, so ticks stay on time on a busy machine).
+    #[arg(long)]
+    pub no_realtime: bool,
+
     /// Print progress and internal counters.
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -66,8 +71,18 @@ mod tests {
     #[test]
     fn parses_attach() {
         let cli = Cli::try_parse_from([
-            "profiler", "attach", "--pid", "42", "-F", "1000", "--duration", "2.5", "-o",
-            "a.svg", "-o", "b.folded",
+            "profiler",
+            "attach",
+            "--pid",
+            "42",
+            "-F",
+            "1000",
+            "--duration",
+            "2.5",
+            "-o",
+            "a.svg",
+            "-o",
+            "b.folded",
         ])
         .unwrap();
         let Command::Attach(a) = cli.command;

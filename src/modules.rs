@@ -102,7 +102,10 @@ impl ModuleMap {
     /// The module mapped executable at `avma` now.
     pub fn find_module(&self, avma: u64) -> Option<&Arc<Module>> {
         let i = self.exec.partition_point(|(_, end, _)| *end <= avma);
-        self.exec.get(i).filter(|(s, _, _)| *s <= avma).map(|(_, _, m)| m)
+        self.exec
+            .get(i)
+            .filter(|(s, _, _)| *s <= avma)
+            .map(|(_, _, m)| m)
     }
 
     /// Bring the map up to date with the target's mappings. Modules still mapped at the
@@ -149,7 +152,11 @@ impl ModuleMap {
         let image_addr = group.iter().map(|m| m.start).min().unwrap_or(first.start);
         let image_end = group.iter().map(|m| m.end).max().unwrap_or(first.end);
         let id = self.all.len() as u32;
-        let data = if first.is_file() { source.file(first) } else { source.memory(first) };
+        let data = if first.is_file() {
+            source.file(first)
+        } else {
+            source.memory(first)
+        };
         let mut module = Module {
             id,
             path: first.path.clone(),
@@ -219,7 +226,11 @@ fn group_images(maps: &[Mapping]) -> Vec<Vec<&Mapping>> {
 impl UnwindModules for ModuleMap {
     fn find(&self, avma: u64) -> Option<ModuleRef<'_>> {
         let m = self.find_module(avma)?;
-        Some(ModuleRef { info: m.unwind.as_ref()?, bias: m.bias, id: m.id })
+        Some(ModuleRef {
+            info: m.unwind.as_ref()?,
+            bias: m.bias,
+            id: m.id,
+        })
     }
 }
 
@@ -261,7 +272,10 @@ mod tests {
         assert_eq!(demo.image_addr, 0x555555554000);
         assert_eq!(demo.image_size, 0x3000);
         assert!(mm.find_module(0x555555554100).is_none(), "not executable");
-        assert_eq!(mm.find_module(0x7ffff7df0000).unwrap().short_name(), "libc.so.6");
+        assert_eq!(
+            mm.find_module(0x7ffff7df0000).unwrap().short_name(),
+            "libc.so.6"
+        );
         assert!(mm.find_module(0x7ffff7fc1000).unwrap().is_vdso());
         assert!(mm.find_module(0x7ffff7f00000).is_none());
     }

@@ -117,7 +117,9 @@ pub fn write_svg(path: &Path, lines: &[String], title: &str) -> Result<()> {
 pub fn top_functions(lines: &[String], n: usize) -> Vec<(String, u64)> {
     let mut by_fn: HashMap<&str, u64> = HashMap::new();
     for l in lines {
-        let Some((stack, count)) = l.rsplit_once(' ') else { continue };
+        let Some((stack, count)) = l.rsplit_once(' ') else {
+            continue;
+        };
         let count: u64 = count.parse().unwrap_or(0);
         let leaf = stack.rsplit(';').next().unwrap_or(stack);
         *by_fn.entry(leaf).or_default() += count;
@@ -157,7 +159,10 @@ mod tests {
         let lines = vec!["t;main;work 3".to_string()];
         let paths = vec![dir.path().join("p.folded"), dir.path().join("sub/p.svg")];
         write_all(&paths, &lines, "test").unwrap();
-        assert_eq!(std::fs::read_to_string(&paths[0]).unwrap(), "t;main;work 3\n");
+        assert_eq!(
+            std::fs::read_to_string(&paths[0]).unwrap(),
+            "t;main;work 3\n"
+        );
         let svg = std::fs::read_to_string(&paths[1]).unwrap();
         assert!(svg.contains("<svg") && svg.contains("work"));
         write_all(&[dir.path().join("e.svg")], &[], "empty").unwrap();

@@ -141,12 +141,21 @@ impl Processor {
                 self.record(tid, time_ns, stack, end);
                 Some(time_ns)
             }
-            Msg::Sample { tid, time_ns, regs, stack } => {
+            Msg::Sample {
+                tid,
+                time_ns,
+                regs,
+                stack,
+            } => {
                 let t0 = Instant::now();
-                let mut end = self.unwinder.unwind(&regs, &stack, &self.modules, &mut self.frames);
+                let mut end = self
+                    .unwinder
+                    .unwind(&regs, &stack, &self.modules, &mut self.frames);
                 if self.modules.find_module(regs.ip()).is_none() || end == StackEnd::Unknown {
                     if self.reread_maps() {
-                        end = self.unwinder.unwind(&regs, &stack, &self.modules, &mut self.frames);
+                        end = self
+                            .unwinder
+                            .unwind(&regs, &stack, &self.modules, &mut self.frames);
                     }
                 }
                 self.stats.unwinds += 1;
@@ -155,8 +164,15 @@ impl Processor {
                 let _ = self.pool.try_send(stack.bytes);
                 self.keys.clear();
                 for f in &self.frames {
-                    let module = self.modules.find_module(f.lookup_addr()).map_or(NO_MODULE, |m| m.id);
-                    self.keys.push(FrameKey { module, addr: f.addr, is_return: f.is_return });
+                    let module = self
+                        .modules
+                        .find_module(f.lookup_addr())
+                        .map_or(NO_MODULE, |m| m.id);
+                    self.keys.push(FrameKey {
+                        module,
+                        addr: f.addr,
+                        is_return: f.is_return,
+                    });
                 }
                 let stack = self.profile.intern(&self.keys, end);
                 self.last_stack.insert(tid, (stack, end));
@@ -171,13 +187,20 @@ impl Processor {
             self.profile.add_sample(tid, s, end);
         }
         if let Some(w) = &mut self.window {
-            w.push(TimedSample { tid, time_ns, stack });
+            w.push(TimedSample {
+                tid,
+                time_ns,
+                stack,
+            });
         }
     }
 
     /// Re-read the maps after a miss, at most every 10 ms. True when they changed.
     fn reread_maps(&mut self) -> bool {
-        if self.last_reread.is_some_and(|t| t.elapsed() < Duration::from_millis(10)) {
+        if self
+            .last_reread
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(10))
+        {
             return false;
         }
         self.last_reread = Some(Instant::now());
@@ -200,7 +223,8 @@ impl Processor {
     pub fn names(&mut self, index: u32, sym: &mut Symbolizer) -> Arc<[NamedFrame]> {
         let i = index as usize;
         if self.names.len() <= i {
-            self.names.resize(self.profile.frames().len().max(i + 1), None);
+            self.names
+                .resize(self.profile.frames().len().max(i + 1), None);
         }
         if let Some(n) = &self.names[i] {
             return n.clone();
@@ -215,12 +239,21 @@ impl Processor {
 /// Name one frame, innermost inlined frame first; never empty.
 pub fn name_frame(key: &FrameKey, modules: &ModuleMap, sym: &mut Symbolizer) -> Vec<NamedFrame> {
     let unnamed = |function: String| {
-        vec![NamedFrame { function, file: None, line: None, inlined: false }]
+        vec![NamedFrame {
+            function,
+            file: None,
+            line: None,
+            inlined: false,
+        }]
     };
     if let Some(m) = key.marker_name() {
         return unnamed(m.to_string());
     }
-    let lookup = if key.is_return { key.addr.saturating_sub(1) } else { key.addr };
+    let lookup = if key.is_return {
+        key.addr.saturating_sub(1)
+    } else {
+        key.addr
+    };
     let Some(module) = modules.module(key.module) else {
         return unnamed(format!("[unknown]+{:#x}", key.addr));
     };
@@ -232,7 +265,11 @@ pub fn name_frame(key: &FrameKey, modules: &ModuleMap, sym: &mut Symbolizer) -> 
                 .into_iter()
                 .map(|f| NamedFrame {
                     function: f.function.unwrap_or_else(|| {
-                        format!("{}+{:#x}", module.short_name(), key.addr.wrapping_sub(module.bias))
+                        format!(
+                            "{}+{:#x}",
+                            module.short_name(),
+                            key.addr.wrapping_sub(module.bias)
+                        )
                     }),
                     file: f.file,
                     line: f.line,
@@ -241,5 +278,9 @@ pub fn name_frame(key: &FrameKey, modules: &ModuleMap, sym: &mut Symbolizer) -> 
                 .collect();
         }
     }
-    unnamed(format!("{}+{:#x}", module.short_name(), key.addr.wrapping_sub(module.bias)))
+    unnamed(format!(
+        "{}+{:#x}",
+        module.short_name(),
+        key.addr.wrapping_sub(module.bias)
+    ))
 }

@@ -124,7 +124,10 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!((text.start, text.end), (0x55d0c8a01000, 0x55d0c8a02000));
         assert!(text.read && !text.write && text.exec);
         assert_eq!(text.offset, 0x1000);
-        assert_eq!((text.dev_major, text.dev_minor, text.inode), (0xfd, 1, 1835014));
+        assert_eq!(
+            (text.dev_major, text.dev_minor, text.inode),
+            (0xfd, 1, 1835014)
+        );
         assert_eq!(text.path, "/usr/bin/demo");
         assert!(text.is_file());
         assert_eq!(maps[3].dev_major, 0x103);

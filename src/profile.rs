@@ -31,7 +31,11 @@ impl FrameKey {
             StackEnd::Unknown => 1,
             StackEnd::MaxDepth => 2,
         };
-        Some(FrameKey { module: MARKER, addr, is_return: false })
+        Some(FrameKey {
+            module: MARKER,
+            addr,
+            is_return: false,
+        })
     }
 
     /// The marker's display name, for a marker frame.
@@ -168,7 +172,11 @@ mod tests {
     use super::*;
 
     fn f(addr: u64) -> FrameKey {
-        FrameKey { module: 0, addr, is_return: true }
+        FrameKey {
+            module: 0,
+            addr,
+            is_return: true,
+        }
     }
 
     #[test]
@@ -193,7 +201,10 @@ mod tests {
         let mut out = Vec::new();
         p.stack_frames(s, &mut out);
         assert_eq!(out.len(), 2);
-        assert_eq!(p.frames()[out[1] as usize].marker_name(), Some("[truncated]"));
+        assert_eq!(
+            p.frames()[out[1] as usize].marker_name(),
+            Some("[truncated]")
+        );
         p.add_sample(5, s, StackEnd::Truncated);
         p.add_sample(5, s, StackEnd::Truncated);
         assert_eq!(p.counts()[&(5, s)], 2);

@@ -48,7 +48,10 @@ fn read_folded(path: &Path) -> Vec<(Vec<String>, u64)> {
         .lines()
         .map(|l| {
             let (stack, n) = l.rsplit_once(' ').unwrap();
-            (stack.split(';').map(str::to_string).collect(), n.parse().unwrap())
+            (
+                stack.split(';').map(str::to_string).collect(),
+                n.parse().unwrap(),
+            )
         })
         .collect()
 }
@@ -62,13 +65,19 @@ fn count_where(stacks: &[(Vec<String>, u64)], f: impl Fn(&[String]) -> bool) -> 
 }
 
 fn has(s: &[String], name: &str) -> bool {
-    s.iter().any(|f| f == name || f.starts_with(&format!("{name}(")))
+    s.iter()
+        .any(|f| f == name || f.starts_with(&format!("{name}(")))
 }
 
 /// The achieved rate from the summary line `rate X Hz (asked Y Hz)`.
 fn achieved_rate(summary: &str) -> f64 {
     let at = summary.find("rate ").expect("summary has a rate");
-    summary[at + 5..].split_whitespace().next().unwrap().parse().unwrap()
+    summary[at + 5..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -78,7 +87,15 @@ fn tmp() -> tempfile::TempDir {
 fn attach_for(fx: &Fixture, secs: f64, hz: u32, out: &Path, extra: &[&str]) -> Output {
     let pid = fx.pid().to_string();
     let (secs, hz) = (secs.to_string(), hz.to_string());
-    let mut args = vec!["attach", "--pid", &pid, "--duration", &secs, "--frequency", &hz];
+    let mut args = vec![
+        "attach",
+        "--pid",
+        &pid,
+        "--duration",
+        &secs,
+        "--frequency",
+        &hz,
+    ];
     let out = out.to_str().unwrap();
     args.extend(["--output", out]);
     args.extend(extra);
@@ -89,7 +106,12 @@ fn attach_for(fx: &Fixture, secs: f64, hz: u32, out: &Path, extra: &[&str]) -> O
 
 /// Shares of the three workers in the C fixture, checked against the truth (50/30/20),
 /// plus completeness and the inlined helper.
-fn check_c_workers(binary: &str, hz: u32, secs: f64, extra: &[&str]) -> (Vec<(Vec<String>, u64)>, String) {
+fn check_c_workers(
+    binary: &str,
+    hz: u32,
+    secs: f64,
+    extra: &[&str],
+) -> (Vec<(Vec<String>, u64)>, String) {
     let fx = Fixture::spawn(binary, &[]);
     let dir = tmp();
     let folded = dir.path().join("p.folded");
@@ -103,9 +125,16 @@ fn check_c_workers(binary: &str, hz: u32, secs: f64, extra: &[&str]) -> (Vec<(Ve
         reach_main as f64 >= 0.99 * n as f64,
         "{reach_main}/{n} samples reach main\n{summary}"
     );
-    for (name, share) in [("worker_direct", 0.5), ("worker_recursive", 0.3), ("worker_indirect", 0.2)] {
+    for (name, share) in [
+        ("worker_direct", 0.5),
+        ("worker_recursive", 0.3),
+        ("worker_indirect", 0.2),
+    ] {
         let got = count_where(&stacks, |s| has(s, name)) as f64 / n as f64;
-        assert!((got - share).abs() <= 0.03, "{name}: {got:.3} vs {share}\n{summary}");
+        assert!(
+            (got - share).abs() <= 0.03,
+            "{name}: {got:.3} vs {share}\n{summary}"
+        );
     }
     // The inlined helper is a frame of its own, called from worker_direct only.
     let inl = count_where(&stacks, |s| s.iter().any(|f| f == "mix_bits"));
@@ -116,7 +145,11 @@ fn check_c_workers(binary: &str, hz: u32, secs: f64, extra: &[&str]) -> (Vec<(Ve
         }
     }
     // The recursion shows its depth.
-    assert!(stacks.iter().any(|(s, _)| s.iter().filter(|f| *f == "recurse").count() >= 6));
+    assert!(
+        stacks
+            .iter()
+            .any(|(s, _)| s.iter().filter(|f| *f == "recurse").count() >= 6)
+    );
     (stacks, summary)
 }
 
@@ -137,7 +170,12 @@ fn c_workers_with_frame_pointers_100hz() {
 #[test]
 fn stripped_copies_named_from_debug_files() {
     let debug_dir = fixture_path("debug");
-    check_c_workers("c_workers_stripped_buildid", 200, 3.0, &["--debug-dir", debug_dir.to_str().unwrap()]);
+    check_c_workers(
+        "c_workers_stripped_buildid",
+        200,
+        3.0,
+        &["--debug-dir", debug_dir.to_str().unwrap()],
+    );
     check_c_workers("c_workers_stripped_debuglink", 200, 3.0, &[]);
 }
 
@@ -154,15 +192,25 @@ fn deep_recursion_is_complete() {
     assert!(n >= 250, "{n} samples\n{}", stderr(&o));
     for (s, c) in &stacks {
         let depth = s.iter().filter(|f| f.as_str() == "deep").count();
-        assert!(has(s, "main"), "{c} samples do not reach main: {:?}", &s[..s.len().min(5)]);
-        assert!(depth >= 2000, "{c} samples with only {depth} frames of deep");
+        assert!(
+            has(s, "main"),
+            "{c} samples do not reach main: {:?}",
+            &s[..s.len().min(5)]
+        );
+        assert!(
+            depth >= 2000,
+            "{c} samples with only {depth} frames of deep"
+        );
     }
 }
 
 fn mangled(f: &str) -> bool {
     f.starts_with("_Z")
         || f.starts_with("_R")
-        || f.contains("::h") && f.rsplit("::h").next().is_some_and(|h| h.len() >= 16 && h[..16].chars().all(|c| c.is_ascii_hexdigit()))
+        || f.contains("::h")
+            && f.rsplit("::h")
+                .next()
+                .is_some_and(|h| h.len() >= 16 && h[..16].chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 #[test]
@@ -178,14 +226,27 @@ fn cpp_names_threads_and_new_threads() {
             assert!(!mangled(f), "mangled frame {f}");
         }
     }
-    let threads: std::collections::HashSet<&str> = stacks.iter().map(|(s, _)| s[0].as_str()).collect();
-    for t in ["acc-int", "acc-double", "lambda-worker", "pipe-reader", "churner"] {
-        assert!(threads.contains(t), "thread {t} missing from {threads:?}\n{summary}");
+    let threads: std::collections::HashSet<&str> =
+        stacks.iter().map(|(s, _)| s[0].as_str()).collect();
+    for t in [
+        "acc-int",
+        "acc-double",
+        "lambda-worker",
+        "pipe-reader",
+        "churner",
+    ] {
+        assert!(
+            threads.contains(t),
+            "thread {t} missing from {threads:?}\n{summary}"
+        );
     }
     // Threads created after the attach are sampled.
     let short = count_where(&stacks, |s| s.iter().any(|f| f.contains("short_task")));
     assert!(short > 0, "no samples of short-lived threads\n{summary}");
-    assert!(stacks.iter().any(|(s, _)| s.iter().any(|f| f.contains("app::") && f.contains("Accumulator<"))));
+    assert!(stacks.iter().any(|(s, _)| {
+        s.iter()
+            .any(|f| f.contains("app::") && f.contains("Accumulator<"))
+    }));
 }
 
 #[test]
@@ -202,9 +263,15 @@ fn rust_names_demangled_legacy_and_v0() {
                 assert!(!mangled(f), "{bin}: mangled frame {f}");
             }
         }
-        let threads: std::collections::HashSet<&str> = stacks.iter().map(|(s, _)| s[0].as_str()).collect();
+        let threads: std::collections::HashSet<&str> =
+            stacks.iter().map(|(s, _)| s[0].as_str()).collect();
         assert!(threads.contains("rust-crunch-u64"), "{bin}: {threads:?}");
-        assert!(stacks.iter().any(|(s, _)| s.iter().any(|f| f.contains("crunch"))), "{bin}");
+        assert!(
+            stacks
+                .iter()
+                .any(|(s, _)| s.iter().any(|f| f.contains("crunch"))),
+            "{bin}"
+        );
     }
 }
 
@@ -214,20 +281,39 @@ fn dlopen_time_goes_to_each_library() {
     let pid = fx.pid().to_string();
     let dir = tmp();
     let folded = dir.path().join("p.folded");
-    let o = run(&["attach", "--pid", &pid, "--frequency", "200", "--output", folded.to_str().unwrap()]);
+    let o = run(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--frequency",
+        "200",
+        "--output",
+        folded.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("target exited"), "{}", stderr(&o));
-    let a = fx.wait_for_line("loaded a", Duration::from_secs(1)).expect("loaded a");
-    let b = fx.wait_for_line("loaded b", Duration::from_secs(1)).expect("loaded b");
+    let a = fx
+        .wait_for_line("loaded a", Duration::from_secs(1))
+        .expect("loaded a");
+    let b = fx
+        .wait_for_line("loaded b", Duration::from_secs(1))
+        .expect("loaded b");
     let stacks = read_folded(&folded);
     let in_a = count_where(&stacks, |s| has(s, "liba_work"));
     let in_b = count_where(&stacks, |s| has(s, "libb_work"));
     let both = count_where(&stacks, |s| has(s, "liba_work") && has(s, "libb_work"));
     assert_eq!(both, 0);
     // Each phase is 1.5 s at 200 Hz: about 300 samples each.
-    assert!(in_a > 200 && in_b > 200, "a {in_a}, b {in_b} ({a} / {b})\n{}", stderr(&o));
+    assert!(
+        in_a > 200 && in_b > 200,
+        "a {in_a}, b {in_b} ({a} / {b})\n{}",
+        stderr(&o)
+    );
     let unnamed = count_where(&stacks, |s| s.iter().any(|f| f.starts_with("libdl_")));
-    assert!(unnamed * 50 < in_a + in_b, "{unnamed} samples with unnamed library frames");
+    assert!(
+        unnamed * 50 < in_a + in_b,
+        "{unnamed} samples with unnamed library frames"
+    );
 }
 
 /// After the profiler stops, the target runs on untraced.
@@ -246,14 +332,27 @@ fn stops_cleanly_four_ways() {
     let dir = tmp();
     let svg = dir.path().join("d.svg");
     attach_for(&fx, 1.0, 100, &svg, &[]);
-    assert!(std::fs::read_to_string(&svg).unwrap().contains("worker_direct"));
+    assert!(
+        std::fs::read_to_string(&svg)
+            .unwrap()
+            .contains("worker_direct")
+    );
     assert_released(&fx);
 
     // 2. and 3. SIGINT and SIGTERM to the profiler.
-    for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
         let folded = dir.path().join(format!("{sig}.folded"));
         let child = profiler()
-            .args(["attach", "--pid", &fx.pid().to_string(), "--output", folded.to_str().unwrap()])
+            .args([
+                "attach",
+                "--pid",
+                &fx.pid().to_string(),
+                "--output",
+                folded.to_str().unwrap(),
+            ])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -268,22 +367,45 @@ fn stops_cleanly_four_ways() {
     // 4. The target exits.
     let short = Fixture::spawn("c_workers", &["--seconds", "1.5"]);
     let folded = dir.path().join("exit.folded");
-    let o = run(&["attach", "--pid", &short.pid().to_string(), "--output", folded.to_str().unwrap()]);
+    let o = run(&[
+        "attach",
+        "--pid",
+        &short.pid().to_string(),
+        "--output",
+        folded.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("target exited"));
     assert!(total(&read_folded(&folded)) > 50);
-    assert!(short.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()));
+    assert!(
+        short
+            .wait_exit(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
 }
 
 #[test]
 fn signals_app_passes_its_self_check_at_1000hz() {
     let fx = Fixture::spawn("signals_app", &["--seconds", "4"]);
     let pid = fx.pid().to_string();
-    let o = run(&["attach", "--pid", &pid, "--frequency", "1000", "--output", "/dev/null.folded"]);
+    let o = run(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--frequency",
+        "1000",
+        "--output",
+        "/dev/null.folded",
+    ]);
     let _ = o;
-    let line = fx.wait_for_line("selfcheck", Duration::from_secs(10)).expect("self-check line");
+    let line = fx
+        .wait_for_line("selfcheck", Duration::from_secs(10))
+        .expect("self-check line");
     assert_eq!(line.trim(), "selfcheck ok");
-    assert!(fx.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()));
+    assert!(
+        fx.wait_exit(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
 }
 
 #[test]
@@ -295,7 +417,10 @@ fn clear_errors() {
     // Its own pid: the shell execs the profiler, which keeps the shell's pid.
     let o = Command::new("/bin/sh")
         .arg("-c")
-        .arg(format!("exec {} attach --pid $$", env!("CARGO_BIN_EXE_profiler")))
+        .arg(format!(
+            "exec {} attach --pid $$",
+            env!("CARGO_BIN_EXE_profiler")
+        ))
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -310,14 +435,22 @@ fn clear_errors() {
     // Already traced by another profiler.
     let fx = Fixture::spawn("c_workers", &[]);
     let pid = fx.pid().to_string();
-    let first = profiler().args(["attach", "--pid", &pid, "--duration", "5"]).stderr(Stdio::null()).spawn().unwrap();
+    let first = profiler()
+        .args(["attach", "--pid", &pid, "--duration", "5"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while tracer_pid(fx.pid()).is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let o = run(&["attach", "--pid", &pid, "--duration", "1"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("already traced by process"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already traced by process"),
+        "{}",
+        stderr(&o)
+    );
     let o = wait_output(first, Duration::from_secs(30));
     assert!(o.status.success());
 
@@ -331,14 +464,22 @@ fn clear_errors() {
 #[test]
 fn permission_denied_names_the_cause() {
     // Only meaningful as root with setpriv available: drop to an unprivileged user.
-    if !nix::unistd::geteuid().is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+    if !nix::unistd::geteuid().is_root()
+        || Command::new("setpriv").arg("--version").output().is_err()
+    {
         eprintln!("skipped: needs root and setpriv");
         return;
     }
     let fx = Fixture::spawn("c_workers", &[]);
     let exe: PathBuf = env!("CARGO_BIN_EXE_profiler").into();
     let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(&exe)
         .args(["attach", "--pid", &fx.pid().to_string(), "--duration", "1"])
         .output()
@@ -350,6 +491,9 @@ fn permission_denied_names_the_cause() {
         return;
     }
     assert!(e.contains("permission denied"), "{e}");
-    assert!(e.contains("CAP_SYS_PTRACE") || e.contains("ptrace_scope"), "{e}");
+    assert!(
+        e.contains("CAP_SYS_PTRACE") || e.contains("ptrace_scope"),
+        "{e}"
+    );
     let _: HashMap<(), ()> = HashMap::new();
 }

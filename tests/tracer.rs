@@ -45,7 +45,13 @@ fn tracer_lifecycle() {
         "n=0; trap 'n=$((n+1)); echo $n > {}' USR1; while :; do :; done",
         out.display()
     );
-    let child = Kill(Command::new("/bin/bash").arg("-c").arg(script).spawn().unwrap());
+    let child = Kill(
+        Command::new("/bin/bash")
+            .arg("-c")
+            .arg(script)
+            .spawn()
+            .unwrap(),
+    );
     let pid = child.0.id() as i32;
     std::thread::sleep(Duration::from_millis(100));
 
@@ -62,22 +68,40 @@ fn tracer_lifecycle() {
         std::thread::sleep(Duration::from_micros(500));
     }
     assert!(ips.len() > 1, "the thread runs between samples");
-    assert_eq!(wait_state(pid, &['R'], &mut tracer), 'R', "running after samples");
+    assert_eq!(
+        wait_state(pid, &['R'], &mut tracer),
+        'R',
+        "running after samples"
+    );
 
     // A signal meant for the target reaches it (its handler runs).
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read_to_string(&out).map(|s| s.trim().to_string()).ok().as_deref() != Some("1") {
+    while std::fs::read_to_string(&out)
+        .map(|s| s.trim().to_string())
+        .ok()
+        .as_deref()
+        != Some("1")
+    {
         tracer.drain();
         let _ = tracer.sample(pid, |_| ());
-        assert!(Instant::now() < deadline, "SIGUSR1 never reached the target");
+        assert!(
+            Instant::now() < deadline,
+            "SIGUSR1 never reached the target"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 
     // A user's SIGSTOP keeps the target stopped; sampling does not resume it.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
     let s = wait_state(pid, &['T', 't'], &mut tracer);
     assert!(s == 'T' || s == 't', "stopped by SIGSTOP, state {s}");
     for _ in 0..10 {
@@ -88,8 +112,11 @@ fn tracer_lifecycle() {
     let s = state(pid);
     assert!(s == 'T' || s == 't', "still stopped, state {s}");
     // SIGCONT resumes it.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         tracer.drain();
@@ -109,16 +136,22 @@ fn tracer_lifecycle() {
 
     // Detaching while the target is group-stopped leaves it stopped, untraced.
     let mut tracer = Tracer::attach(pid).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
     let s = wait_state(pid, &['T', 't'], &mut tracer);
     assert!(s == 'T' || s == 't');
     drop(tracer);
     assert_eq!(proc::tracer_pid(pid), None);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(state(pid), 'T', "a user's stop survives the detach");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(state(pid), 'R');
 }

@@ -61,17 +61,28 @@ fn in_container() -> bool {
     std::path::Path::new("/.dockerenv").exists()
         || std::path::Path::new("/run/.containerenv").exists()
         || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
-        || std::fs::read_to_string("/proc/1/cgroup")
-            .is_ok_and(|c| c.contains("docker") || c.contains("kubepods") || c.contains("containerd"))
+        || std::fs::read_to_string("/proc/1/cgroup").is_ok_and(|c| {
+            c.contains("docker") || c.contains("kubepods") || c.contains("containerd")
+        })
 }
 
 /// Explain why attaching to `pid` failed with `errno`, naming the cause and the fix.
 pub fn explain(pid: Pid, errno: Errno) -> String {
-    explain_with(pid, errno, &Privileges::current(), proc::tracer_pid(pid), target_uid(pid))
+    explain_with(
+        pid,
+        errno,
+        &Privileges::current(),
+        proc::tracer_pid(pid),
+        target_uid(pid),
+    )
 }
 
 fn target_uid(pid: Pid) -> Option<u32> {
-    proc::status_field(pid, "Uid")?.split_whitespace().nth(1)?.parse().ok()
+    proc::status_field(pid, "Uid")?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The explanation, from facts gathered by the caller (pure, for tests).
@@ -109,9 +120,8 @@ pub fn explain_with(
                 );
             } else if !root_like {
                 match me.ptrace_scope {
-                    Some(3) => msg.push_str(
-                        "kernel.yama.ptrace_scope is 3 (no attach at all) until reboot",
-                    ),
+                    Some(3) => msg
+                        .push_str("kernel.yama.ptrace_scope is 3 (no attach at all) until reboot"),
                     Some(2) => msg.push_str(
                         "kernel.yama.ptrace_scope is 2 (admin only): run as root or grant \
                          CAP_SYS_PTRACE (`sudo setcap cap_sys_ptrace+ep $(which profiler)`)",
@@ -131,7 +141,9 @@ pub fn explain_with(
                     ),
                 }
             } else if me.ptrace_scope == Some(3) {
-                msg.push_str("kernel.yama.ptrace_scope is 3: no process may be traced until reboot");
+                msg.push_str(
+                    "kernel.yama.ptrace_scope is 3: no process may be traced until reboot",
+                );
             } else {
                 msg.push_str(
                     "the kernel refused although the agent has CAP_SYS_PTRACE; the target may \
@@ -149,7 +161,11 @@ mod tests {
     use super::*;
 
     fn user() -> Privileges {
-        Privileges { euid: 1000, ptrace_scope: Some(1), ..Default::default() }
+        Privileges {
+            euid: 1000,
+            ptrace_scope: Some(1),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -161,7 +177,12 @@ mod tests {
 
     #[test]
     fn names_container_flag() {
-        let me = Privileges { euid: 0, in_container: true, cap_bnd: 0, ..Default::default() };
+        let me = Privileges {
+            euid: 0,
+            in_container: true,
+            cap_bnd: 0,
+            ..Default::default()
+        };
         let m = explain_with(7, Errno::EPERM, &me, None, Some(0));
         assert!(m.contains("--cap-add=SYS_PTRACE"), "{m}");
     }
@@ -174,7 +195,11 @@ mod tests {
 
     #[test]
     fn other_user_without_yama() {
-        let me = Privileges { euid: 1000, ptrace_scope: None, ..Default::default() };
+        let me = Privileges {
+            euid: 1000,
+            ptrace_scope: None,
+            ..Default::default()
+        };
         let m = explain_with(7, Errno::EPERM, &me, None, Some(0));
         assert!(m.contains("another user"), "{m}");
     }

@@ -60,7 +60,10 @@ pub fn status_field_in(status: &str, key: &str) -> Option<String> {
 
 /// The pid of the process tracing `pid`, if any.
 pub fn tracer_pid(pid: Pid) -> Option<Pid> {
-    status_field(pid, "TracerPid")?.parse().ok().filter(|&p| p != 0)
+    status_field(pid, "TracerPid")?
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
 }
 
 /// True when `pid` is a kernel thread (PF_KTHREAD in `/proc/PID/stat` flags).
@@ -98,7 +101,12 @@ impl Activity {
     pub fn open(pid: Pid, tid: Tid) -> Option<Activity> {
         let schedstat = File::open(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
         let stat = File::open(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-        let mut a = Activity { schedstat, stat, buf: [0; 512], last_cpu_ns: None };
+        let mut a = Activity {
+            schedstat,
+            stat,
+            buf: [0; 512],
+            last_cpu_ns: None,
+        };
         a.cpu_ns()?;
         Some(a)
     }
@@ -152,7 +160,10 @@ mod tests {
             // This thread is running while it reads its own state.
             assert_eq!(a.state(), Some(b'R'));
             assert!(a.ran_since_last());
-            assert!(a.ran_since_last(), "a running thread always counts as active");
+            assert!(
+                a.ran_since_last(),
+                "a running thread always counts as active"
+            );
         }
     }
 

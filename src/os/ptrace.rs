@@ -76,7 +76,10 @@ fn npid(t: Tid) -> NixPid {
 }
 
 fn is_stop_signal(sig: Signal) -> bool {
-    matches!(sig, Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU)
+    matches!(
+        sig,
+        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+    )
 }
 
 impl Tracer {
@@ -126,7 +129,9 @@ impl Tracer {
             }
         }
         if tracer.threads.is_empty() {
-            return Err(AttachError { errno: Errno::ESRCH });
+            return Err(AttachError {
+                errno: Errno::ESRCH,
+            });
         }
         Ok(tracer)
     }
@@ -181,7 +186,9 @@ impl Tracer {
     /// Handle a state change that is not the stop of a sample in progress.
     fn handle(&mut self, status: WaitStatus) {
         match status {
-            WaitStatus::Exited(p, _) | WaitStatus::Signaled(p, _, _) => self.thread_gone(p.as_raw()),
+            WaitStatus::Exited(p, _) | WaitStatus::Signaled(p, _, _) => {
+                self.thread_gone(p.as_raw())
+            }
             WaitStatus::PtraceEvent(p, sig, event) => {
                 let tid = p.as_raw();
                 self.threads.entry(tid).or_default();
@@ -432,7 +439,12 @@ impl Drop for Tracer {
 fn listen(tid: Tid) {
     // SAFETY: PTRACE_LISTEN takes no address or data; the tid is a tracee in a group-stop.
     unsafe {
-        libc::ptrace(libc::PTRACE_LISTEN, tid, 0 as libc::c_long, 0 as libc::c_long);
+        libc::ptrace(
+            libc::PTRACE_LISTEN,
+            tid,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        );
     }
 }
 

@@ -58,3 +58,16 @@ pub fn precise_timers() {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
     }
 }
+
+/// Give the calling thread a real-time priority (SCHED_FIFO, the lowest level) when the
+/// agent may (CAP_SYS_NICE or an RLIMIT_RTPRIO allowance), so its ticks stay on time on a
+/// busy machine: a sampler that has to wait for a CPU tends to catch its target at syscall
+/// boundaries. The sampler sleeps between ticks and the kernel's RT throttling keeps a
+/// share of every CPU for normal tasks. Returns false when not permitted.
+pub fn raise_priority() -> bool {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: `param` is a valid sched_param; pid 0 means the calling thread.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) == 0
+    }
+}

@@ -17,7 +17,10 @@ pub fn read(pid: Pid, addr: u64, buf: &mut [u8]) -> usize {
     }
     let len = buf.len();
     let mut local = [IoSliceMut::new(buf)];
-    let remote = [RemoteIoVec { base: addr as usize, len }];
+    let remote = [RemoteIoVec {
+        base: addr as usize,
+        len,
+    }];
     process_vm_readv(NixPid::from_raw(pid), &mut local, &remote).unwrap_or(0)
 }
 

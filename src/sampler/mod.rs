@@ -66,6 +66,8 @@ pub struct SamplerConfig {
     pub duration: Option<Duration>,
     /// Most stack bytes copied per sample.
     pub max_stack_bytes: usize,
+    /// Try to run the sampler thread at a real-time priority.
+    pub realtime: bool,
 }
 
 /// Why sampling ended.
@@ -106,6 +108,8 @@ pub struct SamplerStats {
     pub threads_seen: u64,
     /// Why it stopped.
     pub stop: Option<StopReason>,
+    /// True when the sampler ran at a real-time priority.
+    pub realtime: bool,
 }
 
 impl SamplerStats {
@@ -287,6 +291,7 @@ impl Sampler {
     /// from the target before returning.
     pub fn run(mut self) -> SamplerStats {
         signals::precise_timers();
+        self.stats.realtime = self.cfg.realtime && signals::raise_priority();
         let start = self.now_ns();
         let mut schedule = Schedule::new(start, self.cfg.frequency, 0.25, fastrand::u64(..));
         let end_ns = self.cfg.duration.map(|d| start + d.as_nanos() as u64);
@@ -328,7 +333,8 @@ impl Sampler {
             }
         };
         self.stats.ticks_skipped = schedule.skipped();
-        self.stats.elapsed = (last_tick.saturating_sub(first_tick.unwrap_or(last_tick))) as f64 / 1e9
+        self.stats.elapsed = (last_tick.saturating_sub(first_tick.unwrap_or(last_tick))) as f64
+            / 1e9
             + schedule.period_ns() as f64 / 1e9;
         self.stats.stop = Some(stop);
         self.tracer.detach_all();
@@ -344,7 +350,9 @@ impl Sampler {
             if self.tracer.is_group_stopped(tid) {
                 continue;
             }
-            let Some(slot) = self.threads.get_mut(&tid) else { continue };
+            let Some(slot) = self.threads.get_mut(&tid) else {
+                continue;
+            };
             // Name: on first sight and every second (threads name themselves after start).
             if slot.name_checked.elapsed() >= Duration::from_secs(1) {
                 slot.name_checked = Instant::now();
@@ -395,8 +403,16 @@ impl Sampler {
                     if let Some(slot) = self.threads.get_mut(&tid) {
                         slot.stack_range = range;
                     }
-                    let stack = StackSnapshot { start: regs.sp(), bytes: buf };
-                    if !self.send(Msg::Sample { tid, time_ns, regs, stack }) {
+                    let stack = StackSnapshot {
+                        start: regs.sp(),
+                        bytes: buf,
+                    };
+                    if !self.send(Msg::Sample {
+                        tid,
+                        time_ns,
+                        regs,
+                        stack,
+                    }) {
                         return false;
                     }
                 }

@@ -3,6 +3,9 @@
 //! ticks that fell behind skipped (and counted) rather than bunched. Pure: the caller passes
 //! the clock readings and the random source.
 
+/// How many periods the sampler may fall behind before ticks are skipped.
+pub const MAX_BEHIND: u64 = 4;
+
 /// An absolute, jittered schedule in nanoseconds of a monotonic clock.
 #[derive(Debug)]
 pub struct Schedule {
@@ -39,12 +42,13 @@ impl Schedule {
         self.skipped
     }
 
-    /// The deadline of the next tick, given the clock now. A tick whose nominal time is more
-    /// than a period in the past is skipped.
+    /// The deadline of the next tick, given the clock now. A late tick runs at once, so a
+    /// short delay (the sampler waiting for a CPU) is caught up; ticks more than
+    /// `MAX_BEHIND` periods in the past are skipped rather than run in a burst.
     pub fn next(&mut self, now_ns: u64) -> u64 {
         self.k += 1;
         let nominal = self.start + self.k * self.period;
-        if now_ns > nominal + self.period {
+        if now_ns > nominal + MAX_BEHIND * self.period {
             let behind = (now_ns - self.start) / self.period + 1;
             self.skipped += behind - self.k;
             self.k = behind;
@@ -85,10 +89,13 @@ mod tests {
     fn skips_ticks_when_late() {
         let mut s = Schedule::new(0, 1000.0, 0.0, 1);
         assert_eq!(s.next(0), 1_000_000);
-        // The sampler was stuck for 10.5 ms.
-        let d = s.next(11_500_000);
-        assert_eq!(d, 12_000_000);
+        // A little late: the next tick is due already and is not skipped.
+        assert_eq!(s.next(2_500_000), 2_000_000);
+        assert_eq!(s.skipped(), 0);
+        // The sampler was stuck for 10 ms: the missed ticks are skipped, not bunched.
+        let d = s.next(12_500_000);
+        assert_eq!(d, 13_000_000);
         assert_eq!(s.skipped(), 10);
-        assert_eq!(s.next(12_000_000), 13_000_000);
+        assert_eq!(s.next(13_000_000), 14_000_000);
     }
 }
