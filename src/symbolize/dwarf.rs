@@ -122,13 +122,26 @@ pub(crate) fn find_frames(
         Ok(iter) => iter,
         Err(e) => return (out, Some(e)),
     };
+    // The unit holding the function, to read source names of C functions.
+    let mut unit: Option<Option<gimli::UnitRef<'_, Reader>>> = None;
     loop {
         match iter.next() {
             Ok(Some(frame)) => {
-                let (name, language) = match &frame.function {
+                let (mut name, language) = match &frame.function {
                     Some(f) => (f.raw_name().ok().map(|n| n.into_owned()), f.language),
                     None => (None, None),
                 };
+                // addr2line prefers the linkage name; in C that is an assembler alias at
+                // best (glibc's `__GI_qsort` for `qsort`): use the name from the source.
+                if is_c_language(language)
+                    && let Some(offset) = frame.dw_die_offset
+                {
+                    let unit =
+                        unit.get_or_insert_with(|| ctx.find_dwarf_and_unit(svma).skip_all_loads());
+                    if let Some(source_name) = unit.and_then(|u| source_name(u, offset, 8)) {
+                        name = Some(source_name);
+                    }
+                }
                 let (file, line) = match &frame.location {
                     Some(loc) => (loc.file.map(str::to_string), loc.line),
                     None => (None, None),
@@ -144,6 +157,44 @@ pub(crate) fn find_frames(
             Err(e) => return (out, Some(e)),
         }
     }
+}
+
+/// `DW_AT_name` of the DIE at `offset`, following `DW_AT_abstract_origin` and
+/// `DW_AT_specification` inside the unit (at most `depth` hops).
+fn source_name(
+    unit: gimli::UnitRef<'_, Reader>,
+    offset: gimli::UnitOffset<usize>,
+    depth: u32,
+) -> Option<String> {
+    let entry = unit.entry(offset).ok()?;
+    if let Some(value) = entry.attr_value(gimli::DW_AT_name) {
+        let name = unit.attr_string(value).ok()?;
+        return Some(gimli::Reader::to_string_lossy(&name).ok()?.into_owned());
+    }
+    if depth == 0 {
+        return None;
+    }
+    let origin = entry
+        .attr_value(gimli::DW_AT_abstract_origin)
+        .or_else(|| entry.attr_value(gimli::DW_AT_specification))?;
+    match origin {
+        gimli::AttributeValue::UnitRef(next) => source_name(unit, next, depth - 1),
+        _ => None,
+    }
+}
+
+/// True for C (any standard version), where linkage names are only assembler aliases.
+fn is_c_language(language: Option<gimli::DwLang>) -> bool {
+    matches!(
+        language,
+        Some(
+            gimli::DW_LANG_C89
+                | gimli::DW_LANG_C
+                | gimli::DW_LANG_C99
+                | gimli::DW_LANG_C11
+                | gimli::DW_LANG_C17
+        )
+    )
 }
 
 /// Only the line table location of `svma`, for when function lookup failed.

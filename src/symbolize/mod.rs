@@ -417,7 +417,7 @@ impl Module {
             .enumerate()
             .map(|(i, f)| SymFrame {
                 function: f.name.as_deref().map(demangle),
-                file: f.file.clone(),
+                file: f.file.as_deref().map(normalize_path),
                 line: f.line,
                 inlined: i + 1 < count,
             })
@@ -498,4 +498,51 @@ fn find_sup(
         }
     }
     debugfile::find_by_build_id(want, root, debug_dirs).map(|f| f.data)
+}
+
+/// A source path with `.` components and `dir/..` pairs removed lexically
+/// (`/rustc/x/library/core/src/../../stdarch/a.rs` -> `/rustc/x/library/stdarch/a.rs`).
+fn normalize_path(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match parts.last() {
+                Some(&last) if last != ".." => {
+                    parts.pop();
+                }
+                _ if absolute => {}
+                _ => parts.push(".."),
+            },
+            _ => parts.push(part),
+        }
+    }
+    let joined = parts.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_normalized() {
+        assert_eq!(
+            normalize_path("/rustc/abc/library/core/src/../../stdarch/x86/sse2.rs"),
+            "/rustc/abc/library/stdarch/x86/sse2.rs"
+        );
+        assert_eq!(normalize_path("./stdlib/msort.c"), "stdlib/msort.c");
+        assert_eq!(normalize_path("/a/./b//c.c"), "/a/b/c.c");
+        assert_eq!(normalize_path("../x/../y.c"), "../y.c");
+        assert_eq!(normalize_path("/../y.c"), "/y.c");
+        assert_eq!(
+            normalize_path("/usr/include/c++/12/bits/stl_vector.h"),
+            "/usr/include/c++/12/bits/stl_vector.h"
+        );
+    }
 }
