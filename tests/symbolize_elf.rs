@@ -90,6 +90,7 @@ fn compile(
         &["-Wl,--build-id"]
     };
     let status = Command::new(compiler)
+        .current_dir(dir)
         .args(args)
         .args(link_args)
         .arg("-o")
@@ -291,6 +292,32 @@ fn compressed_debug_sections() {
     for &addr in &prog.helper_addrs {
         assert_inlined_frames(&sym.symbolize(&module, addr), addr);
     }
+}
+
+#[test]
+fn split_dwarf_dwo_files() {
+    let prog = c_program(&["-gsplit-dwarf"]);
+    let dir = prog.exe.parent().unwrap();
+    let dwo: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dwo"))
+        .collect();
+    assert_eq!(dwo.len(), 1, "{dwo:?}");
+    let module = desc(&prog.exe);
+    let mut sym = Symbolizer::new(Vec::new());
+    for &addr in &prog.helper_addrs {
+        assert_inlined_frames(&sym.symbolize(&module, addr), addr);
+    }
+    // Without the .dwo: the skeleton's line table still gives file and line, the symbol
+    // table the function.
+    std::fs::remove_file(&dwo[0]).unwrap();
+    let mut sym = Symbolizer::new(Vec::new());
+    let frames = sym.symbolize(&module, prog.helper_addrs[0]);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].function.as_deref(), Some("outer"));
+    assert_eq!(frames[0].line, Some(line_of(C_SOURCE, "HELPER_LINE")));
+    assert!(file_is(&frames[0], "inl.c"));
 }
 
 /// Split `exe` into a stripped binary and a debug file in `dir`. Returns (stripped, debug).

@@ -269,6 +269,8 @@ struct Module {
     /// `.symtab` of the debug file, `.symtab` of the binary, `.dynsym` of the binary: the
     /// first that names an address wins.
     symtabs: Vec<SymbolTable>,
+    /// The target's root, where split DWARF files are looked up.
+    root: PathBuf,
 }
 
 impl Module {
@@ -282,6 +284,7 @@ impl Module {
             info: DebugInfo::Nothing,
             dwarf: DwarfState::Absent,
             symtabs: Vec::new(),
+            root: desc.root.clone(),
         })
     }
 
@@ -360,6 +363,7 @@ impl Module {
             info,
             dwarf,
             symtabs,
+            root: desc.root.clone(),
         }
     }
 
@@ -384,8 +388,10 @@ impl Module {
         let mut errors = 0;
         let mut raw: Vec<RawFrame> = Vec::new();
         let mut panicked = false;
+        let root = self.root.clone();
+        let root = root.as_path();
         if let Some(ctx) = self.context() {
-            match catch_unwind(AssertUnwindSafe(|| dwarf::find_frames(ctx, svma))) {
+            match catch_unwind(AssertUnwindSafe(|| dwarf::find_frames(ctx, svma, root))) {
                 Ok((frames, error)) => {
                     raw = frames;
                     if error.is_some() {
