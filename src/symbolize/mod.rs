@@ -537,6 +537,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn symbolizer_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Symbolizer>();
+    }
+
+    #[test]
     fn paths_normalized() {
         assert_eq!(
             normalize_path("/rustc/abc/library/core/src/../../stdarch/x86/sse2.rs"),
