@@ -137,7 +137,8 @@ impl Symbolizer {
     /// `module`, innermost frame first. Empty when nothing names it.
     pub fn symbolize(&mut self, module: &ModuleDesc, svma: u64) -> Vec<SymFrame> {
         self.stats.lookups += 1;
-        let id = self.module(module).id;
+        let module_key = ModuleKey::of(module);
+        let id = self.module(module_key.clone(), module).id;
         let key = (id, svma);
         if let Some(hit) = self.young.get(&key) {
             self.stats.cache_hits += 1;
@@ -149,7 +150,7 @@ impl Symbolizer {
             self.remember(key, hit);
             return out;
         }
-        let (frames, errors) = self.module(module).resolve(svma);
+        let (frames, errors) = self.module(module_key, module).resolve(svma);
         self.stats.dwarf_errors += errors;
         self.remember(key, frames.clone().into());
         frames
@@ -158,7 +159,7 @@ impl Symbolizer {
     /// Where names for `module` come from (loads the module if needed, without touching
     /// its DWARF).
     pub fn debug_info(&mut self, module: &ModuleDesc) -> DebugInfo {
-        self.module(module).info.clone()
+        self.module(ModuleKey::of(module), module).info.clone()
     }
 
     /// Counters so far.
@@ -174,9 +175,8 @@ impl Symbolizer {
     }
 
     /// The loaded module for `desc`, loading it (and evicting another) when needed.
-    fn module(&mut self, desc: &ModuleDesc) -> &mut Module {
+    fn module(&mut self, key: ModuleKey, desc: &ModuleDesc) -> &mut Module {
         self.tick += 1;
-        let key = ModuleKey::of(desc);
         if !self.modules.contains_key(&key) {
             while self.modules.len() >= self.max_modules {
                 self.evict_one();
