@@ -90,6 +90,7 @@ fn compile(
         &["-Wl,--build-id"]
     };
     let status = Command::new(compiler)
+        .current_dir(dir)
         .args(args)
         .args(link_args)
         .arg("-o")
@@ -291,6 +292,32 @@ fn compressed_debug_sections() {
     for &addr in &prog.helper_addrs {
         assert_inlined_frames(&sym.symbolize(&module, addr), addr);
     }
+}
+
+#[test]
+fn split_dwarf_dwo_files() {
+    let prog = c_program(&["-gsplit-dwarf"]);
+    let dir = prog.exe.parent().unwrap();
+    let dwo: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dwo"))
+        .collect();
+    assert_eq!(dwo.len(), 1, "{dwo:?}");
+    let module = desc(&prog.exe);
+    let mut sym = Symbolizer::new(Vec::new());
+    for &addr in &prog.helper_addrs {
+        assert_inlined_frames(&sym.symbolize(&module, addr), addr);
+    }
+    // Without the .dwo: the skeleton's line table still gives file and line, the symbol
+    // table the function.
+    std::fs::remove_file(&dwo[0]).unwrap();
+    let mut sym = Symbolizer::new(Vec::new());
+    let frames = sym.symbolize(&module, prog.helper_addrs[0]);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].function.as_deref(), Some("outer"));
+    assert_eq!(frames[0].line, Some(line_of(C_SOURCE, "HELPER_LINE")));
+    assert!(file_is(&frames[0], "inl.c"));
 }
 
 /// Split `exe` into a stripped binary and a debug file in `dir`. Returns (stripped, debug).
@@ -730,4 +757,73 @@ fn rust_line_tables_only_names_qualified_from_symtab() {
         }
     }
     assert!(saw_inlined, "iterator code should be inlined into run");
+}
+
+#[test]
+fn rust_v0_mangled_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(
+        dir.path(),
+        "rustc",
+        "vzero.rs",
+        RUST_SOURCE,
+        "vzero",
+        &["-O", "-g", "-C", "symbol-mangling-version=v0"],
+    );
+    let symbols = function_symbols(&exe);
+    let (mangled, addr) = symbols
+        .iter()
+        .find(|(n, _)| n.starts_with("_R") && n.contains("3Acc3run"))
+        .expect("v0-mangled Acc::run symbol");
+    let module = desc(&exe);
+    let mut sym = Symbolizer::new(Vec::new());
+    let frames = sym.symbolize(&module, *addr);
+    let outer = frames.last().expect("named");
+    assert_eq!(
+        outer.function.as_deref(),
+        Some("<vzero::app::engine::Acc>::run"),
+        "{mangled}"
+    );
+    assert!(file_is(outer, "vzero.rs"));
+    // The same without DWARF: the v0 symbol itself, demangled without disambiguators.
+    let stripped = dir.path().join("vzero.nodebug");
+    run(
+        "strip",
+        &[
+            "--strip-debug".as_ref(),
+            "-o".as_ref(),
+            stripped.as_os_str(),
+            exe.as_os_str(),
+        ],
+    );
+    let module = desc(&stripped);
+    let frames = sym.symbolize(&module, *addr);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(
+        frames[0].function.as_deref(),
+        Some("<vzero::app::engine::Acc>::run")
+    );
+    assert_eq!(frames[0].file, None);
+    for (name, addr) in symbols
+        .iter()
+        .filter(|(n, _)| n.starts_with("_R"))
+        .take(300)
+    {
+        for frame in sym.symbolize(&module, *addr) {
+            let f = frame.function.unwrap_or_default();
+            assert!(
+                !looks_mangled(&f) && !has_disambiguator(&f),
+                "{name} -> {f}"
+            );
+        }
+    }
+}
+
+/// True when `name` holds a v0 crate disambiguator such as `[1a2b3c4d]`.
+fn has_disambiguator(name: &str) -> bool {
+    name.split('[').skip(1).any(|rest| {
+        rest.split_once(']').is_some_and(|(inside, _)| {
+            !inside.is_empty() && inside.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    })
 }

@@ -3,10 +3,14 @@
 //! one address into raw frames (innermost first).
 
 use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use addr2line::{LookupContinuation, LookupResult, SplitDwarfLoad};
 use gimli::{EndianReader, RunTimeEndian};
 use object::{CompressionFormat, Object, ObjectSection};
 
+use super::debugfile;
 use crate::bytes::Bytes;
 
 /// Shared file bytes as a gimli reader backing store.
@@ -83,13 +87,22 @@ fn section_reader(
 /// Load every DWARF section of `file` (bytes `data`) into a `gimli::Dwarf`. Nothing is
 /// parsed yet beyond locating (and, when compressed, inflating) the sections.
 pub(crate) fn load(data: &Bytes, file: &object::File<'_>) -> gimli::Dwarf<Reader> {
+    load_sections(data, file, false)
+}
+
+/// Load the sections of a main file, or of a split DWARF (`.dwo`) file when `dwo`.
+fn load_sections(data: &Bytes, file: &object::File<'_>, dwo: bool) -> gimli::Dwarf<Reader> {
     let endian = if file.is_little_endian() {
         RunTimeEndian::Little
     } else {
         RunTimeEndian::Big
     };
     let loader = |id: gimli::SectionId| -> Result<Reader, std::convert::Infallible> {
-        Ok(section_reader(data, file, id.name(), endian))
+        let name = if dwo { id.dwo_name() } else { Some(id.name()) };
+        Ok(match name {
+            Some(name) => section_reader(data, file, name, endian),
+            None => EndianReader::new(SharedBytes(Bytes::new(Vec::<u8>::new())), endian),
+        })
     };
     match gimli::Dwarf::load(loader) {
         Ok(dwarf) => dwarf,
@@ -111,24 +124,39 @@ pub(crate) struct RawFrame {
 }
 
 /// The frames for `svma`, innermost first; the last one is the real (not inlined) function.
-/// Split DWARF (`.dwo`) loads are skipped. On an error part-way, the frames found so far
+/// Split DWARF (`.dwo`) files are looked up inside `root`. On an error part-way, the frames found so far
 /// are returned with the error.
 pub(crate) fn find_frames(
     ctx: &addr2line::Context<Reader>,
     svma: u64,
+    root: &Path,
 ) -> (Vec<RawFrame>, Option<gimli::Error>) {
     let mut out = Vec::new();
-    let mut iter = match ctx.find_frames(svma).skip_all_loads() {
+    let mut iter = match with_split_dwarf(ctx.find_frames(svma), root) {
         Ok(iter) => iter,
         Err(e) => return (out, Some(e)),
     };
+    // The unit holding the function, to read source names of C functions.
+    let mut unit: Option<Option<gimli::UnitRef<'_, Reader>>> = None;
     loop {
         match iter.next() {
             Ok(Some(frame)) => {
-                let (name, language) = match &frame.function {
+                let (mut name, language) = match &frame.function {
                     Some(f) => (f.raw_name().ok().map(|n| n.into_owned()), f.language),
                     None => (None, None),
                 };
+                // addr2line prefers the linkage name; in C that is an assembler alias at
+                // best (glibc's `__GI_qsort` for `qsort`): use the name from the source.
+                if is_c_language(language)
+                    && let Some(offset) = frame.dw_die_offset
+                {
+                    let unit = unit.get_or_insert_with(|| {
+                        with_split_dwarf(ctx.find_dwarf_and_unit(svma), root)
+                    });
+                    if let Some(source_name) = unit.and_then(|u| source_name(u, offset, 8)) {
+                        name = Some(source_name);
+                    }
+                }
                 let (file, line) = match &frame.location {
                     Some(loc) => (loc.file.map(str::to_string), loc.line),
                     None => (None, None),
@@ -144,6 +172,94 @@ pub(crate) fn find_frames(
             Err(e) => return (out, Some(e)),
         }
     }
+}
+
+/// Run a lookup to its end, loading split DWARF (`.dwo`) files it asks for.
+fn with_split_dwarf<L>(mut lookup: LookupResult<L>, root: &Path) -> L::Output
+where
+    L: LookupContinuation<Buf = Reader>,
+{
+    loop {
+        match lookup {
+            LookupResult::Output(output) => return output,
+            LookupResult::Load { load, continuation } => {
+                let dwo = load_dwo(&load, root);
+                lookup = continuation.resume(dwo);
+            }
+        }
+    }
+}
+
+/// Find and load the `.dwo` file a skeleton unit names (`DW_AT_dwo_name` relative to
+/// `DW_AT_comp_dir`), inside the target's root; its unit must carry the expected dwo id.
+/// DWARF packages (`.dwp`) are not searched.
+fn load_dwo(load: &SplitDwarfLoad<Reader>, root: &Path) -> Option<Arc<gimli::Dwarf<Reader>>> {
+    let text = |r: &Reader| {
+        gimli::Reader::to_string_lossy(r)
+            .ok()
+            .map(|s| s.into_owned())
+    };
+    let mut path = PathBuf::new();
+    if let Some(dir) = load.comp_dir.as_ref().and_then(text) {
+        path.push(dir);
+    }
+    path.push(load.path.as_ref().and_then(text)?);
+    if !path.is_absolute() {
+        return None;
+    }
+    let data = debugfile::map_file(&debugfile::in_root(root, &path))?;
+    let file = object::File::parse(&*data).ok()?;
+    let mut dwarf = load_sections(&data, &file, true);
+    dwarf.make_dwo(&load.parent);
+    let mut headers = dwarf.units();
+    let mut matches = false;
+    while let Ok(Some(header)) = headers.next() {
+        if let Ok(unit) = dwarf.unit(header)
+            && unit.dwo_id == Some(load.dwo_id)
+        {
+            matches = true;
+            break;
+        }
+    }
+    matches.then(|| Arc::new(dwarf))
+}
+
+/// `DW_AT_name` of the DIE at `offset`, following `DW_AT_abstract_origin` and
+/// `DW_AT_specification` inside the unit (at most `depth` hops).
+fn source_name(
+    unit: gimli::UnitRef<'_, Reader>,
+    offset: gimli::UnitOffset<usize>,
+    depth: u32,
+) -> Option<String> {
+    let entry = unit.entry(offset).ok()?;
+    if let Some(value) = entry.attr_value(gimli::DW_AT_name) {
+        let name = unit.attr_string(value).ok()?;
+        return Some(gimli::Reader::to_string_lossy(&name).ok()?.into_owned());
+    }
+    if depth == 0 {
+        return None;
+    }
+    let origin = entry
+        .attr_value(gimli::DW_AT_abstract_origin)
+        .or_else(|| entry.attr_value(gimli::DW_AT_specification))?;
+    match origin {
+        gimli::AttributeValue::UnitRef(next) => source_name(unit, next, depth - 1),
+        _ => None,
+    }
+}
+
+/// True for C (any standard version), where linkage names are only assembler aliases.
+fn is_c_language(language: Option<gimli::DwLang>) -> bool {
+    matches!(
+        language,
+        Some(
+            gimli::DW_LANG_C89
+                | gimli::DW_LANG_C
+                | gimli::DW_LANG_C99
+                | gimli::DW_LANG_C11
+                | gimli::DW_LANG_C17
+        )
+    )
 }
 
 /// Only the line table location of `svma`, for when function lookup failed.

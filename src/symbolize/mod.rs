@@ -137,7 +137,8 @@ impl Symbolizer {
     /// `module`, innermost frame first. Empty when nothing names it.
     pub fn symbolize(&mut self, module: &ModuleDesc, svma: u64) -> Vec<SymFrame> {
         self.stats.lookups += 1;
-        let id = self.module(module).id;
+        let module_key = ModuleKey::of(module);
+        let id = self.module(module_key.clone(), module).id;
         let key = (id, svma);
         if let Some(hit) = self.young.get(&key) {
             self.stats.cache_hits += 1;
@@ -149,7 +150,7 @@ impl Symbolizer {
             self.remember(key, hit);
             return out;
         }
-        let (frames, errors) = self.module(module).resolve(svma);
+        let (frames, errors) = self.module(module_key, module).resolve(svma);
         self.stats.dwarf_errors += errors;
         self.remember(key, frames.clone().into());
         frames
@@ -158,7 +159,7 @@ impl Symbolizer {
     /// Where names for `module` come from (loads the module if needed, without touching
     /// its DWARF).
     pub fn debug_info(&mut self, module: &ModuleDesc) -> DebugInfo {
-        self.module(module).info.clone()
+        self.module(ModuleKey::of(module), module).info.clone()
     }
 
     /// Counters so far.
@@ -174,9 +175,8 @@ impl Symbolizer {
     }
 
     /// The loaded module for `desc`, loading it (and evicting another) when needed.
-    fn module(&mut self, desc: &ModuleDesc) -> &mut Module {
+    fn module(&mut self, key: ModuleKey, desc: &ModuleDesc) -> &mut Module {
         self.tick += 1;
-        let key = ModuleKey::of(desc);
         if !self.modules.contains_key(&key) {
             while self.modules.len() >= self.max_modules {
                 self.evict_one();
@@ -269,6 +269,8 @@ struct Module {
     /// `.symtab` of the debug file, `.symtab` of the binary, `.dynsym` of the binary: the
     /// first that names an address wins.
     symtabs: Vec<SymbolTable>,
+    /// The target's root, where split DWARF files are looked up.
+    root: PathBuf,
 }
 
 impl Module {
@@ -282,6 +284,7 @@ impl Module {
             info: DebugInfo::Nothing,
             dwarf: DwarfState::Absent,
             symtabs: Vec::new(),
+            root: desc.root.clone(),
         })
     }
 
@@ -360,6 +363,7 @@ impl Module {
             info,
             dwarf,
             symtabs,
+            root: desc.root.clone(),
         }
     }
 
@@ -384,8 +388,10 @@ impl Module {
         let mut errors = 0;
         let mut raw: Vec<RawFrame> = Vec::new();
         let mut panicked = false;
+        let root = self.root.clone();
+        let root = root.as_path();
         if let Some(ctx) = self.context() {
-            match catch_unwind(AssertUnwindSafe(|| dwarf::find_frames(ctx, svma))) {
+            match catch_unwind(AssertUnwindSafe(|| dwarf::find_frames(ctx, svma, root))) {
                 Ok((frames, error)) => {
                     raw = frames;
                     if error.is_some() {
@@ -417,7 +423,7 @@ impl Module {
             .enumerate()
             .map(|(i, f)| SymFrame {
                 function: f.name.as_deref().map(demangle),
-                file: f.file.clone(),
+                file: f.file.as_deref().map(normalize_path),
                 line: f.line,
                 inlined: i + 1 < count,
             })
@@ -498,4 +504,57 @@ fn find_sup(
         }
     }
     debugfile::find_by_build_id(want, root, debug_dirs).map(|f| f.data)
+}
+
+/// A source path with `.` components and `dir/..` pairs removed lexically
+/// (`/rustc/x/library/core/src/../../stdarch/a.rs` -> `/rustc/x/library/stdarch/a.rs`).
+fn normalize_path(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match parts.last() {
+                Some(&last) if last != ".." => {
+                    parts.pop();
+                }
+                _ if absolute => {}
+                _ => parts.push(".."),
+            },
+            _ => parts.push(part),
+        }
+    }
+    let joined = parts.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbolizer_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Symbolizer>();
+    }
+
+    #[test]
+    fn paths_normalized() {
+        assert_eq!(
+            normalize_path("/rustc/abc/library/core/src/../../stdarch/x86/sse2.rs"),
+            "/rustc/abc/library/stdarch/x86/sse2.rs"
+        );
+        assert_eq!(normalize_path("./stdlib/msort.c"), "stdlib/msort.c");
+        assert_eq!(normalize_path("/a/./b//c.c"), "/a/b/c.c");
+        assert_eq!(normalize_path("../x/../y.c"), "../y.c");
+        assert_eq!(normalize_path("/../y.c"), "/y.c");
+        assert_eq!(
+            normalize_path("/usr/include/c++/12/bits/stl_vector.h"),
+            "/usr/include/c++/12/bits/stl_vector.h"
+        );
+    }
 }
