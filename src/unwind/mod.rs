@@ -151,16 +151,12 @@ const SIGCONTEXT_ORDER: [u16; 17] = [8, 9, 10, 11, 12, 13, 14, 15, 5, 4, 6, 3, 1
 impl Unwinder {
     /// An unwinder that stops after `max_frames` frames.
     pub fn new(max_frames: usize) -> Self {
-<<<<<<< HEAD
         Unwinder {
             max_frames,
             ctx: Box::new(UnwindContext::new()),
             cache: RuleCache::new(),
             stats: UnwinderStats::default(),
         }
-=======
-        Unwinder { _max_frames: max_frames }
->>>>>>> symbolize
     }
 
     /// The counters so far.
