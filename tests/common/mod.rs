@@ -1,0 +1,271 @@
+//! Shared helpers for the integration tests: locating the fixture programs built by
+//! `make -C fixtures` (see `fixtures/README.md`), running them, following their stdout
+//! protocol (`ready <pid>` first, then program-specific lines) and reaping them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long [`Fixture::spawn`] waits for the `ready <pid>` line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `fixtures/bin` of this crate.
+pub fn fixtures_bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("bin")
+}
+
+/// The separate debug-info directory of the fixtures (`fixtures/bin/debug`): holds
+/// `.build-id/xx/rest.debug` for `c_workers` and `c_workers_stripped_buildid`.
+pub fn fixtures_debug_dir() -> PathBuf {
+    fixtures_bin_dir().join("debug")
+}
+
+/// Path of the fixture binary `name` (`fixtures/bin/<name>`).
+///
+/// Panics with "run `make fixtures` first" when it has not been built.
+pub fn fixture_path(name: &str) -> PathBuf {
+    let path = fixtures_bin_dir().join(name);
+    if !path.exists() {
+        panic!(
+            "fixture {} not found: run `make fixtures` first (or `make -C fixtures`)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// A running fixture program. Killed and reaped when dropped.
+pub struct Fixture {
+    name: String,
+    child: Child,
+    pid: i32,
+    lines: Receiver<String>,
+    /// Every stdout line received after `ready`, in order.
+    history: Vec<String>,
+    /// Lines of `history` already returned by [`Fixture::wait_for_line`].
+    consumed: usize,
+    exited: Option<ExitStatus>,
+}
+
+impl Fixture {
+    /// Starts `fixtures/bin/<name>` with `args` and waits (up to [`READY_TIMEOUT`]) for its
+    /// `ready <pid>` line. Panics if the program cannot start, exits, or prints anything
+    /// else first. stderr is inherited, so the program's complaints show in test output.
+    pub fn spawn(name: &str, args: &[&str]) -> Fixture {
+        match Fixture::try_spawn(name, args) {
+            Ok(f) => f,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Fixture::spawn`] returning the failure instead of panicking.
+    pub fn try_spawn(name: &str, args: &[&str]) -> Result<Fixture, String> {
+        let path = fixture_path(name);
+        let mut child = Command::new(&path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("{name}-stdout"))
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the stdout reader: {e}"))?;
+
+        let first = match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(err) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                return Err(match err {
+                    RecvTimeoutError::Timeout => {
+                        format!("{name} printed no `ready` line within {READY_TIMEOUT:?}")
+                    }
+                    RecvTimeoutError::Disconnected => {
+                        format!("{name} closed stdout before `ready` (status {status:?})")
+                    }
+                });
+            }
+        };
+        let pid = first
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        let expected = i32::try_from(child.id()).expect("pid fits i32");
+        if pid != Some(expected) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "{name}: expected `ready {expected}` as the first line, got {first:?}"
+            ));
+        }
+        Ok(Fixture {
+            name: name.to_string(),
+            child,
+            pid: expected,
+            lines: rx,
+            history: Vec::new(),
+            consumed: 0,
+            exited: None,
+        })
+    }
+
+    /// The program's name in `fixtures/bin`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Process id (also the main thread's id).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The underlying child process.
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    fn pull_available(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.history.push(line);
+        }
+        if self.exited.is_some() {
+            // The program is gone: let the reader thread drain the pipe to its end.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.lines.recv_timeout(left) {
+                    Ok(line) => self.history.push(line),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Every stdout line printed after `ready` so far (whether or not already matched by
+    /// [`Fixture::wait_for_line`]); once the program has exited, all of them.
+    pub fn stdout_lines(&mut self) -> Vec<String> {
+        self.pull_available();
+        self.history.clone()
+    }
+
+    /// Waits up to `timeout` for the next line, after the last one this method returned,
+    /// that starts with `prefix`; returns it whole. Lines skipped over stay in
+    /// [`Fixture::stdout_lines`]. `None` on timeout or when stdout closed without a match.
+    pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.pull_available();
+            while self.consumed < self.history.len() {
+                let i = self.consumed;
+                self.consumed += 1;
+                if self.history[i].starts_with(prefix) {
+                    return Some(self.history[i].clone());
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.history.push(line),
+                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Closed: whatever arrived is already in history; one more scan.
+                    self.pull_available();
+                    if self.consumed == self.history.len() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The exit status if the program has exited (without waiting).
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().ok().flatten();
+        }
+        self.exited
+    }
+
+    /// Waits up to `timeout` for the program to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills (SIGKILL) and reaps the program; returns its status.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if self.try_exit_status().is_none() {
+            let _ = self.child.kill();
+            self.exited = self.child.wait().ok();
+        }
+        self.exited
+    }
+
+    /// Thread ids and names (`comm`) of the running program.
+    pub fn threads(&self) -> Vec<(i32, String)> {
+        threads(self.pid)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `TracerPid` of process (or thread) `pid` from /proc: `Some(0)` when not traced, `None`
+/// when the process does not exist or the field is unreadable.
+pub fn tracer_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Thread ids and names (`comm`) of process `pid`, sorted by tid; empty if it is gone.
+pub fn threads(pid: i32) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(i32, String)> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|tid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+            Some((tid, comm.trim_end().to_string()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Parses the `<hex>` of a `loaded a 0x7f...` line from `dlopen_app`.
+pub fn parse_loaded_address(line: &str) -> Option<u64> {
+    let hex = line.split_whitespace().nth(2)?;
+    u64::from_str_radix(hex.trim_start_matches("0x"), 16).ok()
+}
