@@ -277,7 +277,7 @@ fn rust_names_demangled_legacy_and_v0() {
 
 #[test]
 fn dlopen_time_goes_to_each_library() {
-    let fx = Fixture::spawn("dlopen_app", &["--wait-traced"]);
+    let mut fx = Fixture::spawn("dlopen_app", &["--wait-traced"]);
     let pid = fx.pid().to_string();
     let dir = tmp();
     let folded = dir.path().join("p.folded");
@@ -365,7 +365,7 @@ fn stops_cleanly_four_ways() {
     }
 
     // 4. The target exits.
-    let short = Fixture::spawn("c_workers", &["--seconds", "1.5"]);
+    let mut short = Fixture::spawn("c_workers", &["--seconds", "1.5"]);
     let folded = dir.path().join("exit.folded");
     let o = run(&[
         "attach",
@@ -386,7 +386,7 @@ fn stops_cleanly_four_ways() {
 
 #[test]
 fn signals_app_passes_its_self_check_at_1000hz() {
-    let fx = Fixture::spawn("signals_app", &["--seconds", "4"]);
+    let mut fx = Fixture::spawn("signals_app", &["--seconds", "4"]);
     let pid = fx.pid().to_string();
     let o = run(&[
         "attach",
