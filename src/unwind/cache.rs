@@ -3,7 +3,9 @@
 
 use super::rule::CfiRule;
 
-/// How to unwind one frame, as cached.
+/// How to unwind one frame, as cached. Slots are fixed-size on purpose (no
+/// allocation), so the size difference between variants is accepted.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FrameRule {
     /// Apply this CFI rule.

@@ -362,7 +362,6 @@ impl Unwinder {
                 RegRule::Register(s) => (valid & (1 << s) != 0).then_some(regs.0[usize::from(s)]),
                 RegRule::Expr(e) => Some(read(self.eval(m, e, Some(cfa), regs, valid, mem)?)?),
                 RegRule::ValExpr(e) => Some(self.eval(m, e, Some(cfa), regs, valid, mem)?),
-                RegRule::Constant(c) => Some(c),
             };
             if let Some(v) = value {
                 new.0[i] = v;
@@ -433,7 +432,7 @@ fn fp_step<M: ReadMemory>(regs: &mut Regs, valid: &mut u32, mem: &M, in_module: 
             StackEnd::Unknown
         });
     }
-    if bp < sp || bp % 8 != 0 {
+    if bp < sp || !bp.is_multiple_of(8) {
         return Step::End(StackEnd::Unknown);
     }
     let (Some(saved_bp), Some(ra)) = (mem.read_u64(bp), mem.read_u64(bp.wrapping_add(8))) else {

@@ -53,8 +53,6 @@ pub(crate) enum RegRule {
     Expr(ExprRef),
     /// Equal to what an expression computes (CFA pushed first).
     ValExpr(ExprRef),
-    /// A constant.
-    Constant(u64),
 }
 
 /// The unwind rule of one address.
@@ -103,8 +101,8 @@ fn convert_reg(rule: &GReg<usize>, table: u8) -> Option<RegRule> {
         GReg::Register(r) => small_reg(*r).map_or(RegRule::Unknown, RegRule::Register),
         GReg::Expression(e) => RegRule::Expr(expr_ref(e, table)?),
         GReg::ValExpression(e) => RegRule::ValExpr(expr_ref(e, table)?),
-        GReg::Constant(c) => RegRule::Constant(*c),
-        GReg::Architectural => RegRule::Unknown,
+        // Constants describe pseudo-registers of other architectures.
+        GReg::Constant(_) | GReg::Architectural => RegRule::Unknown,
         // `RegisterRule` is not exhaustive across gimli versions.
         #[allow(unreachable_patterns)]
         _ => RegRule::Unknown,

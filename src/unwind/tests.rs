@@ -192,7 +192,7 @@ fn elf(secs: &[Sec]) -> Vec<u8> {
     let mut out = vec![0u8; 64 + 56 * phnum];
     let mut offsets = Vec::new();
     for s in secs {
-        while out.len() % 16 != 0 {
+        while !out.len().is_multiple_of(16) {
             out.push(0);
         }
         offsets.push(out.len() as u64);
@@ -209,7 +209,7 @@ fn elf(secs: &[Sec]) -> Vec<u8> {
     shstrtab.extend_from_slice(b".shstrtab\0");
     let shstrtab_off = out.len() as u64;
     out.extend_from_slice(&shstrtab);
-    while out.len() % 8 != 0 {
+    while !out.len().is_multiple_of(8) {
         out.push(0);
     }
     let shoff = out.len() as u64;
