@@ -306,7 +306,6 @@ fn self_unwind_body() {
         "{text}"
     );
     assert!(frames[1..].iter().all(|f| f.is_return), "{text}");
-    println!("{text}");
     let stats = u.stats();
     assert!(
         stats.cfi_steps as usize >= frames.len() - 1,
@@ -449,4 +448,31 @@ fn live_unwind_through_signal_handler() {
         .unwrap();
     assert!(raise_pos > tramp, "{text}");
     assert!(u.stats().expr_evals > 0 || u.stats().sigreturn_steps > 0);
+}
+
+/// Throughput of repeated unwinds of one live stack (steady state: rules cached).
+/// Run with `cargo test --release --test unwind_live -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn live_unwind_throughput() {
+    let c = recurse(black_box(30));
+    let mods = modules();
+    let mut u = Unwinder::new(1024);
+    let mut frames = Vec::with_capacity(1024);
+    let n = 100_000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        assert_eq!(
+            u.unwind(&c.regs, &c.stack, &mods, &mut frames),
+            StackEnd::Root
+        );
+    }
+    let dt = t.elapsed();
+    println!(
+        "{} frames per unwind, {:.2} us per unwind, {:.1} ns per frame, {:?}",
+        frames.len(),
+        dt.as_secs_f64() * 1e6 / n as f64,
+        dt.as_secs_f64() * 1e9 / (n * frames.len()) as f64,
+        u.stats()
+    );
 }

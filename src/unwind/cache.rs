@@ -48,22 +48,31 @@ impl RuleCache {
     }
 
     /// The cached rule, if any.
-    pub fn get(&self, addr: u64, module: u32, is_return: bool) -> Option<FrameRule> {
+    pub fn get(&self, addr: u64, module: u32, is_return: bool) -> Option<&FrameRule> {
         match &self.slots[Self::slot(addr, module, is_return)] {
             Some(e) if e.addr == addr && e.module == module && e.is_return == is_return => {
-                Some(e.rule)
+                Some(&e.rule)
             }
             _ => None,
         }
     }
 
-    /// Remember a rule, replacing whatever shared its slot.
-    pub fn insert(&mut self, addr: u64, module: u32, is_return: bool, rule: FrameRule) {
-        self.slots[Self::slot(addr, module, is_return)] = Some(Entry {
-            addr,
-            module,
-            is_return,
-            rule,
-        });
+    /// Remember a rule, replacing whatever shared its slot, and return it.
+    pub fn insert(
+        &mut self,
+        addr: u64,
+        module: u32,
+        is_return: bool,
+        rule: FrameRule,
+    ) -> &FrameRule {
+        let slot = &mut self.slots[Self::slot(addr, module, is_return)];
+        &slot
+            .insert(Entry {
+                addr,
+                module,
+                is_return,
+                rule,
+            })
+            .rule
     }
 }

@@ -62,6 +62,9 @@ pub(crate) struct CfiRule {
     pub cfa: CfaRule,
     /// Rules by DWARF register number; index 16 is the return address column.
     pub regs: [RegRule; NREGS],
+    /// Bit `i` set when `regs[i]` differs from the ABI default (callee-saved: same
+    /// value, rsp: the CFA, others: unknown), so applying a rule touches only these.
+    pub explicit: u32,
     /// The FDE belongs to a signal trampoline (CIE augmentation 'S'): the caller's
     /// address is an exact pc, and every register comes from the rules.
     pub signal: bool,
@@ -80,7 +83,7 @@ fn small_reg(r: Register) -> Option<u8> {
 }
 
 /// The default rule of a register the row does not mention.
-fn default_rule(reg: u16) -> RegRule {
+pub(crate) fn default_rule(reg: u16) -> RegRule {
     if reg == Regs::RSP {
         // The caller's stack pointer is the CFA by definition on x86_64.
         RegRule::ValOffset(0)
@@ -141,5 +144,15 @@ where
         Some(rule) => convert_reg(&rule, table)?,
         None => RegRule::Unknown,
     };
-    Some(CfiRule { cfa, regs, signal })
+    let explicit = regs
+        .iter()
+        .enumerate()
+        .filter(|&(i, r)| *r != default_rule(i as u16))
+        .fold(0u32, |m, (i, _)| m | 1 << i);
+    Some(CfiRule {
+        cfa,
+        regs,
+        explicit,
+        signal,
+    })
 }
