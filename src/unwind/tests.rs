@@ -803,3 +803,52 @@ fn sigcontext_layout_matches_libc() {
         assert_eq!(SIGCONTEXT_ORDER[greg as usize], dwarf);
     }
 }
+
+#[test]
+fn expression_evaluation_edges() {
+    use super::eval::{EvalError, EvalRegs, evaluate};
+    let mut r = Regs::default();
+    r.set(Regs::RSP, STACK);
+    let all = EvalRegs {
+        regs: &r,
+        valid: ALL_VALID,
+    };
+    let mut s = Stack::new(0x20);
+    s.put(8, 0x4242);
+    let mem = s.image();
+    // DW_OP_call_frame_cfa; DW_OP_lit8; DW_OP_minus (the CFA is also pushed first).
+    assert_eq!(
+        evaluate(&[0x9c, 0x38, 0x1c], Some(0x9000), &all, 0, &mem),
+        Ok(0x9000 - 8)
+    );
+    // DW_OP_breg7 8; DW_OP_deref
+    assert_eq!(evaluate(&[0x77, 8, 0x06], None, &all, 0, &mem), Ok(0x4242));
+    // A read outside the captured bytes.
+    assert_eq!(
+        evaluate(&[0x77, 0x40, 0x06], None, &all, 0, &mem),
+        Err(EvalError::Memory)
+    );
+    // A register whose value is unknown.
+    let partial = EvalRegs {
+        regs: &r,
+        valid: bit(Regs::RBP),
+    };
+    assert_eq!(
+        evaluate(&[0x77, 8], None, &partial, 0, &mem),
+        Err(EvalError::Invalid)
+    );
+    // An endless loop (DW_OP_skip -3) stops at the step limit.
+    assert_eq!(
+        evaluate(&[0x2f, 0xfd, 0xff], None, &all, 0, &mem),
+        Err(EvalError::Invalid)
+    );
+    // DW_OP_addr is relocated by the bias.
+    let mut addr = vec![0x03];
+    addr.extend_from_slice(&0x1000u64.to_le_bytes());
+    assert_eq!(evaluate(&addr, None, &all, BIAS, &mem), Ok(BIAS + 0x1000));
+    // Truncated bytecode.
+    assert_eq!(
+        evaluate(&[0x77], None, &all, 0, &mem),
+        Err(EvalError::Invalid)
+    );
+}
