@@ -76,3 +76,15 @@ impl RuleCache {
             .rule
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_stay_small() {
+        // 4096 slots of this size are allocated once per unwinder.
+        let slot = std::mem::size_of::<Option<Entry>>();
+        assert!(slot <= 256, "{slot} bytes per slot");
+    }
+}
