@@ -285,6 +285,9 @@ fn self_unwind_body() {
     let mods = modules();
     let (frames, end, u) = unwind(&c, &mods, 512);
     let text = describe(&frames, &mods);
+    if std::env::var_os("UNWIND_TEST_VERBOSE").is_some() {
+        println!("{text}");
+    }
     assert_eq!(end, StackEnd::Root, "{text}");
     assert!(frames.len() > 5, "{text}");
     assert_eq!(
@@ -306,7 +309,6 @@ fn self_unwind_body() {
         "{text}"
     );
     assert!(frames[1..].iter().all(|f| f.is_return), "{text}");
-    println!("{text}");
     let stats = u.stats();
     assert!(
         stats.cfi_steps as usize >= frames.len() - 1,
@@ -449,4 +451,88 @@ fn live_unwind_through_signal_handler() {
         .unwrap();
     assert!(raise_pos > tramp, "{text}");
     assert!(u.stats().expr_evals > 0 || u.stats().sigreturn_steps > 0);
+}
+
+/// Throughput of repeated unwinds of one live stack (steady state: rules cached).
+/// Run with `cargo test --release --test unwind_live -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn live_unwind_throughput() {
+    let c = recurse(black_box(30));
+    let mods = modules();
+    let mut u = Unwinder::new(1024);
+    let mut frames = Vec::with_capacity(1024);
+    let n = 100_000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        assert_eq!(
+            u.unwind(&c.regs, &c.stack, &mods, &mut frames),
+            StackEnd::Root
+        );
+    }
+    let dt = t.elapsed();
+    println!(
+        "{} frames per unwind, {:.2} us per unwind, {:.1} ns per frame, {:?}",
+        frames.len(),
+        dt.as_secs_f64() * 1e6 / n as f64,
+        dt.as_secs_f64() * 1e9 / (n * frames.len()) as f64,
+        u.stats()
+    );
+}
+
+static MAIN_CAPTURE: Mutex<Option<Capture>> = Mutex::new(None);
+
+extern "C" fn on_sigusr2(_sig: libc::c_int) {
+    // Runs on the main thread, which waits for test results in a blocking call (or runs
+    // this test itself with --test-threads=1): it holds neither this lock nor the
+    // allocator's.
+    let c = capture();
+    *MAIN_CAPTURE.lock().unwrap() = Some(c);
+}
+
+/// The main thread, interrupted by a signal wherever it is, unwinds through the signal
+/// frame and `main` to `_start`, whose CFI marks the return address undefined.
+#[test]
+fn live_main_thread_reaches_start() {
+    // SAFETY: installs a handler for SIGUSR2 (unused elsewhere in this binary) and sends
+    // it to the main thread of this process.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigusr2 as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
+        let pid = libc::getpid();
+        assert_eq!(libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGUSR2), 0);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let c = loop {
+        if let Some(c) = MAIN_CAPTURE.lock().unwrap().take() {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "handler did not run");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let mods = modules();
+    let (frames, end, _) = unwind(&c, &mods, 1024);
+    let text = describe(&frames, &mods);
+    if std::env::var_os("UNWIND_TEST_VERBOSE").is_some() {
+        println!("{text}");
+    }
+    assert_eq!(end, StackEnd::Root, "{text}");
+    assert_eq!(
+        count_in(&frames, &symbol_ranges(&mods, "unwind_live::on_sigusr2")),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        count_in(&frames, &symbol_ranges(&mods, "main")),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        count_in(&frames[frames.len() - 1..], &symbol_ranges(&mods, "_start")),
+        1,
+        "{text}"
+    );
 }

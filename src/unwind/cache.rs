@@ -3,7 +3,9 @@
 
 use super::rule::CfiRule;
 
-/// How to unwind one frame, as cached.
+/// How to unwind one frame, as cached. Slots are fixed-size on purpose (no
+/// allocation), so the size difference between variants is accepted.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FrameRule {
     /// Apply this CFI rule.
@@ -46,22 +48,43 @@ impl RuleCache {
     }
 
     /// The cached rule, if any.
-    pub fn get(&self, addr: u64, module: u32, is_return: bool) -> Option<FrameRule> {
+    pub fn get(&self, addr: u64, module: u32, is_return: bool) -> Option<&FrameRule> {
         match &self.slots[Self::slot(addr, module, is_return)] {
             Some(e) if e.addr == addr && e.module == module && e.is_return == is_return => {
-                Some(e.rule)
+                Some(&e.rule)
             }
             _ => None,
         }
     }
 
-    /// Remember a rule, replacing whatever shared its slot.
-    pub fn insert(&mut self, addr: u64, module: u32, is_return: bool, rule: FrameRule) {
-        self.slots[Self::slot(addr, module, is_return)] = Some(Entry {
-            addr,
-            module,
-            is_return,
-            rule,
-        });
+    /// Remember a rule, replacing whatever shared its slot, and return it.
+    pub fn insert(
+        &mut self,
+        addr: u64,
+        module: u32,
+        is_return: bool,
+        rule: FrameRule,
+    ) -> &FrameRule {
+        let slot = &mut self.slots[Self::slot(addr, module, is_return)];
+        &slot
+            .insert(Entry {
+                addr,
+                module,
+                is_return,
+                rule,
+            })
+            .rule
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_stay_small() {
+        // 4096 slots of this size are allocated once per unwinder.
+        let slot = std::mem::size_of::<Option<Entry>>();
+        assert!(slot <= 256, "{slot} bytes per slot");
     }
 }

@@ -39,8 +39,9 @@ pub(crate) struct EvalRegs<'a> {
 }
 
 /// Evaluate `bytecode` and return the resulting value (an address for `DW_CFA_expression`
-/// and CFA expressions, a value for `DW_CFA_val_expression`). `initial` is pushed first
-/// (the CFA, for register rules). `bias` relocates `DW_OP_addr` operands.
+/// and CFA expressions, a value for `DW_CFA_val_expression`). `initial` is the CFA for
+/// register rules: pushed first, and the value of `DW_OP_call_frame_cfa`. `bias`
+/// relocates `DW_OP_addr` operands.
 pub(crate) fn evaluate<M: ReadMemory>(
     bytecode: &[u8],
     initial: Option<u64>,
@@ -83,6 +84,10 @@ pub(crate) fn evaluate<M: ReadMemory>(
                 }
                 eval.resume_with_register(Value::Generic(regs.regs.0[r]))
             }
+            EvaluationResult::RequiresCallFrameCfa => match initial {
+                Some(cfa) => eval.resume_with_call_frame_cfa(cfa),
+                None => return Err(EvalError::Invalid),
+            },
             EvaluationResult::RequiresRelocatedAddress(a) => {
                 eval.resume_with_relocated_address(a.wrapping_add(bias))
             }

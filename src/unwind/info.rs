@@ -62,7 +62,8 @@ struct DebugFrameTable {
     index: OnceLock<Vec<FdeSpan>>,
 }
 
-/// What a table lookup found.
+/// What a table lookup found (returned by value, never stored).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Found {
     /// A rule for the address.
     Rule(CfiRule),

@@ -223,13 +223,16 @@ impl Unwinder {
     ) -> Step {
         let module = modules.find(frame.lookup_addr());
         if let Some(m) = module {
-            match self.rule_for(m, frame) {
+            let Unwinder {
+                cache, ctx, stats, ..
+            } = self;
+            match rule_for(cache, ctx, stats, m, frame) {
                 FrameRule::Cfi(rule) => {
-                    self.stats.cfi_steps += 1;
-                    return self.apply_cfi(&rule, m, regs, valid, mem);
+                    stats.cfi_steps += 1;
+                    return apply_cfi(rule, m, stats, regs, valid, mem);
                 }
                 FrameRule::SigReturn => {
-                    self.stats.sigreturn_steps += 1;
+                    stats.sigreturn_steps += 1;
                     return sigreturn_step(regs, valid, mem);
                 }
                 FrameRule::NoCfi => {}
@@ -243,137 +246,6 @@ impl Unwinder {
         }
         self.stats.fp_steps += 1;
         fp_step(regs, valid, mem, module.is_some())
-    }
-
-    /// The rule of `frame` in module `m`, from the cache or the tables.
-    fn rule_for(&mut self, m: ModuleRef<'_>, frame: FrameAddr) -> FrameRule {
-        if let Some(rule) = self.cache.get(frame.addr, m.id, frame.is_return) {
-            self.stats.cache_hits += 1;
-            return rule;
-        }
-        self.stats.cache_misses += 1;
-        let svma = frame.lookup_addr().wrapping_sub(m.bias);
-        let found = m.info.find_rule(svma, &mut self.ctx);
-        let rule = match found {
-            Found::Rule(r) if r.signal => FrameRule::Cfi(r),
-            found => {
-                // A signal trampoline without CFI (musl, or CFI that covers the bytes
-                // before it) is recognised by its code.
-                let pc = frame.addr.wrapping_sub(m.bias);
-                let at_trampoline = m.info.is_sigreturn_at(pc)
-                    || (!frame.is_return && pc >= 7 && m.info.is_sigreturn_at(pc - 7));
-                match found {
-                    _ if at_trampoline => FrameRule::SigReturn,
-                    Found::Rule(r) => FrameRule::Cfi(r),
-                    Found::None => FrameRule::NoCfi,
-                }
-            }
-        };
-        self.cache.insert(frame.addr, m.id, frame.is_return, rule);
-        rule
-    }
-
-    fn eval<M: ReadMemory>(
-        &mut self,
-        m: ModuleRef<'_>,
-        e: ExprRef,
-        initial: Option<u64>,
-        regs: &Regs,
-        valid: u32,
-        mem: &M,
-    ) -> Result<u64, StackEnd> {
-        self.stats.expr_evals += 1;
-        let start = e.offset as usize;
-        let bytes = m
-            .info
-            .table_bytes(e.table)
-            .and_then(|t| t.get(start..start + usize::from(e.len)))
-            .ok_or(StackEnd::Unknown)?;
-        eval::evaluate(bytes, initial, &EvalRegs { regs, valid }, m.bias, mem).map_err(
-            |e| match e {
-                EvalError::Memory => StackEnd::Truncated,
-                EvalError::Invalid => StackEnd::Unknown,
-            },
-        )
-    }
-
-    /// Apply a CFI rule: compute the CFA, then every register of the caller.
-    fn apply_cfi<M: ReadMemory>(
-        &mut self,
-        rule: &CfiRule,
-        m: ModuleRef<'_>,
-        regs: &mut Regs,
-        valid: &mut u32,
-        mem: &M,
-    ) -> Step {
-        match self.caller_regs(rule, m, regs, *valid, mem) {
-            Ok((new, new_valid)) => {
-                let ra = new.ip();
-                if ra == 0 && !rule.signal {
-                    return Step::End(StackEnd::Root);
-                }
-                if !rule.signal && new.sp() <= regs.sp() {
-                    // The stack must grow towards its base at each ordinary return.
-                    return Step::End(StackEnd::Unknown);
-                }
-                *regs = new;
-                *valid = new_valid;
-                Step::Next(if rule.signal {
-                    FrameAddr::ip(ra)
-                } else {
-                    FrameAddr::ret(ra)
-                })
-            }
-            Err(end) => Step::End(end),
-        }
-    }
-
-    fn caller_regs<M: ReadMemory>(
-        &mut self,
-        rule: &CfiRule,
-        m: ModuleRef<'_>,
-        regs: &Regs,
-        valid: u32,
-        mem: &M,
-    ) -> Result<(Regs, u32), StackEnd> {
-        match rule.regs[Regs::RIP as usize] {
-            RegRule::Undefined => return Err(StackEnd::Root),
-            RegRule::Unknown => return Err(StackEnd::Unknown),
-            _ => {}
-        }
-        let cfa = match rule.cfa {
-            CfaRule::RegOffset { reg, offset } => {
-                if valid & (1 << reg) == 0 {
-                    return Err(StackEnd::Unknown);
-                }
-                regs.0[usize::from(reg)].wrapping_add(offset as i64 as u64)
-            }
-            CfaRule::Expr(e) => self.eval(m, e, None, regs, valid, mem)?,
-        };
-        let read = |addr: u64| mem.read_u64(addr).ok_or(StackEnd::Truncated);
-        let mut new = Regs::default();
-        let mut new_valid = 0u32;
-        for (i, r) in rule.regs.iter().enumerate() {
-            let value = match *r {
-                RegRule::Unknown | RegRule::Undefined => None,
-                RegRule::SameValue => (valid & (1 << i) != 0).then_some(regs.0[i]),
-                RegRule::Offset(n) => Some(read(cfa.wrapping_add(n as i64 as u64))?),
-                RegRule::ValOffset(n) => Some(cfa.wrapping_add(n as i64 as u64)),
-                RegRule::Register(s) => (valid & (1 << s) != 0).then_some(regs.0[usize::from(s)]),
-                RegRule::Expr(e) => Some(read(self.eval(m, e, Some(cfa), regs, valid, mem)?)?),
-                RegRule::ValExpr(e) => Some(self.eval(m, e, Some(cfa), regs, valid, mem)?),
-                RegRule::Constant(c) => Some(c),
-            };
-            if let Some(v) = value {
-                new.0[i] = v;
-                new_valid |= 1 << i;
-            }
-        }
-        let needed = bit(Regs::RIP) | bit(Regs::RSP);
-        if new_valid & needed != needed {
-            return Err(StackEnd::Unknown);
-        }
-        Ok((new, new_valid))
     }
 
     /// For an exact pc without CFI (a frameless stub, a call through a null pointer):
@@ -392,7 +264,10 @@ impl Unwinder {
         }
         let target = FrameAddr::ret(ra);
         let m = modules.find(target.lookup_addr())?;
-        if !matches!(self.rule_for(m, target), FrameRule::Cfi(_)) {
+        let Unwinder {
+            cache, ctx, stats, ..
+        } = self;
+        if !matches!(rule_for(cache, ctx, stats, m, target), FrameRule::Cfi(_)) {
             return None;
         }
         regs.set(Regs::RSP, sp.wrapping_add(8));
@@ -400,6 +275,152 @@ impl Unwinder {
         *valid &= CALL_PRESERVED;
         Some(Step::Next(target))
     }
+}
+
+/// The rule of `frame` in module `m`, from the cache or the tables.
+fn rule_for<'c>(
+    cache: &'c mut RuleCache,
+    ctx: &mut UnwindContext<usize>,
+    stats: &mut UnwinderStats,
+    m: ModuleRef<'_>,
+    frame: FrameAddr,
+) -> &'c FrameRule {
+    // Two lookups instead of one borrowed `if let` keep the borrow checker content.
+    if cache.get(frame.addr, m.id, frame.is_return).is_some() {
+        stats.cache_hits += 1;
+        return cache
+            .get(frame.addr, m.id, frame.is_return)
+            .expect("just found");
+    }
+    stats.cache_misses += 1;
+    let svma = frame.lookup_addr().wrapping_sub(m.bias);
+    let found = m.info.find_rule(svma, ctx);
+    let rule = match found {
+        Found::Rule(r) if r.signal => FrameRule::Cfi(r),
+        found => {
+            // A signal trampoline without CFI (musl, or CFI that covers the bytes
+            // before it) is recognised by its code.
+            let pc = frame.addr.wrapping_sub(m.bias);
+            let at_trampoline = m.info.is_sigreturn_at(pc)
+                || (!frame.is_return && pc >= 7 && m.info.is_sigreturn_at(pc - 7));
+            match found {
+                _ if at_trampoline => FrameRule::SigReturn,
+                Found::Rule(r) => FrameRule::Cfi(r),
+                Found::None => FrameRule::NoCfi,
+            }
+        }
+    };
+    cache.insert(frame.addr, m.id, frame.is_return, rule)
+}
+
+/// Evaluate expression `e` of module `m`.
+fn eval_expr<M: ReadMemory>(
+    m: ModuleRef<'_>,
+    stats: &mut UnwinderStats,
+    e: ExprRef,
+    initial: Option<u64>,
+    regs: &Regs,
+    valid: u32,
+    mem: &M,
+) -> Result<u64, StackEnd> {
+    stats.expr_evals += 1;
+    let start = e.offset as usize;
+    let bytes = m
+        .info
+        .table_bytes(e.table)
+        .and_then(|t| t.get(start..start + usize::from(e.len)))
+        .ok_or(StackEnd::Unknown)?;
+    eval::evaluate(bytes, initial, &EvalRegs { regs, valid }, m.bias, mem).map_err(|e| match e {
+        EvalError::Memory => StackEnd::Truncated,
+        EvalError::Invalid => StackEnd::Unknown,
+    })
+}
+
+/// Apply a CFI rule: compute the CFA, then every register of the caller.
+fn apply_cfi<M: ReadMemory>(
+    rule: &CfiRule,
+    m: ModuleRef<'_>,
+    stats: &mut UnwinderStats,
+    regs: &mut Regs,
+    valid: &mut u32,
+    mem: &M,
+) -> Step {
+    match caller_regs(rule, m, stats, regs, *valid, mem) {
+        Ok((new, new_valid)) => {
+            let ra = new.ip();
+            if ra == 0 && !rule.signal {
+                return Step::End(StackEnd::Root);
+            }
+            if !rule.signal && new.sp() <= regs.sp() {
+                // The stack must grow towards its base at each ordinary return.
+                return Step::End(StackEnd::Unknown);
+            }
+            *regs = new;
+            *valid = new_valid;
+            Step::Next(if rule.signal {
+                FrameAddr::ip(ra)
+            } else {
+                FrameAddr::ret(ra)
+            })
+        }
+        Err(end) => Step::End(end),
+    }
+}
+
+fn caller_regs<M: ReadMemory>(
+    rule: &CfiRule,
+    m: ModuleRef<'_>,
+    stats: &mut UnwinderStats,
+    regs: &Regs,
+    valid: u32,
+    mem: &M,
+) -> Result<(Regs, u32), StackEnd> {
+    match rule.regs[Regs::RIP as usize] {
+        RegRule::Undefined => return Err(StackEnd::Root),
+        RegRule::Unknown => return Err(StackEnd::Unknown),
+        _ => {}
+    }
+    let cfa = match rule.cfa {
+        CfaRule::RegOffset { reg, offset } => {
+            if valid & (1 << reg) == 0 {
+                return Err(StackEnd::Unknown);
+            }
+            regs.0[usize::from(reg)].wrapping_add(offset as i64 as u64)
+        }
+        CfaRule::Expr(e) => eval_expr(m, stats, e, None, regs, valid, mem)?,
+    };
+    let read = |addr: u64| mem.read_u64(addr).ok_or(StackEnd::Truncated);
+    // ABI defaults: callee-saved registers keep their value, rsp becomes the CFA, the
+    // rest is unknown. Then the explicit rules.
+    let mut new = *regs;
+    let mut new_valid = (valid & CALL_PRESERVED) | bit(Regs::RSP);
+    new.0[Regs::RSP as usize] = cfa;
+    let mut pending = rule.explicit;
+    while pending != 0 {
+        let i = pending.trailing_zeros() as usize;
+        pending &= pending - 1;
+        let value = match rule.regs[i] {
+            RegRule::Unknown | RegRule::Undefined => None,
+            RegRule::SameValue => (valid & (1 << i) != 0).then_some(regs.0[i]),
+            RegRule::Offset(n) => Some(read(cfa.wrapping_add(n as i64 as u64))?),
+            RegRule::ValOffset(n) => Some(cfa.wrapping_add(n as i64 as u64)),
+            RegRule::Register(s) => (valid & (1 << s) != 0).then_some(regs.0[usize::from(s)]),
+            RegRule::Expr(e) => Some(read(eval_expr(m, stats, e, Some(cfa), regs, valid, mem)?)?),
+            RegRule::ValExpr(e) => Some(eval_expr(m, stats, e, Some(cfa), regs, valid, mem)?),
+        };
+        match value {
+            Some(v) => {
+                new.0[i] = v;
+                new_valid |= 1 << i;
+            }
+            None => new_valid &= !(1 << i),
+        }
+    }
+    let needed = bit(Regs::RIP) | bit(Regs::RSP);
+    if new_valid & needed != needed {
+        return Err(StackEnd::Unknown);
+    }
+    Ok((new, new_valid))
 }
 
 /// Restore the interrupted context from the `ucontext_t` that `rsp` points at when the
@@ -433,7 +454,7 @@ fn fp_step<M: ReadMemory>(regs: &mut Regs, valid: &mut u32, mem: &M, in_module: 
             StackEnd::Unknown
         });
     }
-    if bp < sp || bp % 8 != 0 {
+    if bp < sp || !bp.is_multiple_of(8) {
         return Step::End(StackEnd::Unknown);
     }
     let (Some(saved_bp), Some(ra)) = (mem.read_u64(bp), mem.read_u64(bp.wrapping_add(8))) else {

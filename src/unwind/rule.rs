@@ -53,8 +53,6 @@ pub(crate) enum RegRule {
     Expr(ExprRef),
     /// Equal to what an expression computes (CFA pushed first).
     ValExpr(ExprRef),
-    /// A constant.
-    Constant(u64),
 }
 
 /// The unwind rule of one address.
@@ -64,6 +62,9 @@ pub(crate) struct CfiRule {
     pub cfa: CfaRule,
     /// Rules by DWARF register number; index 16 is the return address column.
     pub regs: [RegRule; NREGS],
+    /// Bit `i` set when `regs[i]` differs from the ABI default (callee-saved: same
+    /// value, rsp: the CFA, others: unknown), so applying a rule touches only these.
+    pub explicit: u32,
     /// The FDE belongs to a signal trampoline (CIE augmentation 'S'): the caller's
     /// address is an exact pc, and every register comes from the rules.
     pub signal: bool,
@@ -82,7 +83,7 @@ fn small_reg(r: Register) -> Option<u8> {
 }
 
 /// The default rule of a register the row does not mention.
-fn default_rule(reg: u16) -> RegRule {
+pub(crate) fn default_rule(reg: u16) -> RegRule {
     if reg == Regs::RSP {
         // The caller's stack pointer is the CFA by definition on x86_64.
         RegRule::ValOffset(0)
@@ -103,8 +104,8 @@ fn convert_reg(rule: &GReg<usize>, table: u8) -> Option<RegRule> {
         GReg::Register(r) => small_reg(*r).map_or(RegRule::Unknown, RegRule::Register),
         GReg::Expression(e) => RegRule::Expr(expr_ref(e, table)?),
         GReg::ValExpression(e) => RegRule::ValExpr(expr_ref(e, table)?),
-        GReg::Constant(c) => RegRule::Constant(*c),
-        GReg::Architectural => RegRule::Unknown,
+        // Constants describe pseudo-registers of other architectures.
+        GReg::Constant(_) | GReg::Architectural => RegRule::Unknown,
         // `RegisterRule` is not exhaustive across gimli versions.
         #[allow(unreachable_patterns)]
         _ => RegRule::Unknown,
@@ -143,5 +144,15 @@ where
         Some(rule) => convert_reg(&rule, table)?,
         None => RegRule::Unknown,
     };
-    Some(CfiRule { cfa, regs, signal })
+    let explicit = regs
+        .iter()
+        .enumerate()
+        .filter(|&(i, r)| *r != default_rule(i as u16))
+        .fold(0u32, |m, (i, _)| m | 1 << i);
+    Some(CfiRule {
+        cfa,
+        regs,
+        explicit,
+        signal,
+    })
 }

@@ -187,12 +187,15 @@ struct Sec {
     load: Option<bool>,
 }
 
-fn elf(secs: &[Sec]) -> Vec<u8> {
-    let phnum = secs.iter().filter(|s| s.load.is_some()).count();
+/// An ELF image of `secs`; with `shdrs` false it has program headers only (as an image
+/// recovered from memory may), `.eh_frame_hdr` then found through `PT_GNU_EH_FRAME`.
+fn elf_image(secs: &[Sec], shdrs: bool) -> Vec<u8> {
+    let has_hdr = secs.iter().any(|s| s.name == ".eh_frame_hdr");
+    let phnum = secs.iter().filter(|s| s.load.is_some()).count() + usize::from(has_hdr);
     let mut out = vec![0u8; 64 + 56 * phnum];
     let mut offsets = Vec::new();
     for s in secs {
-        while out.len() % 16 != 0 {
+        while !out.len().is_multiple_of(16) {
             out.push(0);
         }
         offsets.push(out.len() as u64);
@@ -209,7 +212,7 @@ fn elf(secs: &[Sec]) -> Vec<u8> {
     shstrtab.extend_from_slice(b".shstrtab\0");
     let shstrtab_off = out.len() as u64;
     out.extend_from_slice(&shstrtab);
-    while out.len() % 8 != 0 {
+    while !out.len().is_multiple_of(8) {
         out.push(0);
     }
     let shoff = out.len() as u64;
@@ -258,14 +261,15 @@ fn elf(secs: &[Sec]) -> Vec<u8> {
     h.extend_from_slice(&1u32.to_le_bytes());
     h.extend_from_slice(&0u64.to_le_bytes()); // entry
     h.extend_from_slice(&64u64.to_le_bytes()); // phoff
-    h.extend_from_slice(&shoff.to_le_bytes());
+    h.extend_from_slice(&(if shdrs { shoff } else { 0 }).to_le_bytes());
     h.extend_from_slice(&0u32.to_le_bytes());
     h.extend_from_slice(&64u16.to_le_bytes());
     h.extend_from_slice(&56u16.to_le_bytes());
     h.extend_from_slice(&(phnum as u16).to_le_bytes());
     h.extend_from_slice(&64u16.to_le_bytes());
+    let (shnum, shstrndx) = if shdrs { (shnum, shnum - 1) } else { (0, 0) };
     h.extend_from_slice(&(shnum as u16).to_le_bytes());
-    h.extend_from_slice(&((shnum - 1) as u16).to_le_bytes());
+    h.extend_from_slice(&(shstrndx as u16).to_le_bytes());
     // Program headers.
     for (i, s) in secs.iter().enumerate() {
         let Some(exec) = s.load else { continue };
@@ -278,8 +282,22 @@ fn elf(secs: &[Sec]) -> Vec<u8> {
         h.extend_from_slice(&(s.data.len() as u64).to_le_bytes());
         h.extend_from_slice(&0x1000u64.to_le_bytes());
     }
+    if let Some(i) = secs.iter().position(|s| s.name == ".eh_frame_hdr") {
+        h.extend_from_slice(&0x6474_e550u32.to_le_bytes()); // PT_GNU_EH_FRAME
+        h.extend_from_slice(&4u32.to_le_bytes());
+        h.extend_from_slice(&offsets[i].to_le_bytes());
+        h.extend_from_slice(&secs[i].addr.to_le_bytes());
+        h.extend_from_slice(&secs[i].addr.to_le_bytes());
+        h.extend_from_slice(&(secs[i].data.len() as u64).to_le_bytes());
+        h.extend_from_slice(&(secs[i].data.len() as u64).to_le_bytes());
+        h.extend_from_slice(&4u64.to_le_bytes());
+    }
     out[..h.len()].copy_from_slice(&h);
     out
+}
+
+fn elf(secs: &[Sec]) -> Vec<u8> {
+    elf_image(secs, true)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -292,6 +310,8 @@ enum Tables {
     BadHdr,
     /// No `.eh_frame`; `.debug_frame` from a separate debug file.
     DebugFile,
+    /// `.eh_frame_hdr` and `.eh_frame` found through program headers only.
+    NoSectionHeaders,
 }
 
 fn module_info(tables: Tables) -> UnwindInfo {
@@ -304,24 +324,25 @@ fn module_info(tables: Tables) -> UnwindInfo {
     let eh = eh_frame_bytes();
     let mut secs = vec![text];
     match tables {
-        Tables::Hdr | Tables::BadHdr => {
-            let ptr = if tables == Tables::Hdr {
-                EH_FRAME
-            } else {
+        Tables::Hdr | Tables::BadHdr | Tables::NoSectionHeaders => {
+            let ptr = if tables == Tables::BadHdr {
                 EH_FRAME + 0x10
+            } else {
+                EH_FRAME
             };
             let hdr = eh_frame_hdr_bytes(&eh, ptr);
+            let load = Some(false);
             secs.push(Sec {
                 name: ".eh_frame_hdr",
                 addr: EH_FRAME_HDR,
                 data: hdr,
-                load: None,
+                load,
             });
             secs.push(Sec {
                 name: ".eh_frame",
                 addr: EH_FRAME,
                 data: eh,
-                load: None,
+                load,
             });
         }
         Tables::NoHdr => secs.push(Sec {
@@ -332,8 +353,12 @@ fn module_info(tables: Tables) -> UnwindInfo {
         }),
         Tables::DebugFile => {}
     }
-    let mut info = UnwindInfo::from_elf(Bytes::new(elf(&secs))).unwrap();
-    assert_eq!(info.uses_eh_frame_hdr(), tables == Tables::Hdr);
+    let image = elf_image(&secs, tables != Tables::NoSectionHeaders);
+    let mut info = UnwindInfo::from_elf(Bytes::new(image)).unwrap();
+    assert_eq!(
+        info.uses_eh_frame_hdr(),
+        matches!(tables, Tables::Hdr | Tables::NoSectionHeaders)
+    );
     if tables == Tables::DebugFile {
         assert!(!info.has_cfi());
         let dbg = Sec {
@@ -777,4 +802,53 @@ fn sigcontext_layout_matches_libc() {
     for (greg, dwarf) in order {
         assert_eq!(SIGCONTEXT_ORDER[greg as usize], dwarf);
     }
+}
+
+#[test]
+fn expression_evaluation_edges() {
+    use super::eval::{EvalError, EvalRegs, evaluate};
+    let mut r = Regs::default();
+    r.set(Regs::RSP, STACK);
+    let all = EvalRegs {
+        regs: &r,
+        valid: ALL_VALID,
+    };
+    let mut s = Stack::new(0x20);
+    s.put(8, 0x4242);
+    let mem = s.image();
+    // DW_OP_call_frame_cfa; DW_OP_lit8; DW_OP_minus (the CFA is also pushed first).
+    assert_eq!(
+        evaluate(&[0x9c, 0x38, 0x1c], Some(0x9000), &all, 0, &mem),
+        Ok(0x9000 - 8)
+    );
+    // DW_OP_breg7 8; DW_OP_deref
+    assert_eq!(evaluate(&[0x77, 8, 0x06], None, &all, 0, &mem), Ok(0x4242));
+    // A read outside the captured bytes.
+    assert_eq!(
+        evaluate(&[0x77, 0x40, 0x06], None, &all, 0, &mem),
+        Err(EvalError::Memory)
+    );
+    // A register whose value is unknown.
+    let partial = EvalRegs {
+        regs: &r,
+        valid: bit(Regs::RBP),
+    };
+    assert_eq!(
+        evaluate(&[0x77, 8], None, &partial, 0, &mem),
+        Err(EvalError::Invalid)
+    );
+    // An endless loop (DW_OP_skip -3) stops at the step limit.
+    assert_eq!(
+        evaluate(&[0x2f, 0xfd, 0xff], None, &all, 0, &mem),
+        Err(EvalError::Invalid)
+    );
+    // DW_OP_addr is relocated by the bias.
+    let mut addr = vec![0x03];
+    addr.extend_from_slice(&0x1000u64.to_le_bytes());
+    assert_eq!(evaluate(&addr, None, &all, BIAS, &mem), Ok(BIAS + 0x1000));
+    // Truncated bytecode.
+    assert_eq!(
+        evaluate(&[0x77], None, &all, 0, &mem),
+        Err(EvalError::Invalid)
+    );
 }
