@@ -41,8 +41,8 @@ fn timed_fixtures_exit_zero_after_seconds() {
 }
 
 #[test]
-fn c_workers_cpu_slices_and_work_modes() {
-    run_ok("c_workers", &["--seconds", "0.2", "--cpu-slices"]);
+fn c_workers_wall_slices_and_work_modes() {
+    run_ok("c_workers", &["--seconds", "0.2", "--wall-slices"]);
     let mut f = run_ok("c_workers", &["--work", "3"]);
     let done = f
         .wait_for_line("done ", Duration::from_secs(1))
