@@ -107,7 +107,7 @@ pub fn explain_with(
             let mut msg = format!("permission denied attaching to process {pid}: ");
             if !me.has_sys_ptrace() && me.in_container && me.cap_bnd & (1 << CAP_SYS_PTRACE) == 0 {
                 msg.push_str(
-                    "this container lacks the SYS_PTRACE capability. Run it with \
+                    "this container lacks the SYS_PTRACE capability (CAP_SYS_PTRACE). Run it with \
                      `--cap-add=SYS_PTRACE` (docker/podman) or add `SYS_PTRACE` to \
                      securityContext.capabilities.add (Kubernetes), and share the target's \
                      PID namespace (`--pid=container:<name>` or shareProcessNamespace: true)",

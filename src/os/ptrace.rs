@@ -65,6 +65,7 @@ pub struct Tracer {
     events: Vec<Event>,
     stop_request: Option<Signal>,
     process_exited: bool,
+    pauses: Vec<Duration>,
     /// How long to wait for an interrupted thread to stop.
     pub stop_timeout: Duration,
 }
@@ -93,6 +94,7 @@ impl Tracer {
             events: Vec::new(),
             stop_request: None,
             process_exited: false,
+            pauses: Vec::new(),
             stop_timeout: Duration::from_millis(20),
         };
         loop {
@@ -266,87 +268,118 @@ impl Tracer {
     /// Stop `tid`, read its registers, let `capture` copy what it needs (the stack) while
     /// the thread is stopped, and resume it at once.
     pub fn sample<T>(&mut self, tid: Tid, capture: impl FnOnce(&Regs) -> T) -> Result<T, Missed> {
-        let state = match self.threads.get(&tid) {
-            Some(s) => *s,
-            None => return Err(Missed::Gone),
-        };
-        if state.group_stopped {
-            return Err(Missed::GroupStopped);
-        }
-        if !state.interrupt_pending {
-            match ptrace::interrupt(npid(tid)) {
-                Ok(()) => {}
-                Err(Errno::ESRCH) => {
-                    self.drain();
-                    return Err(Missed::Gone);
-                }
-                Err(e) => return Err(Missed::Error(e)),
+        let mut capture = Some(capture);
+        let mut out = Err(Missed::Gone);
+        self.sample_many(&[tid], |_, r| {
+            out = match r {
+                Ok(regs) => Ok(capture.take().expect("one stop per thread")(regs)),
+                Err(m) => Err(m),
             }
-        }
-        match self.wait_for_stop(tid) {
-            Ok(()) => {}
-            Err(Missed::Timeout) => {
-                if let Some(s) = self.threads.get_mut(&tid) {
-                    s.interrupt_pending = true;
-                }
-                return Err(Missed::Timeout);
-            }
-            Err(e) => return Err(e),
-        }
-        let result = match ptrace::getregs(npid(tid)) {
-            Ok(r) => Ok(capture(&regs_from_user(&r))),
-            Err(e) => Err(Missed::Error(e)),
-        };
-        let _ = ptrace::cont(npid(tid), None);
-        result
+        });
+        out
     }
 
-    /// Wait until `tid` is in the interrupt stop, handling whatever else it reports first.
-    fn wait_for_stop(&mut self, tid: Tid) -> Result<(), Missed> {
-        let deadline = Instant::now() + self.stop_timeout;
-        loop {
-            match waitpid(npid(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(Missed::Timeout);
+    /// Interrupt every thread of `tids` at once, then, as each one stops, read its
+    /// registers, call `on_stop` (which copies the stack while the thread is stopped) and
+    /// resume it. Waiting for the stops overlaps, so a tick costs the slowest stop rather
+    /// than the sum of them; each thread is stopped only for its own capture. `on_stop` is
+    /// called exactly once per thread, with the reason when it could not be sampled. The
+    /// pause of each captured thread is in `pauses()` afterwards.
+    pub fn sample_many(&mut self, tids: &[Tid], mut on_stop: impl FnMut(Tid, Result<&Regs, Missed>)) {
+        self.pauses.clear();
+        let mut pending: Vec<Tid> = Vec::with_capacity(tids.len());
+        for &tid in tids {
+            let Some(state) = self.threads.get_mut(&tid) else {
+                on_stop(tid, Err(Missed::Gone));
+                continue;
+            };
+            if state.group_stopped {
+                on_stop(tid, Err(Missed::GroupStopped));
+                continue;
+            }
+            if !state.interrupt_pending {
+                match ptrace::interrupt(npid(tid)) {
+                    Ok(()) => state.interrupt_pending = true,
+                    Err(Errno::ESRCH) => {
+                        on_stop(tid, Err(Missed::Gone));
+                        continue;
                     }
-                    match signals::wait(deadline - now) {
-                        Wake::Stop(sig) => self.stop_request = Some(sig),
-                        Wake::Child | Wake::Timeout => {}
+                    Err(e) => {
+                        on_stop(tid, Err(Missed::Error(e)));
+                        continue;
                     }
                 }
-                Ok(WaitStatus::PtraceEvent(_, sig, libc::PTRACE_EVENT_STOP)) => {
+            }
+            pending.push(tid);
+        }
+        let take = |pending: &mut Vec<Tid>, tid: Tid| {
+            pending.iter().position(|&t| t == tid).map(|i| pending.swap_remove(i)).is_some()
+        };
+        let deadline = Instant::now() + self.stop_timeout;
+        while !pending.is_empty() {
+            match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    if let Wake::Stop(sig) = signals::wait(deadline - now) {
+                        self.stop_request = Some(sig);
+                    }
+                }
+                Ok(WaitStatus::PtraceEvent(p, sig, libc::PTRACE_EVENT_STOP)) => {
+                    let stopped_at = Instant::now();
+                    let tid = p.as_raw();
                     let state = self.threads.entry(tid).or_default();
                     state.interrupt_pending = false;
                     if is_stop_signal(sig) {
                         state.group_stopped = true;
                         listen(tid);
-                        return Err(Missed::GroupStopped);
+                        if take(&mut pending, tid) {
+                            on_stop(tid, Err(Missed::GroupStopped));
+                        }
+                        continue;
                     }
                     state.group_stopped = false;
-                    return Ok(());
-                }
-                Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
-                    self.handle(status);
-                    return Err(Missed::Gone);
-                }
-                Ok(status) => {
-                    // A signal to deliver, a clone or exec event: handle it; the interrupt
-                    // stays pending and is reported next.
-                    self.handle(status);
-                    if !self.threads.contains_key(&tid) {
-                        return Err(Missed::Gone);
+                    if take(&mut pending, tid) {
+                        match ptrace::getregs(p) {
+                            Ok(r) => on_stop(tid, Ok(&regs_from_user(&r))),
+                            Err(e) => on_stop(tid, Err(Missed::Error(e))),
+                        }
+                        let _ = ptrace::cont(p, None);
+                        self.pauses.push(stopped_at.elapsed());
+                    } else {
+                        // A late interrupt or the first stop of a new thread.
+                        let _ = ptrace::cont(p, None);
                     }
                 }
-                Err(Errno::ECHILD) => {
-                    self.thread_gone(tid);
-                    return Err(Missed::Gone);
+                Ok(status) => {
+                    // Exits, signals to deliver, clone and exec events.
+                    self.handle(status);
+                    let mut i = 0;
+                    while i < pending.len() {
+                        if self.threads.contains_key(&pending[i]) {
+                            i += 1;
+                        } else {
+                            on_stop(pending.swap_remove(i), Err(Missed::Gone));
+                        }
+                    }
                 }
                 Err(Errno::EINTR) => {}
-                Err(e) => return Err(Missed::Error(e)),
+                Err(_) => break,
             }
         }
+        // Threads that did not stop in time (an uninterruptible sleep): their interrupt
+        // stays pending and is resumed by `drain` when it arrives.
+        for tid in pending {
+            on_stop(tid, Err(Missed::Timeout));
+        }
+    }
+
+    /// How long each thread captured by the last `sample_many` stayed stopped, from the
+    /// report of its stop to its resume.
+    pub fn pauses(&self) -> &[Duration] {
+        &self.pauses
     }
 
     /// Detach from every thread, leaving the target running (or group-stopped, if it was).

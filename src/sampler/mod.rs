@@ -346,13 +346,12 @@ impl Sampler {
         let pid = self.cfg.pid;
         let mut tids: Vec<Tid> = self.threads.keys().copied().collect();
         tids.sort_unstable();
+        let mut to_sample = Vec::with_capacity(tids.len());
         for tid in tids {
             if self.tracer.is_group_stopped(tid) {
                 continue;
             }
-            let Some(slot) = self.threads.get_mut(&tid) else {
-                continue;
-            };
+            let Some(slot) = self.threads.get_mut(&tid) else { continue };
             // Name: on first sight and every second (threads name themselves after start).
             if slot.name_checked.elapsed() >= Duration::from_secs(1) {
                 slot.name_checked = Instant::now();
@@ -368,77 +367,72 @@ impl Sampler {
             if slot.activity.is_none() {
                 slot.activity = Activity::open(pid, tid);
             }
-            let ran = slot.activity.as_mut().is_none_or(|a| a.ran_since_last());
-            let time_ns = self.epoch.elapsed().as_nanos() as u64;
-            if !ran {
+            if slot.activity.as_mut().is_none_or(|a| a.ran_since_last()) {
+                to_sample.push(tid);
+            } else {
                 self.stats.repeated += 1;
-                if !self.send(Msg::Repeat { tid, time_ns }) {
+                let time_ns = self.epoch.elapsed().as_nanos() as u64;
+                if !send(&self.tx, &mut self.stats, Msg::Repeat { tid, time_ns }) {
                     return false;
                 }
-                continue;
             }
-            let mut buf = self.pool.try_recv().unwrap_or_default();
-            let max = self.cfg.max_stack_bytes;
-            let known_range = slot.stack_range;
-            let maps = &self.maps;
-            let t0 = Instant::now();
-            let result = self.tracer.sample(tid, |regs| {
+        }
+        let Sampler { tracer, threads, maps, pool, tx, stats, cfg, epoch, .. } = self;
+        let max = cfg.max_stack_bytes;
+        let mut alive = true;
+        let mut gone = Vec::new();
+        tracer.sample_many(&to_sample, |tid, result| match result {
+            Ok(regs) => {
+                let time_ns = epoch.elapsed().as_nanos() as u64;
+                let slot = threads.get_mut(&tid);
                 let sp = regs.sp();
-                let range = known_range
+                let range = slot
+                    .as_ref()
+                    .and_then(|s| s.stack_range)
                     .filter(|&(lo, hi)| sp >= lo && sp < hi)
                     .or_else(|| procmaps::find(maps, sp).map(|m| (m.start, m.end)));
                 let top = range.map_or(sp + 64 * 1024, |(_, hi)| hi);
                 let len = (top.saturating_sub(sp) as usize).min(max);
+                let mut buf = pool.try_recv().unwrap_or_default();
                 buf.resize(len, 0);
                 let n = vm::read(tid, sp, &mut buf);
                 buf.truncate(n);
-                (*regs, range)
-            });
-            let pause = t0.elapsed();
-            match result {
-                Ok((regs, range)) => {
-                    self.stats.record_pause(pause);
-                    self.stats.captured += 1;
-                    self.stats.stack_bytes += buf.len() as u64;
-                    if let Some(slot) = self.threads.get_mut(&tid) {
-                        slot.stack_range = range;
-                    }
-                    let stack = StackSnapshot {
-                        start: regs.sp(),
-                        bytes: buf,
-                    };
-                    if !self.send(Msg::Sample {
-                        tid,
-                        time_ns,
-                        regs,
-                        stack,
-                    }) {
-                        return false;
-                    }
+                if let Some(slot) = slot {
+                    slot.stack_range = range;
                 }
-                Err(Missed::Gone) => {
-                    self.handle_events();
-                    if self.threads.remove(&tid).is_some() {
-                        let _ = self.tx.send(Msg::ThreadExited(tid));
-                    }
+                stats.captured += 1;
+                stats.stack_bytes += n as u64;
+                let stack = StackSnapshot { start: sp, bytes: buf };
+                alive &= send(tx, stats, Msg::Sample { tid, time_ns, regs: *regs, stack });
+            }
+            Err(Missed::Gone) => gone.push(tid),
+            Err(Missed::GroupStopped) => {}
+            Err(_) => stats.missed += 1,
+        });
+        for &p in tracer.pauses() {
+            stats.record_pause(p);
+        }
+        if !gone.is_empty() {
+            self.handle_events();
+            for tid in gone {
+                if self.threads.remove(&tid).is_some() {
+                    let _ = self.tx.send(Msg::ThreadExited(tid));
                 }
-                Err(Missed::GroupStopped) => {}
-                Err(_) => self.stats.missed += 1,
             }
         }
-        true
+        alive
     }
+}
 
-    /// Send without blocking; a full channel drops the message (counted). False when the
-    /// processor is gone.
-    fn send(&mut self, msg: Msg) -> bool {
-        match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.stats.dropped += 1;
-                true
-            }
-            Err(TrySendError::Disconnected(_)) => false,
+/// Send without blocking; a full channel drops the message (counted). False when the
+/// processor is gone.
+fn send(tx: &Sender<Msg>, stats: &mut SamplerStats, msg: Msg) -> bool {
+    match tx.try_send(msg) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            stats.dropped += 1;
+            true
         }
+        Err(TrySendError::Disconnected(_)) => false,
     }
 }
