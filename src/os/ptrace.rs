@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid as NixPid;
 
 use super::signals::{self, Wake};
@@ -76,11 +75,81 @@ fn npid(t: Tid) -> NixPid {
     NixPid::from_raw(t)
 }
 
-fn is_stop_signal(sig: Signal) -> bool {
+fn is_stop_signal(sig: i32) -> bool {
     matches!(
         sig,
-        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
     )
+}
+
+/// A state change reported by `waitpid`, with raw signal numbers: nix's `Signal` cannot
+/// represent real-time signals, and a report that cannot be decoded is still consumed, so
+/// decoding must never fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    /// Nothing to report.
+    StillAlive,
+    /// The thread exited or was killed.
+    Exited(Tid),
+    /// Signal-delivery-stop: the signal about to be delivered.
+    Stopped(Tid, i32),
+    /// A ptrace event stop: (signal, event).
+    Event(Tid, i32, i32),
+    /// Anything else (a continue report).
+    Other(Tid),
+}
+
+/// `waitpid(tid or -1, __WALL | WNOHANG)`.
+fn wait_nohang(tid: Option<Tid>) -> Result<Status, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a valid out pointer for the duration of the call.
+    let r = unsafe { libc::waitpid(tid.unwrap_or(-1), &mut status, libc::__WALL | libc::WNOHANG) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    if r == 0 {
+        return Ok(Status::StillAlive);
+    }
+    Ok(if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+        Status::Exited(r)
+    } else if libc::WIFSTOPPED(status) {
+        let sig = libc::WSTOPSIG(status);
+        let event = (status >> 16) & 0xff;
+        if event != 0 {
+            Status::Event(r, sig, event)
+        } else {
+            Status::Stopped(r, sig)
+        }
+    } else {
+        Status::Other(r)
+    })
+}
+
+/// Resume a stopped tracee, delivering `sig` (0 for none).
+fn resume(tid: Tid, sig: i32) -> Result<(), Errno> {
+    // SAFETY: PTRACE_CONT takes no address and a signal number as data.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_CONT,
+            tid,
+            0 as libc::c_long,
+            sig as libc::c_long,
+        )
+    };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Detach a stopped tracee, delivering `sig` (0 for none).
+fn detach_with(tid: Tid, sig: i32) {
+    // SAFETY: PTRACE_DETACH takes no address and a signal number as data.
+    unsafe {
+        libc::ptrace(
+            libc::PTRACE_DETACH,
+            tid,
+            0 as libc::c_long,
+            sig as libc::c_long,
+        );
+    }
 }
 
 impl Tracer {
@@ -178,34 +247,27 @@ impl Tracer {
     /// Handle every pending state change of every thread without blocking.
     pub fn drain(&mut self) {
         loop {
-            match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
+            match wait_nohang(None) {
+                Ok(Status::StillAlive) | Err(_) => break,
                 Ok(status) => self.handle(status),
             }
         }
     }
 
     /// Handle a state change that is not the stop of a sample in progress.
-    fn handle(&mut self, status: WaitStatus) {
+    fn handle(&mut self, status: Status) {
         match status {
-            WaitStatus::Exited(p, _) | WaitStatus::Signaled(p, _, _) => {
-                self.thread_gone(p.as_raw())
-            }
-            WaitStatus::PtraceEvent(p, sig, event) => {
-                let tid = p.as_raw();
+            Status::Exited(tid) => self.thread_gone(tid),
+            Status::Event(tid, sig, event) => {
                 self.threads.entry(tid).or_default();
                 self.ptrace_event(tid, sig, event);
             }
-            WaitStatus::Stopped(p, sig) => {
+            Status::Stopped(tid, sig) => {
                 // A signal about to be delivered: pass it on unchanged.
-                let tid = p.as_raw();
                 self.threads.entry(tid).or_default();
-                let _ = ptrace::cont(p, Some(sig));
+                let _ = resume(tid, sig);
             }
-            WaitStatus::PtraceSyscall(p) => {
-                let _ = ptrace::cont(p, None);
-            }
-            WaitStatus::Continued(_) | WaitStatus::StillAlive => {}
+            Status::Other(_) | Status::StillAlive => {}
         }
     }
 
@@ -222,7 +284,7 @@ impl Tracer {
         }
     }
 
-    fn ptrace_event(&mut self, tid: Tid, sig: Signal, event: i32) {
+    fn ptrace_event(&mut self, tid: Tid, sig: i32, event: i32) {
         match event {
             libc::PTRACE_EVENT_CLONE => {
                 if let Ok(new) = ptrace::getevent(npid(tid)) {
@@ -232,7 +294,7 @@ impl Tracer {
                         self.events.push(Event::NewThread(new));
                     }
                 }
-                let _ = ptrace::cont(npid(tid), None);
+                let _ = resume(tid, 0);
             }
             libc::PTRACE_EVENT_EXEC => {
                 // Every other thread is gone; the execing thread now has the leader's id.
@@ -243,7 +305,7 @@ impl Tracer {
                 }
                 self.threads.entry(tid).or_default();
                 self.events.push(Event::Exec);
-                let _ = ptrace::cont(npid(tid), None);
+                let _ = resume(tid, 0);
             }
             libc::PTRACE_EVENT_STOP => {
                 let state = self.threads.entry(tid).or_default();
@@ -256,11 +318,11 @@ impl Tracer {
                     // An interrupt whose sample timed out, the first stop of a new thread,
                     // or the end of a group-stop: run on.
                     state.group_stopped = false;
-                    let _ = ptrace::cont(npid(tid), None);
+                    let _ = resume(tid, 0);
                 }
             }
             _ => {
-                let _ = ptrace::cont(npid(tid), None);
+                let _ = resume(tid, 0);
             }
         }
     }
@@ -285,7 +347,11 @@ impl Tracer {
     /// than the sum of them; each thread is stopped only for its own capture. `on_stop` is
     /// called exactly once per thread, with the reason when it could not be sampled. The
     /// pause of each captured thread is in `pauses()` afterwards.
-    pub fn sample_many(&mut self, tids: &[Tid], mut on_stop: impl FnMut(Tid, Result<&Regs, Missed>)) {
+    pub fn sample_many(
+        &mut self,
+        tids: &[Tid],
+        mut on_stop: impl FnMut(Tid, Result<&Regs, Missed>),
+    ) {
         self.pauses.clear();
         let mut pending: Vec<Tid> = Vec::with_capacity(tids.len());
         for &tid in tids {
@@ -313,12 +379,16 @@ impl Tracer {
             pending.push(tid);
         }
         let take = |pending: &mut Vec<Tid>, tid: Tid| {
-            pending.iter().position(|&t| t == tid).map(|i| pending.swap_remove(i)).is_some()
+            pending
+                .iter()
+                .position(|&t| t == tid)
+                .map(|i| pending.swap_remove(i))
+                .is_some()
         };
         let deadline = Instant::now() + self.stop_timeout;
         while !pending.is_empty() {
-            match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => {
+            match wait_nohang(None) {
+                Ok(Status::StillAlive) | Err(Errno::ECHILD) => {
                     let now = Instant::now();
                     if now >= deadline {
                         break;
@@ -327,9 +397,9 @@ impl Tracer {
                         self.stop_request = Some(sig);
                     }
                 }
-                Ok(WaitStatus::PtraceEvent(p, sig, libc::PTRACE_EVENT_STOP)) => {
+                Ok(Status::Event(tid, sig, libc::PTRACE_EVENT_STOP)) => {
                     let stopped_at = Instant::now();
-                    let tid = p.as_raw();
+                    let p = npid(tid);
                     let state = self.threads.entry(tid).or_default();
                     state.interrupt_pending = false;
                     if is_stop_signal(sig) {
@@ -346,11 +416,11 @@ impl Tracer {
                             Ok(r) => on_stop(tid, Ok(&regs_from_user(&r))),
                             Err(e) => on_stop(tid, Err(Missed::Error(e))),
                         }
-                        let _ = ptrace::cont(p, None);
+                        let _ = resume(tid, 0);
                         self.pauses.push(stopped_at.elapsed());
                     } else {
                         // A late interrupt or the first stop of a new thread.
-                        let _ = ptrace::cont(p, None);
+                        let _ = resume(tid, 0);
                     }
                 }
                 Ok(status) => {
@@ -391,8 +461,8 @@ impl Tracer {
         }
         self.threads.clear();
         // Reap anything left for threads that exited meanwhile.
-        while let Ok(s) = waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-            if s == WaitStatus::StillAlive {
+        while let Ok(s) = wait_nohang(None) {
+            if s == Status::StillAlive {
                 break;
             }
         }
@@ -409,8 +479,8 @@ impl Tracer {
         }
         let deadline = Instant::now() + Duration::from_millis(500);
         loop {
-            match waitpid(npid(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {
+            match wait_nohang(Some(tid)) {
+                Ok(Status::StillAlive) => {
                     if Instant::now() >= deadline {
                         // Still running (uninterruptible sleep). Leave it; when the agent
                         // exits the kernel detaches it.
@@ -420,23 +490,21 @@ impl Tracer {
                         self.stop_request = Some(sig);
                     }
                 }
-                Ok(WaitStatus::Stopped(_, sig)) => {
+                Ok(Status::Stopped(_, sig)) => {
                     // A signal on its way: deliver it with the detach.
-                    let _ = ptrace::detach(npid(tid), Some(sig));
+                    detach_with(tid, sig);
                     return;
                 }
-                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE)) => {
-                    // The new thread is traced too; seize happened automatically. Detach it
-                    // when its own stop arrives: give it a state so the outer loop finds it.
+                Ok(Status::Event(_, _, libc::PTRACE_EVENT_CLONE)) => {
+                    // The new thread was attached automatically: detach it too.
                     if let Ok(new) = ptrace::getevent(npid(tid)) {
-                        self.threads.entry(new as Tid).or_default();
                         self.detach_new_thread(new as Tid);
                     }
-                    let _ = ptrace::detach(npid(tid), None);
+                    detach_with(tid, 0);
                     return;
                 }
-                Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::PtraceSyscall(_)) => {
-                    let _ = ptrace::detach(npid(tid), None);
+                Ok(Status::Event(..)) => {
+                    detach_with(tid, 0);
                     return;
                 }
                 Ok(_) | Err(_) => return,
@@ -447,14 +515,14 @@ impl Tracer {
     fn detach_new_thread(&mut self, tid: Tid) {
         let deadline = Instant::now() + Duration::from_millis(500);
         while Instant::now() < deadline {
-            match waitpid(npid(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_micros(200)),
-                Ok(WaitStatus::Stopped(_, sig)) => {
-                    let _ = ptrace::detach(npid(tid), Some(sig));
+            match wait_nohang(Some(tid)) {
+                Ok(Status::StillAlive) => std::thread::sleep(Duration::from_micros(200)),
+                Ok(Status::Stopped(_, sig)) => {
+                    detach_with(tid, sig);
                     return;
                 }
-                Ok(WaitStatus::PtraceEvent(..)) => {
-                    let _ = ptrace::detach(npid(tid), None);
+                Ok(Status::Event(..)) => {
+                    detach_with(tid, 0);
                     return;
                 }
                 _ => return,

@@ -351,7 +351,9 @@ impl Sampler {
             if self.tracer.is_group_stopped(tid) {
                 continue;
             }
-            let Some(slot) = self.threads.get_mut(&tid) else { continue };
+            let Some(slot) = self.threads.get_mut(&tid) else {
+                continue;
+            };
             // Name: on first sight and every second (threads name themselves after start).
             if slot.name_checked.elapsed() >= Duration::from_secs(1) {
                 slot.name_checked = Instant::now();
@@ -377,7 +379,17 @@ impl Sampler {
                 }
             }
         }
-        let Sampler { tracer, threads, maps, pool, tx, stats, cfg, epoch, .. } = self;
+        let Sampler {
+            tracer,
+            threads,
+            maps,
+            pool,
+            tx,
+            stats,
+            cfg,
+            epoch,
+            ..
+        } = self;
         let max = cfg.max_stack_bytes;
         let mut alive = true;
         let mut gone = Vec::new();
@@ -402,8 +414,20 @@ impl Sampler {
                 }
                 stats.captured += 1;
                 stats.stack_bytes += n as u64;
-                let stack = StackSnapshot { start: sp, bytes: buf };
-                alive &= send(tx, stats, Msg::Sample { tid, time_ns, regs: *regs, stack });
+                let stack = StackSnapshot {
+                    start: sp,
+                    bytes: buf,
+                };
+                alive &= send(
+                    tx,
+                    stats,
+                    Msg::Sample {
+                        tid,
+                        time_ns,
+                        regs: *regs,
+                        stack,
+                    },
+                );
             }
             Err(Missed::Gone) => gone.push(tid),
             Err(Missed::GroupStopped) => {}
