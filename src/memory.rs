@@ -79,9 +79,18 @@ mod tests {
 
     #[test]
     fn snapshot_bounds() {
-        let s = StackSnapshot { start: 0x1000, bytes: (0u8..16).collect() };
-        assert_eq!(s.read_u64(0x1000), Some(u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7])));
-        assert_eq!(s.read_u64(0x1008), Some(u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15])));
+        let s = StackSnapshot {
+            start: 0x1000,
+            bytes: (0u8..16).collect(),
+        };
+        assert_eq!(
+            s.read_u64(0x1000),
+            Some(u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]))
+        );
+        assert_eq!(
+            s.read_u64(0x1008),
+            Some(u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]))
+        );
         assert_eq!(s.read_u64(0x1009), None);
         assert_eq!(s.read_u64(0xfff), None);
         assert_eq!(s.read_u64(u64::MAX - 3), None);

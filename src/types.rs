@@ -64,16 +64,26 @@ pub struct FrameAddr {
 impl FrameAddr {
     /// An exact instruction pointer.
     pub fn ip(addr: u64) -> Self {
-        FrameAddr { addr, is_return: false }
+        FrameAddr {
+            addr,
+            is_return: false,
+        }
     }
     /// A return address.
     pub fn ret(addr: u64) -> Self {
-        FrameAddr { addr, is_return: true }
+        FrameAddr {
+            addr,
+            is_return: true,
+        }
     }
     /// The address to look up in unwind and debug info: inside the call for return
     /// addresses.
     pub fn lookup_addr(&self) -> u64 {
-        if self.is_return { self.addr.saturating_sub(1) } else { self.addr }
+        if self.is_return {
+            self.addr.saturating_sub(1)
+        } else {
+            self.addr
+        }
     }
 }
 

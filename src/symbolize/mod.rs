@@ -45,7 +45,9 @@ impl Symbolizer {
     /// A symbolizer that also searches `debug_dirs` (besides `/usr/lib/debug`) for debug
     /// files.
     pub fn new(debug_dirs: Vec<PathBuf>) -> Self {
-        Symbolizer { _debug_dirs: debug_dirs }
+        Symbolizer {
+            _debug_dirs: debug_dirs,
+        }
     }
 
     /// Name `svma` (a file address: the looked-up address minus the module's bias) in

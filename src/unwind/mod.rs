@@ -56,7 +56,9 @@ pub struct Unwinder {
 impl Unwinder {
     /// An unwinder that stops after `max_frames` frames.
     pub fn new(max_frames: usize) -> Self {
-        Unwinder { _max_frames: max_frames }
+        Unwinder {
+            _max_frames: max_frames,
+        }
     }
 
     /// Unwind from `regs`, pushing frames (leaf first) into `out` (cleared first), and
