@@ -178,7 +178,10 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, String> {
             break;
         }
         let (k, v) = h.split_once(':').ok_or("bad header")?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        let k = k.trim().to_ascii_lowercase();
+        if headers.insert(k.clone(), v.trim().to_string()).is_some() {
+            return Err(format!("duplicate header {k}"));
+        }
     }
     let len: usize = headers
         .get("content-length")
@@ -612,6 +615,9 @@ fn abrupt_stop_then_next_run_sends_the_spool() {
     // What a SIGKILL during a write leaves behind.
     let half = tmp.path().join("00000000000000000001-deadbeef.chunk.tmp");
     std::fs::write(&half, br#"{"version":"2","platf"#).unwrap();
+    // A damaged spool file (oldest name): deleted and counted, never sent.
+    let garbage = tmp.path().join("00000000000000000002-garbage.chunk");
+    std::fs::write(&garbage, b"not a chunk").unwrap();
 
     let state = Arc::new(ServerState::default());
     let (_server, _) = TestServer::start(port, Arc::clone(&state));
@@ -627,8 +633,18 @@ fn abrupt_stop_then_next_run_sends_the_spool() {
     let stats2 = up2.finish();
     state.assert_no_errors();
     assert_each_once(&state.accepted_ids(), &ids);
-    assert_eq!(stats2.chunks_from_earlier_runs, 3);
+    assert_eq!(stats2.chunks_from_earlier_runs, 4);
     assert_eq!(stats2.chunks_accepted, 3);
+    assert_eq!(stats2.dropped_io, 1);
+    assert!(!garbage.exists());
+    assert!(
+        reps2
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(l, m)| *l == Level::Warn && m.contains("garbage")),
+        "damaged file reported"
+    );
     assert!(spool_files(tmp.path()).is_empty());
     assert_key_hidden(&reps);
     assert_key_hidden(&reps2);
@@ -943,6 +959,40 @@ fn files_without_dsn() {
     cfg.reporter = Arc::new(|_, _| {});
     let (_tx, rx) = crossbeam_channel::unbounded::<ProfileChunk>();
     assert!(Uploader::spawn(cfg, rx).is_err());
+}
+
+/// An https DSN really speaks TLS (rustls is compiled in): the server sees a TLS
+/// ClientHello; the failed handshake is retried like any connection failure.
+#[test]
+fn https_dsn_uses_tls() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut head = [0u8; 3];
+        s.read_exact(&mut head).unwrap();
+        head
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let reps = reports();
+    let mut cfg = config(port, tmp.path(), &reps);
+    cfg.dsn = Some(
+        format!("https://{KEY}@127.0.0.1:{port}/{PROJECT}")
+            .parse()
+            .unwrap(),
+    );
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let up = Uploader::spawn(cfg, rx).unwrap();
+    send_chunks(&tx, 1);
+    let head = seen.join().unwrap();
+    assert_eq!(head[0], 0x16, "TLS handshake record");
+    assert_eq!(head[1], 0x03, "TLS version major");
+    wait_for("retry scheduled", Duration::from_secs(10), || {
+        up.stats().retries >= 1
+    });
+    let stats = up.abort();
+    assert_eq!(stats.left_in_spool, 1);
+    assert_key_hidden(&reps);
 }
 
 /// Sends one real chunk to the Sentry project in `SENTRY_TEST_DSN` (https, TLS through

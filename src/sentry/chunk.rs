@@ -732,13 +732,32 @@ mod tests {
                 .iter()
                 .all(|f| f.function.as_deref() != Some("g"))
         );
-        assert!(b_empty_is_none());
+        let empty = ChunkBuilder::new(&meta(), &InAppRules::default());
+        assert!(empty.finish().is_none());
     }
 
-    fn b_empty_is_none() -> bool {
-        ChunkBuilder::new(&meta(), &InAppRules::default())
-            .finish()
-            .is_none()
+    #[test]
+    fn image_from_own_executable_and_profiler_id_file() {
+        let data = std::fs::read("/proc/self/exe").unwrap();
+        let img =
+            ImageInfo::from_elf("/proc/self/exe", &data, 0x5555_0000_0000, 0x10_0000).unwrap();
+        let ids = crate::sentry::debug_id::elf_ids(&data).unwrap();
+        assert_eq!(img.debug_id, ids.debug_id);
+        assert_eq!(img.code_id, ids.code_id);
+        assert_eq!(
+            img.image_vmaddr,
+            crate::elf::facts(&data).unwrap().first_vaddr()
+        );
+        assert!(img.contains(0x5555_0000_0000) && img.contains(0x5555_000f_ffff));
+        assert!(!img.contains(0x5555_0010_0000) && !img.contains(0x5554_ffff_ffff));
+        assert!(ImageInfo::from_elf("x", b"junk", 0, 1).is_none());
+
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("profiler_id");
+        let id = new_profiler_id();
+        write_profiler_id(&path, &id).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{id}\n"));
+        assert!(!tmp.path().join("profiler_id.tmp").exists());
     }
 
     #[test]
