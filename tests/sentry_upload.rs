@@ -882,6 +882,40 @@ fn finish_stops_after_flush_timeout_and_keeps_the_spool() {
     drop(tx);
 }
 
+/// A hung request neither delays spooling of new chunks nor stretches the flush beyond its
+/// timeout.
+#[test]
+fn hung_request_does_not_block_spooling_or_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = Arc::new(ServerState::default());
+    state.push(Action::Hang(Duration::from_secs(20)));
+    let (_server, port) = TestServer::start(0, Arc::clone(&state));
+    let reps = reports();
+    let mut cfg = config(port, tmp.path(), &reps);
+    cfg.request_timeout = Duration::from_secs(30);
+    cfg.flush_timeout = Duration::from_secs(1);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let up = Uploader::spawn(cfg, rx).unwrap();
+    send_chunks(&tx, 1);
+    wait_for("request hangs", Duration::from_secs(5), || {
+        state.received().len() == 1
+    });
+    send_chunks(&tx, 2);
+    wait_for("spooled during the request", Duration::from_secs(2), || {
+        up.stats().chunks_spooled == 3
+    });
+    let t = Instant::now();
+    let stats = up.finish();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "flush bounded: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(stats.left_in_spool, 3);
+    assert_eq!(spool_files(tmp.path()).len(), 3);
+    drop(tx);
+}
+
 /// Scenario 6: the key never appears in reports, errors, Debug or Display output.
 #[test]
 fn key_never_shown() {

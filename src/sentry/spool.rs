@@ -207,7 +207,19 @@ impl Spool {
         fs::read(&entry.path)
     }
 
-    /// Delete the oldest chunk (after it was accepted, or dropped).
+    /// Delete `entry` (after it was accepted, or dropped). False when it is no longer in
+    /// the spool (evicted meanwhile).
+    pub fn remove(&mut self, entry: &SpoolEntry) -> bool {
+        let Some(i) = self.entries.iter().position(|e| e.path == entry.path) else {
+            return false;
+        };
+        let e = self.entries.remove(i).expect("index in range");
+        let _ = fs::remove_file(&e.path);
+        self.total -= e.size;
+        true
+    }
+
+    /// Delete the oldest chunk.
     pub fn pop_front(&mut self) -> Option<SpoolEntry> {
         let e = self.entries.pop_front()?;
         let _ = fs::remove_file(&e.path);
@@ -262,6 +274,13 @@ mod tests {
         assert_eq!(s.pop_front().unwrap().chunk_id(), "id0");
         assert_eq!(s.len(), 3);
         assert!(!front.path.exists());
+        let second = s.entries[1].clone();
+        assert!(s.remove(&second));
+        assert!(!s.remove(&second));
+        assert!(!second.path.exists());
+        let ids: Vec<_> = s.entries.iter().map(|e| e.chunk_id().to_string()).collect();
+        assert_eq!(ids, ["id1", "id3"]);
+        assert_eq!(s.total_bytes(), 9);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::chunk::{ProfileChunk, SDK_NAME, SDK_VERSION};
 use super::dsn::Dsn;
 use super::envelope::envelope_bytes;
 use super::ratelimit::{PROFILE_CHUNK_CATEGORIES, RateLimits};
-use super::spool::{Spool, write_atomic};
+use super::spool::{Spool, SpoolEntry, write_atomic};
 use super::transport::{HttpTransport, Response};
 
 /// Default bound of the spool directory.
@@ -268,18 +268,8 @@ impl Uploader {
                     );
                 }
                 stats.lock().unwrap().chunks_from_earlier_runs = spool.len() as u64;
-                Sink::Http(Box::new(HttpSink {
-                    transport: HttpTransport::new(dsn, &cfg.user_agent, cfg.request_timeout),
-                    spool,
-                    limits: RateLimits::new(),
-                    backoff_until: None,
-                    failures: 0,
-                    warned_status: HashSet::new(),
-                    rl_wait_since: None,
-                    rl_reported_until: None,
-                    backoff_initial: cfg.backoff_initial,
-                    backoff_max: cfg.backoff_max,
-                }))
+                let transport = HttpTransport::new(dsn, &cfg.user_agent, cfg.request_timeout);
+                Sink::Http(Box::new(HttpSink::new(transport, spool, &cfg)?))
             }
             (None, Some(out)) => Sink::Files(FileSink::new(out)?),
             (None, None) => return Err(UploadError::NoDestination),
@@ -358,8 +348,19 @@ enum Sink {
     Files(FileSink),
 }
 
+/// The request being answered by the HTTP thread.
+struct InFlight {
+    entry: SpoolEntry,
+    samples: u64,
+}
+
 struct HttpSink {
-    transport: HttpTransport,
+    url: String,
+    /// Envelopes to the HTTP thread; dropping it ends that thread.
+    requests: Sender<Vec<u8>>,
+    /// Its answers.
+    responses: Receiver<Response>,
+    in_flight: Option<InFlight>,
     spool: Spool,
     limits: RateLimits,
     backoff_until: Option<Instant>,
@@ -369,6 +370,56 @@ struct HttpSink {
     rl_reported_until: Option<Instant>,
     backoff_initial: Duration,
     backoff_max: Duration,
+}
+
+impl HttpSink {
+    /// Start the HTTP thread. It makes one request at a time and ends when `requests` is
+    /// dropped; a request still running when the uploader stops is left to finish on its own.
+    fn new(
+        transport: HttpTransport,
+        spool: Spool,
+        cfg: &UploadConfig,
+    ) -> Result<Self, UploadError> {
+        let url = transport.url().to_string();
+        let (req_tx, req_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+        let (resp_tx, resp_rx) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("sentry-http".into())
+            .spawn(move || {
+                for envelope in req_rx {
+                    if resp_tx.send(transport.send(&envelope)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(UploadError::Thread)?;
+        Ok(HttpSink {
+            url,
+            requests: req_tx,
+            responses: resp_rx,
+            in_flight: None,
+            spool,
+            limits: RateLimits::new(),
+            backoff_until: None,
+            failures: 0,
+            warned_status: HashSet::new(),
+            rl_wait_since: None,
+            rl_reported_until: None,
+            backoff_initial: cfg.backoff_initial,
+            backoff_max: cfg.backoff_max,
+        })
+    }
+
+    /// Delay before retry number `failures` (1-based): initial * 2^(n-1), capped, times a
+    /// random factor in [0.5, 1).
+    fn backoff(&self) -> Duration {
+        let exp = self.failures.saturating_sub(1).min(20);
+        let full = self
+            .backoff_initial
+            .saturating_mul(1u32 << exp)
+            .min(self.backoff_max);
+        full.mul_f64(0.5 + 0.5 * fastrand::f64())
+    }
 }
 
 enum OutputTarget {
@@ -463,6 +514,10 @@ impl Worker {
         }
     }
 
+    fn in_flight(&self) -> bool {
+        matches!(&self.sink, Sink::Http(h) if h.in_flight.is_some())
+    }
+
     fn run(&mut self) {
         loop {
             self.drain_rx();
@@ -477,15 +532,19 @@ impl Worker {
             }
             let now = Instant::now();
             let ready_at = self.ready_at(now);
+            let in_flight = self.in_flight();
             self.track_rate_limit(now);
             if let Some(d) = self.deadline {
-                let Some(ready) = ready_at else { break };
-                if now >= d || ready > d {
+                if now >= d {
+                    break;
+                }
+                // Nothing running and nothing that could start before the deadline.
+                if !in_flight && ready_at.is_none_or(|r| r > d) {
                     break;
                 }
             }
             if ready_at.is_some_and(|t| t <= now) {
-                self.send_one();
+                self.start_send();
                 continue;
             }
             let wake = match (ready_at, self.deadline) {
@@ -500,6 +559,10 @@ impl Worker {
             } else {
                 never()
             };
+            let responses = match &self.sink {
+                Sink::Http(h) => h.responses.clone(),
+                Sink::Files(_) => never(),
+            };
             select! {
                 recv(rx) -> msg => match msg {
                     Ok(c) => self.accept(c),
@@ -508,6 +571,13 @@ impl Worker {
                 recv(self.control) -> c => match c {
                     Ok(c) => self.on_control(c),
                     Err(_) => self.aborted = true,
+                },
+                recv(responses) -> r => match r {
+                    Ok(r) => self.on_response(r),
+                    Err(_) => {
+                        (self.report)(Level::Warn, "the HTTP thread stopped; uploads end here");
+                        self.aborted = true;
+                    }
                 },
                 default(timeout) => {}
             }
@@ -537,12 +607,13 @@ impl Worker {
         }
     }
 
-    /// When the oldest pending chunk may be sent; None when nothing is pending.
+    /// When the oldest pending chunk may be sent; None when nothing is pending or a request
+    /// is running.
     fn ready_at(&self, now: Instant) -> Option<Instant> {
         let Sink::Http(h) = &self.sink else {
             return None;
         };
-        if h.spool.is_empty() {
+        if h.spool.is_empty() || h.in_flight.is_some() {
             return None;
         }
         let mut t = now;
@@ -649,7 +720,8 @@ impl Worker {
         }
     }
 
-    fn send_one(&mut self) {
+    /// Hand the oldest spooled chunk to the HTTP thread.
+    fn start_send(&mut self) {
         let Worker {
             sink,
             stats,
@@ -657,11 +729,9 @@ impl Worker {
             ..
         } = self;
         let Sink::Http(h) = sink else { return };
-        let warn = |m: &str| report(Level::Warn, m);
         let Some(entry) = h.spool.front().cloned() else {
             return;
         };
-        let id = entry.chunk_id().to_string();
         let parsed = h
             .spool
             .read(&entry)
@@ -674,15 +744,43 @@ impl Worker {
         let (payload, info) = match parsed {
             Ok(x) => x,
             Err(e) => {
-                h.spool.pop_front();
+                h.spool.remove(&entry);
                 bump(stats, |s| s.dropped_io += 1);
-                warn(&format!("spooled chunk {id} is unreadable ({e}); deleted"));
+                report(
+                    Level::Warn,
+                    &format!(
+                        "spooled chunk {} is unreadable ({e}); deleted",
+                        entry.chunk_id()
+                    ),
+                );
                 return;
             }
         };
         let envelope = envelope_bytes(&payload, &info.platform, SystemTime::now());
         bump(stats, |s| s.requests += 1);
-        let response = h.transport.send(&envelope);
+        if h.requests.send(envelope).is_err() {
+            report(Level::Warn, "the HTTP thread stopped; uploads end here");
+            return;
+        }
+        h.in_flight = Some(InFlight {
+            entry,
+            samples: info.profile.samples.len() as u64,
+        });
+    }
+
+    /// Act on the answer to the running request.
+    fn on_response(&mut self, response: Response) {
+        let Worker {
+            sink,
+            stats,
+            report,
+            ..
+        } = self;
+        let Sink::Http(h) = sink else { return };
+        let Some(InFlight { entry, samples }) = h.in_flight.take() else {
+            return;
+        };
+        let id = entry.chunk_id().to_string();
         let now = Instant::now();
         let mut msgs: Vec<(Level, String)> = Vec::new();
         let retry_reason = match response {
@@ -713,16 +811,20 @@ impl Worker {
                 }
                 match status {
                     200..=299 => {
-                        h.spool.pop_front();
+                        if !h.spool.remove(&entry) {
+                            // Evicted while in flight and counted as dropped: it was not lost.
+                            bump(stats, |s| {
+                                s.dropped_spool_full = s.dropped_spool_full.saturating_sub(1)
+                            });
+                        }
                         if h.failures > 0 {
                             msgs.push((Level::Info, "upload to Sentry works again".to_string()));
                         }
                         h.failures = 0;
                         h.backoff_until = None;
-                        let n = info.profile.samples.len() as u64;
                         bump(stats, |s| {
                             s.chunks_accepted += 1;
-                            s.samples_accepted += n;
+                            s.samples_accepted += samples;
                         });
                         None
                     }
@@ -735,7 +837,7 @@ impl Worker {
                     }
                     408 | 500..=599 => Some(format!("HTTP {status}")),
                     _ => {
-                        h.spool.pop_front();
+                        h.spool.remove(&entry);
                         bump(stats, |s| s.dropped_rejected += 1);
                         if h.warned_status.insert(status) {
                             let body = body.trim();
@@ -757,19 +859,13 @@ impl Worker {
         };
         if let Some(reason) = retry_reason {
             h.failures = h.failures.saturating_add(1);
-            let exp = h.failures.saturating_sub(1).min(30);
-            let full = h
-                .backoff_initial
-                .saturating_mul(1u32 << exp.min(20))
-                .min(h.backoff_max);
-            let delay = full.mul_f64(0.5 + 0.5 * fastrand::f64());
-            h.backoff_until = Some(now + delay);
+            h.backoff_until = Some(now + h.backoff());
             if h.failures == 1 {
                 msgs.push((
                     Level::Warn,
                     format!(
                         "upload to {} failed ({reason}); retrying with backoff, chunks wait in the spool",
-                        h.transport.url()
+                        h.url
                     ),
                 ));
             }
