@@ -7,6 +7,8 @@
 //!   (`libc.so*`, `libstdc++.so*`, `libgcc_s.so*`, `libm.so*`, `libpthread.so*`, `libdl.so*`,
 //!   `librt.so*`, `ld-linux*.so*`, `ld-musl*`) wherever they live;
 //! - false for a frame with no known module;
+//! - true for the main executable when set with [`InAppRules::with_main_executable`], even
+//!   under a system directory (e.g. `/usr/lib/firefox/firefox`);
 //! - true otherwise (the main executable and non-system libraries, e.g. under `/usr/local`,
 //!   `/opt`, `/home`, or the build tree).
 //!
@@ -70,6 +72,7 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
 pub struct InAppRules {
     in_app: Vec<Pattern>,
     not_in_app: Vec<Pattern>,
+    main_executable: Option<String>,
 }
 
 const SYSTEM_DIRS: &[&str] = &[
@@ -117,7 +120,15 @@ impl InAppRules {
                 .iter()
                 .map(|p| Pattern::new(p.as_ref()))
                 .collect(),
+            main_executable: None,
         }
+    }
+
+    /// Treat `path` (the target's executable, as its frames' package shows it) as app code
+    /// by default wherever it lives.
+    pub fn with_main_executable(mut self, path: &str) -> Self {
+        self.main_executable = Some(path.to_string());
+        self
     }
 
     /// The `in_app` value of a frame in module `package` (None: unknown module) running
@@ -135,6 +146,7 @@ impl InAppRules {
             return true;
         }
         match package {
+            Some(p) if self.main_executable.as_deref() == Some(p) => true,
             Some(p) if !p.is_empty() => !is_system_package(p),
             _ => false,
         }
@@ -204,5 +216,14 @@ mod tests {
         assert!(!r.is_in_app(Some("/usr/lib/myapp/vendored/libz.so"), Some("inflate")));
         // Overrides also reach frames with no module.
         assert!(r.is_in_app(None, Some("mycrate::jit_stub")));
+
+        let exe = "/usr/lib/firefox/firefox";
+        let r = InAppRules::new(&[] as &[&str], &["*::vendor::*"]).with_main_executable(exe);
+        assert!(r.is_in_app(Some(exe), Some("main")));
+        assert!(
+            !r.is_in_app(Some(exe), Some("moz::vendor::x")),
+            "--not-in-app still wins"
+        );
+        assert!(!r.is_in_app(Some("/usr/lib/firefox/libxul.so"), Some("f")));
     }
 }
