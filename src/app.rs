@@ -2,17 +2,19 @@
 //! (on the calling thread), and the outputs. Returns a summary for `main` to print.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_channel::bounded;
 
+use crate::chunks::ChunkMaker;
 use crate::cli::AttachArgs;
 use crate::os::{permissions, proc};
 use crate::output;
 use crate::processor::Processor;
 use crate::sampler::{Sampler, SamplerConfig, SamplerStats, StopReason};
+use crate::sentry::{self, ChunkMeta, Dsn, InAppRules, UploadConfig, UploadStats, Uploader};
 use crate::symbolize::Symbolizer;
 use crate::types::Pid;
 
@@ -37,6 +39,42 @@ pub struct AttachConfig {
     pub verbose: bool,
     /// Real-time priority for the sampler thread when permitted.
     pub realtime: bool,
+    /// Sentry chunks, when a DSN or an envelope output is given.
+    pub sentry: Option<SentryConfig>,
+}
+
+/// Settings of the Sentry side.
+#[derive(Clone, Debug)]
+pub struct SentryConfig {
+    /// Where to send, or None to write files.
+    pub dsn: Option<Dsn>,
+    /// Directory or `*.envelope` file when there is no DSN.
+    pub output: Option<PathBuf>,
+    /// Release.
+    pub release: Option<String>,
+    /// Environment.
+    pub environment: Option<String>,
+    /// Window length.
+    pub chunk_seconds: f64,
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// Spool bound.
+    pub spool_max_bytes: u64,
+    /// Shutdown flush time.
+    pub flush_timeout: Duration,
+    /// File to write the profiler_id to.
+    pub profiler_id_file: Option<PathBuf>,
+    /// `--in-app` patterns.
+    pub in_app: Vec<String>,
+    /// `--not-in-app` patterns.
+    pub not_in_app: Vec<String>,
+}
+
+/// True for an output that asks for Sentry envelopes: `*.envelope` or a directory.
+pub fn is_envelope_output(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "envelope")
+        || p.as_os_str().to_string_lossy().ends_with('/')
+        || p.is_dir()
 }
 
 impl AttachConfig {
@@ -55,14 +93,46 @@ impl AttachConfig {
             Some(d) => Some(Duration::from_secs_f64(d)),
             None => None,
         };
+        let mut envelope_out = None;
+        let mut outputs = Vec::new();
         for o in &a.output {
-            if output::format_of(o).is_none() {
+            if is_envelope_output(o) {
+                if envelope_out.replace(o.clone()).is_some() {
+                    bail!("--output: give at most one envelope file or directory");
+                }
+            } else if output::format_of(o).is_some() {
+                outputs.push(o.clone());
+            } else {
                 bail!(
-                    "--output {}: unknown format; use a name ending in .folded or .svg",
+                    "--output {}: unknown format; use a name ending in .folded, .svg or \
+                     .envelope, or a directory ending in /",
                     o.display()
                 );
             }
         }
+        let dsn = match a.dsn.as_deref().filter(|d| !d.trim().is_empty()) {
+            Some(d) => Some(d.trim().parse::<Dsn>().map_err(|e| anyhow!("--dsn: {e}"))?),
+            None => None,
+        };
+        if !(a.chunk_seconds.is_finite() && a.chunk_seconds >= 1.0 && a.chunk_seconds <= 65.0) {
+            bail!("--chunk-seconds must be between 1 and 65 (Sentry rejects chunks over 66 s)");
+        }
+        if !(a.flush_timeout.is_finite() && a.flush_timeout >= 0.0) {
+            bail!("--flush-timeout must be zero or more seconds");
+        }
+        let sentry = (dsn.is_some() || envelope_out.is_some()).then(|| SentryConfig {
+            dsn,
+            output: envelope_out,
+            release: a.release.clone().filter(|r| !r.is_empty()),
+            environment: a.environment.clone().filter(|e| !e.is_empty()),
+            chunk_seconds: a.chunk_seconds,
+            spool_dir: a.spool_dir.clone(),
+            spool_max_bytes: a.spool_max_bytes,
+            flush_timeout: Duration::from_secs_f64(a.flush_timeout),
+            profiler_id_file: a.profiler_id_file.clone(),
+            in_app: a.in_app.clone(),
+            not_in_app: a.not_in_app.clone(),
+        });
         if a.max_frames < 2 {
             bail!("--max-frames must be at least 2");
         }
@@ -70,12 +140,13 @@ impl AttachConfig {
             pid: a.pid,
             frequency: a.frequency,
             duration,
-            outputs: a.output.clone(),
+            outputs,
             debug_dirs: a.debug_dir.clone(),
             max_stack_bytes: a.max_stack_bytes.max(4096),
             max_frames: a.max_frames,
             verbose: a.verbose,
             realtime: !a.no_realtime,
+            sentry,
         })
     }
 }
@@ -107,6 +178,8 @@ pub struct Summary {
     pub agent_cpu: f64,
     /// Verbose counters.
     pub details: Vec<String>,
+    /// Sentry lines.
+    pub sentry: Vec<String>,
 }
 
 impl Summary {
@@ -181,6 +254,9 @@ impl fmt::Display for Summary {
                 writeln!(f, "    {:>5.1}%  {name}", pct(*n, self.samples))?;
             }
         }
+        for l in &self.sentry {
+            writeln!(f, "  {l}")?;
+        }
         for d in &self.details {
             writeln!(f, "  {d}")?;
         }
@@ -224,6 +300,7 @@ fn agent_cpu_seconds() -> f64 {
 pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summary> {
     check_target(cfg.pid)?;
     let name = proc::process_name(cfg.pid).unwrap_or_default();
+    let wall0 = std::time::SystemTime::now();
     let epoch = Instant::now();
     let (tx, rx) = bounded(8192);
     let (pool_tx, pool_rx) = bounded(256);
@@ -268,9 +345,21 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
             .unwrap_or_default()
     ));
 
-    let mut processor = Processor::new(cfg.pid, cfg.max_frames, pool_tx, false);
+    let mut sym = Symbolizer::new(cfg.debug_dirs.clone());
+    let mut upload = match &cfg.sentry {
+        Some(sc) => Some(start_sentry(sc, cfg.pid, wall0, progress)?),
+        None => None,
+    };
+    let mut processor = Processor::new(cfg.pid, cfg.max_frames, pool_tx, upload.is_some());
     let mut next_report = 10_000_000_000u64;
     processor.run(&rx, |p, t| {
+        if let Some(u) = &mut upload {
+            if u.maker.due(t) {
+                for c in u.maker.make(p, &mut sym) {
+                    let _ = u.chunks.send(c);
+                }
+            }
+        }
         if t >= next_report {
             next_report += 10_000_000_000;
             progress(&format!(
@@ -294,7 +383,22 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         ));
     }
 
-    let mut sym = Symbolizer::new(cfg.debug_dirs.clone());
+    let mut sentry_lines = Vec::new();
+    if let Some(mut u) = upload {
+        for c in u.maker.make(&mut processor, &mut sym) {
+            let _ = u.chunks.send(c);
+        }
+        drop(u.chunks);
+        let stats: UploadStats = u.handle.finish();
+        sentry_lines.push(format!(
+            "sentry: profiler_id {}; {} chunks with {} samples ({} samples of threads with a single sample in a window left out, as Sentry requires)",
+            u.profiler_id, u.maker.chunks, u.maker.samples_in_chunks, u.maker.samples_left_out
+        ));
+        sentry_lines.push(format!("sentry: {stats}"));
+        if let Some(o) = &u.output {
+            sentry_lines.push(format!("sentry: envelopes written to {}", o.display()));
+        }
+    }
     let lines = output::folded_lines(&mut processor, &mut sym);
     output::write_all(
         &cfg.outputs,
@@ -343,5 +447,65 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         agent_cpu: agent_cpu_seconds(),
         sampler: sampler_stats,
         details,
+        sentry: sentry_lines,
+    })
+}
+
+/// The Sentry side of a session: chunk maker, channel to the uploader, uploader.
+struct Upload {
+    maker: ChunkMaker,
+    chunks: crossbeam_channel::Sender<sentry::ProfileChunk>,
+    handle: sentry::UploaderHandle,
+    profiler_id: String,
+    output: Option<PathBuf>,
+}
+
+fn start_sentry(
+    sc: &SentryConfig,
+    pid: Pid,
+    wall0: std::time::SystemTime,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Upload> {
+    let profiler_id = sentry::new_profiler_id();
+    progress(&format!("profiler_id {profiler_id}"));
+    if let Some(f) = &sc.profiler_id_file {
+        sentry::write_profiler_id(f, &profiler_id)
+            .with_context(|| format!("writing the profiler id to {}", f.display()))?;
+    }
+    let (tx, rx) = bounded(64);
+    let mut ucfg = UploadConfig::new(sc.dsn.clone(), sc.output.clone(), sc.spool_dir.clone());
+    ucfg.spool_max_bytes = sc.spool_max_bytes;
+    ucfg.flush_timeout = sc.flush_timeout;
+    ucfg.reporter = std::sync::Arc::new(|level, msg: &str| match level {
+        sentry::Level::Warn => eprintln!("profiler: warning: {msg}"),
+        sentry::Level::Info => eprintln!("profiler: {msg}"),
+    });
+    let handle = Uploader::spawn(ucfg, rx).map_err(|e| anyhow!("starting the uploader: {e}"))?;
+    let exe = std::fs::read_link(proc::proc_dir(pid).join("exe"))
+        .map(|p| {
+            p.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let in_app = InAppRules::new(&sc.in_app, &sc.not_in_app).with_main_executable(&exe);
+    let meta = ChunkMeta {
+        profiler_id: profiler_id.clone(),
+        release: sc.release.clone(),
+        environment: sc.environment.clone(),
+    };
+    let wall = wall0
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    Ok(Upload {
+        maker: ChunkMaker::new(meta, in_app, wall, sc.chunk_seconds),
+        chunks: tx,
+        handle,
+        profiler_id,
+        output: if sc.dsn.is_some() {
+            None
+        } else {
+            sc.output.clone()
+        },
     })
 }

@@ -37,7 +37,8 @@ pub struct AttachArgs {
     pub duration: Option<f64>,
 
     /// Where to write the profile; the format follows the name: `*.folded` (folded stacks),
-    /// `*.svg` (flame graph). May be given more than once.
+    /// `*.svg` (flame graph), `*.envelope` or a directory (`DIR/`: Sentry profile chunks as
+    /// the exact envelopes that would be sent). May be given more than once.
     #[arg(long, short = 'o')]
     pub output: Vec<PathBuf>,
 
@@ -53,6 +54,48 @@ pub struct AttachArgs {
     /// Most frames per stack (deeper stacks end in `[max depth]`).
     #[arg(long, default_value_t = 4096)]
     pub max_frames: usize,
+
+    /// Send profile chunks to this Sentry project (DSN from the project's settings).
+    #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
+    pub dsn: Option<String>,
+
+    /// Release name put on every chunk.
+    #[arg(long, env = "SENTRY_RELEASE")]
+    pub release: Option<String>,
+
+    /// Environment name put on every chunk.
+    #[arg(long, env = "SENTRY_ENVIRONMENT")]
+    pub environment: Option<String>,
+
+    /// Seconds of samples per Sentry chunk (at most 65: Sentry rejects longer chunks).
+    #[arg(long, default_value_t = 60.0)]
+    pub chunk_seconds: f64,
+
+    /// Directory holding chunks not yet accepted by Sentry (sent on the next start).
+    #[arg(long, default_value = "/var/tmp/profiler/spool")]
+    pub spool_dir: PathBuf,
+
+    /// Most bytes the spool may hold; the oldest chunks are dropped first.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub spool_max_bytes: u64,
+
+    /// Seconds to keep sending at shutdown; what is left stays in the spool.
+    #[arg(long, default_value_t = 10.0)]
+    pub flush_timeout: f64,
+
+    /// Write this session's profiler_id to a file (for the app's Sentry SDK to link traces).
+    #[arg(long)]
+    pub profiler_id_file: Option<PathBuf>,
+
+    /// Mark frames whose module path or function matches as app code (glob with `*`/`?`,
+    /// else substring). May be given more than once.
+    #[arg(long)]
+    pub in_app: Vec<String>,
+
+    /// Mark frames whose module path or function matches as not app code; wins over
+    /// `--in-app`. May be given more than once.
+    #[arg(long)]
+    pub not_in_app: Vec<String>,
 
     /// Keep the sampler thread at normal priority (by default it asks for the lowest
     /// real-time priority when permitted, so ticks stay on time on a busy machine).

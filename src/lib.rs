@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod bytes;
+pub mod chunks;
 pub mod cli;
 pub mod elf;
 pub mod memory;
