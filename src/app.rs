@@ -353,11 +353,11 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
     let mut processor = Processor::new(cfg.pid, cfg.max_frames, pool_tx, upload.is_some());
     let mut next_report = 10_000_000_000u64;
     processor.run(&rx, |p, t| {
-        if let Some(u) = &mut upload {
-            if u.maker.due(t) {
-                for c in u.maker.make(p, &mut sym) {
-                    let _ = u.chunks.send(c);
-                }
+        if let Some(u) = &mut upload
+            && u.maker.due(t)
+        {
+            for c in u.maker.make(p, &mut sym) {
+                let _ = u.chunks.send(c);
             }
         }
         if t >= next_report {

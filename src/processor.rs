@@ -151,12 +151,12 @@ impl Processor {
                 let mut end = self
                     .unwinder
                     .unwind(&regs, &stack, &self.modules, &mut self.frames);
-                if self.modules.find_module(regs.ip()).is_none() || end == StackEnd::Unknown {
-                    if self.reread_maps() {
-                        end = self
-                            .unwinder
-                            .unwind(&regs, &stack, &self.modules, &mut self.frames);
-                    }
+                if (self.modules.find_module(regs.ip()).is_none() || end == StackEnd::Unknown)
+                    && self.reread_maps()
+                {
+                    end = self
+                        .unwinder
+                        .unwind(&regs, &stack, &self.modules, &mut self.frames);
                 }
                 self.stats.unwinds += 1;
                 self.stats.frames += self.frames.len() as u64;

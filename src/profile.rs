@@ -40,7 +40,7 @@ impl FrameKey {
 
     /// The marker's display name, for a marker frame.
     pub fn marker_name(&self) -> Option<&'static str> {
-        (self.module == MARKER).then(|| match self.addr {
+        (self.module == MARKER).then_some(match self.addr {
             0 => "[truncated]",
             1 => "[unknown]",
             _ => "[max depth]",

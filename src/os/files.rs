@@ -45,10 +45,8 @@ pub fn open_mapping(pid: Pid, mapping: &Mapping) -> Option<(Bytes, Source)> {
         let path = proc::root_dir(pid).join(mapping.path.trim_start_matches('/'));
         if let Ok(file) = File::open(&path) {
             let same = file.metadata().is_ok_and(|m| m.ino() == mapping.inode);
-            if same {
-                if let Some(b) = map_file(&file) {
-                    return Some((b, Source::Root(path)));
-                }
+            if same && let Some(b) = map_file(&file) {
+                return Some((b, Source::Root(path)));
             }
         }
     }

@@ -289,8 +289,8 @@ impl Tracer {
             libc::PTRACE_EVENT_CLONE => {
                 if let Ok(new) = ptrace::getevent(npid(tid)) {
                     let new = new as Tid;
-                    if !self.threads.contains_key(&new) {
-                        self.threads.insert(new, ThreadState::default());
+                    if let std::collections::hash_map::Entry::Vacant(e) = self.threads.entry(new) {
+                        e.insert(ThreadState::default());
                         self.events.push(Event::NewThread(new));
                     }
                 }

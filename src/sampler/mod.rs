@@ -299,13 +299,13 @@ impl Sampler {
         let mut last_tick = start;
         let stop = loop {
             let deadline = schedule.next(self.now_ns());
-            if let Some(end) = end_ns {
-                if deadline >= end {
-                    if let Some(r) = self.sleep_until(end) {
-                        break r;
-                    }
-                    break StopReason::Duration;
+            if let Some(end) = end_ns
+                && deadline >= end
+            {
+                if let Some(r) = self.sleep_until(end) {
+                    break r;
                 }
+                break StopReason::Duration;
             }
             if let Some(r) = self.sleep_until(deadline) {
                 break r;
@@ -357,12 +357,12 @@ impl Sampler {
             // Name: on first sight and every second (threads name themselves after start).
             if slot.name_checked.elapsed() >= Duration::from_secs(1) {
                 slot.name_checked = Instant::now();
-                if let Some(n) = proc::thread_name(pid, tid) {
-                    if slot.name.as_deref() != Some(n.as_str()) {
-                        slot.name = Some(n.clone());
-                        if self.tx.send(Msg::ThreadName { tid, name: n }).is_err() {
-                            return false;
-                        }
+                if let Some(n) = proc::thread_name(pid, tid)
+                    && slot.name.as_deref() != Some(n.as_str())
+                {
+                    slot.name = Some(n.clone());
+                    if self.tx.send(Msg::ThreadName { tid, name: n }).is_err() {
+                        return false;
                     }
                 }
             }
