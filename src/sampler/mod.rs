@@ -217,9 +217,9 @@ impl Sampler {
         };
         let cost = t0.elapsed();
         self.maps_read_at = Instant::now();
-        // Keep re-reading cheap relative to the work: at least 20 ms apart, and at least
+        // Keep re-reading cheap relative to the work: at least 10 ms apart, and at least
         // 50 times the cost of one read.
-        self.maps_interval = (cost * 50).max(Duration::from_millis(20));
+        self.maps_interval = (cost * 50).max(Duration::from_millis(10));
         if text != self.maps_text {
             self.maps = procmaps::parse(&text);
             self.maps_text = text.clone();
