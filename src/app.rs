@@ -237,6 +237,11 @@ impl fmt::Display for Summary {
             s.missed,
             s.dropped
         )?;
+        writeln!(
+            f,
+            "  threads seen: {} ({} exited before their first sample)",
+            s.threads_seen, s.threads_unsampled
+        )?;
         writeln!(f, "  threads:")?;
         for (tid, name, n, c) in self.threads.iter().take(20) {
             writeln!(
@@ -299,6 +304,10 @@ fn agent_cpu_seconds() -> f64 {
 /// Run `profiler attach`. `progress` receives one-line progress messages.
 pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summary> {
     check_target(cfg.pid)?;
+    // Find out now, not after an hour of sampling, that an output cannot be written.
+    for o in &cfg.outputs {
+        output::check_writable(o)?;
+    }
     let name = proc::process_name(cfg.pid).unwrap_or_default();
     let wall0 = std::time::SystemTime::now();
     let epoch = Instant::now();

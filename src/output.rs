@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -79,8 +80,25 @@ fn create(path: &Path) -> Result<BufWriter<std::fs::File>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    // Profiles name the target's code: readable by the owner only.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     Ok(BufWriter::new(f))
+}
+
+/// Check that `path` can be written (creating its directory), without leaving a file.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let existed = path.exists();
+    drop(create(path)?);
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 /// Write folded stacks.
@@ -163,6 +181,9 @@ mod tests {
             std::fs::read_to_string(&paths[0]).unwrap(),
             "t;main;work 3\n"
         );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&paths[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "profiles are private to their owner");
         let svg = std::fs::read_to_string(&paths[1]).unwrap();
         assert!(svg.contains("<svg") && svg.contains("work"));
         write_all(&[dir.path().join("e.svg")], &[], "empty").unwrap();

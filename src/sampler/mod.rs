@@ -106,6 +106,8 @@ pub struct SamplerStats {
     pub elapsed: f64,
     /// Threads seen in all.
     pub threads_seen: u64,
+    /// Threads that exited before their first sample.
+    pub threads_unsampled: u64,
     /// Why it stopped.
     pub stop: Option<StopReason>,
     /// True when the sampler ran at a real-time priority.
@@ -140,6 +142,7 @@ impl SamplerStats {
 }
 
 struct ThreadSlot {
+    captured: bool,
     activity: Option<Activity>,
     name: Option<String>,
     name_checked: Instant,
@@ -200,6 +203,7 @@ impl Sampler {
         self.threads.insert(
             tid,
             ThreadSlot {
+                captured: false,
                 activity: None,
                 name: None,
                 name_checked: Instant::now() - Duration::from_secs(10),
@@ -243,11 +247,7 @@ impl Sampler {
                         self.add_thread(tid);
                     }
                 }
-                Event::ThreadExited(tid) => {
-                    if self.threads.remove(&tid).is_some() {
-                        let _ = self.tx.send(Msg::ThreadExited(tid));
-                    }
-                }
+                Event::ThreadExited(tid) => self.forget(tid),
                 Event::Exec => {
                     self.refresh_maps();
                     for t in self.threads.values_mut() {
@@ -263,6 +263,16 @@ impl Sampler {
             if !self.threads.contains_key(&tid) {
                 self.add_thread(tid);
             }
+        }
+    }
+
+    /// A thread is gone: tell the processor, count it if it was never sampled.
+    fn forget(&mut self, tid: Tid) {
+        if let Some(slot) = self.threads.remove(&tid) {
+            if !slot.captured {
+                self.stats.threads_unsampled += 1;
+            }
+            let _ = self.tx.send(Msg::ThreadExited(tid));
         }
     }
 
@@ -411,6 +421,7 @@ impl Sampler {
                 buf.truncate(n);
                 if let Some(slot) = slot {
                     slot.stack_range = range;
+                    slot.captured = true;
                 }
                 stats.captured += 1;
                 stats.stack_bytes += n as u64;
@@ -439,9 +450,7 @@ impl Sampler {
         if !gone.is_empty() {
             self.handle_events();
             for tid in gone {
-                if self.threads.remove(&tid).is_some() {
-                    let _ = self.tx.send(Msg::ThreadExited(tid));
-                }
+                self.forget(tid);
             }
         }
         alive
