@@ -488,7 +488,11 @@ fn clear_errors() {
     let o = run(&["attach", "--pid", &pid, "--frequency", "0"]);
     assert!(!o.status.success() && stderr(&o).contains("--frequency"));
     let o = run(&["attach", "--pid", &pid, "--output", "/proc/none/x.svg"]);
-    assert!(!o.status.success() && stderr(&o).contains("/proc/none"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("/proc/none"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(&["attach", "--pid", &pid, "--output", "x.pdf"]);
     assert!(!o.status.success() && stderr(&o).contains("unknown format"));
 }

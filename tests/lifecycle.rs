@@ -47,7 +47,9 @@ fn folded(path: &Path) -> String {
 
 /// States of every thread of `pid`.
 fn thread_states(pid: i32) -> Vec<char> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return vec![];
+    };
     dir.filter_map(|e| {
         let stat = std::fs::read_to_string(e.ok()?.path().join("stat")).ok()?;
         stat[stat.rfind(')')? + 2..].chars().next()
@@ -64,7 +66,10 @@ fn assert_free(pid: i32) {
         if !traced && !states.contains(&'t') && !states.contains(&'T') {
             return;
         }
-        assert!(Instant::now() < deadline, "target {pid} traced={traced} states {states:?}");
+        assert!(
+            Instant::now() < deadline,
+            "target {pid} traced={traced} states {states:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -76,8 +81,20 @@ fn a_forked_child_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("p.folded");
     let pid = fx.pid().to_string();
-    let agent = profiler(&["attach", "--pid", &pid, "-d", "2", "-F", "200", "-o", out.to_str().unwrap()]);
-    let line = fx.wait_for_line("child ", Duration::from_secs(5)).expect("child line");
+    let agent = profiler(&[
+        "attach",
+        "--pid",
+        &pid,
+        "-d",
+        "2",
+        "-F",
+        "200",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let line = fx
+        .wait_for_line("child ", Duration::from_secs(5))
+        .expect("child line");
     let child: i32 = line.trim().strip_prefix("child ").unwrap().parse().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(tracer_pid(child), Some(0), "the child must not be traced");
@@ -97,18 +114,40 @@ fn sampling_goes_on_across_exec() {
     let target = fixture_path("c_workers");
     let mut fx = Fixture::spawn(
         "lifecycle_app",
-        &["--wait-traced", "--after-ms", "800", "--exec", target.to_str().unwrap()],
+        &[
+            "--wait-traced",
+            "--after-ms",
+            "800",
+            "--exec",
+            target.to_str().unwrap(),
+        ],
     );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("p.folded");
     let pid = fx.pid().to_string();
-    let agent = profiler(&["attach", "--pid", &pid, "-d", "3", "-F", "500", "-o", out.to_str().unwrap()]);
+    let agent = profiler(&[
+        "attach",
+        "--pid",
+        &pid,
+        "-d",
+        "3",
+        "-F",
+        "500",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(fx.wait_for_line("exec", Duration::from_secs(10)).is_some());
     let o = finish(agent, Duration::from_secs(30));
     assert!(o.status.success(), "{}", stderr(&o));
     let f = folded(&out);
-    assert!(f.contains("before_exec"), "no samples before the exec:\n{f}");
-    assert!(f.contains("worker_direct") && f.contains("worker_indirect"), "none after:\n{f}");
+    assert!(
+        f.contains("before_exec"),
+        "no samples before the exec:\n{f}"
+    );
+    assert!(
+        f.contains("worker_direct") && f.contains("worker_indirect"),
+        "none after:\n{f}"
+    );
     // After the exec the thread has the new program's name.
     assert!(f.lines().any(|l| l.starts_with("c_workers;")), "{f}");
     assert_free(fx.pid());
@@ -121,13 +160,30 @@ fn signals_sent_to_the_target_are_delivered() {
     let pid = fx.pid().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("p.folded");
-    let agent = profiler(&["attach", "--pid", &pid, "-F", "1000", "-o", out.to_str().unwrap()]);
+    let agent = profiler(&[
+        "attach",
+        "--pid",
+        &pid,
+        "-F",
+        "1000",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     std::thread::sleep(Duration::from_millis(500));
     kill(Pid::from_raw(fx.pid()), Signal::SIGINT).unwrap();
-    assert!(fx.wait_for_line("got SIGINT", Duration::from_secs(5)).is_some());
+    assert!(
+        fx.wait_for_line("got SIGINT", Duration::from_secs(5))
+            .is_some()
+    );
     kill(Pid::from_raw(fx.pid()), Signal::SIGTERM).unwrap();
-    assert!(fx.wait_for_line("got SIGTERM", Duration::from_secs(5)).is_some());
-    assert!(fx.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()));
+    assert!(
+        fx.wait_for_line("got SIGTERM", Duration::from_secs(5))
+            .is_some()
+    );
+    assert!(
+        fx.wait_exit(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
     let o = finish(agent, Duration::from_secs(30));
     assert!(stderr(&o).contains("target exited"), "{}", stderr(&o));
     assert!(folded(&out).contains("signal_spin"));
@@ -141,19 +197,42 @@ fn thread_churn_leaves_nothing_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("p.folded");
     let o = finish(
-        profiler(&["attach", "--pid", &pid, "-d", "3", "-F", "1000", "-o", out.to_str().unwrap()]),
+        profiler(&[
+            "attach",
+            "--pid",
+            &pid,
+            "-d",
+            "3",
+            "-F",
+            "1000",
+            "-o",
+            out.to_str().unwrap(),
+        ]),
         Duration::from_secs(60),
     );
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
     assert!(!e.contains("error") && !e.contains("panic"), "{e}");
-    assert!(e.contains("threads seen"), "the summary reports threads seen and missed: {e}");
+    assert!(
+        e.contains("threads seen"),
+        "the summary reports threads seen and missed: {e}"
+    );
     assert!(folded(&out).contains("thread_body"));
     assert_free(fx.pid());
-    let line = fx.wait_for_line("threads ", Duration::from_secs(10)).expect("threads line");
-    let made: u64 = line.trim().strip_prefix("threads ").unwrap().parse().unwrap();
+    let line = fx
+        .wait_for_line("threads ", Duration::from_secs(10))
+        .expect("threads line");
+    let made: u64 = line
+        .trim()
+        .strip_prefix("threads ")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(made > 1000, "only {made} threads created");
-    assert!(fx.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()));
+    assert!(
+        fx.wait_exit(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
 }
 
 #[test]
@@ -179,5 +258,5 @@ fn sigkill_of_the_agent_never_hurts_the_target() {
     }
     // Still working: its threads run.
     let states = thread_states(fx.pid());
-    assert!(states.iter().any(|&s| s == 'R'), "{states:?}");
+    assert!(states.contains(&'R'), "{states:?}");
 }

@@ -26,7 +26,7 @@ fn state(pid: i32) -> char {
 fn wait_state(pid: i32, want: &[char], tracer: &mut Tracer) -> char {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        tracer.drain();
+        tracer.drain(|_, _| {});
         let s = state(pid);
         if want.contains(&s) || Instant::now() > deadline {
             return s;
@@ -87,7 +87,7 @@ fn tracer_lifecycle() {
         .as_deref()
         != Some("1")
     {
-        tracer.drain();
+        tracer.drain(|_, _| {});
         let _ = tracer.sample(pid, |_| ());
         assert!(
             Instant::now() < deadline,
@@ -105,7 +105,7 @@ fn tracer_lifecycle() {
     let s = wait_state(pid, &['T', 't'], &mut tracer);
     assert!(s == 'T' || s == 't', "stopped by SIGSTOP, state {s}");
     for _ in 0..10 {
-        tracer.drain();
+        tracer.drain(|_, _| {});
         assert_eq!(tracer.sample(pid, |_| ()).err(), Some(Missed::GroupStopped));
     }
     std::thread::sleep(Duration::from_millis(50));
@@ -119,7 +119,7 @@ fn tracer_lifecycle() {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        tracer.drain();
+        tracer.drain(|_, _| {});
         if tracer.sample(pid, |_| ()).is_ok() {
             break;
         }

@@ -244,23 +244,35 @@ impl Tracer {
         std::mem::take(&mut self.events)
     }
 
-    /// Handle every pending state change of every thread without blocking.
-    pub fn drain(&mut self) {
+    /// Handle every pending state change of every thread without blocking. The stop of an
+    /// interrupt sent earlier (one that did not arrive within its tick) is captured through
+    /// `on_stop` and the thread resumed.
+    pub fn drain(&mut self, mut on_stop: impl FnMut(Tid, Result<&Regs, Missed>)) {
         loop {
             match wait_nohang(None) {
                 Ok(Status::StillAlive) | Err(_) => break,
-                Ok(status) => self.handle(status),
+                Ok(status) => {
+                    if let Some(tid) = self.handle(status) {
+                        self.capture(tid, &mut on_stop);
+                    }
+                }
             }
         }
     }
 
-    /// Handle a state change that is not the stop of a sample in progress.
-    fn handle(&mut self, status: Status) {
+    /// True while an interrupt sent to `tid` has not been answered by its stop.
+    pub fn interrupt_pending(&self, tid: Tid) -> bool {
+        self.threads.get(&tid).is_some_and(|t| t.interrupt_pending)
+    }
+
+    /// Handle a state change. Returns the thread when it is the stop of an interrupt the
+    /// tracer sent: that thread is left stopped for the caller to capture and resume.
+    fn handle(&mut self, status: Status) -> Option<Tid> {
         match status {
             Status::Exited(tid) => self.thread_gone(tid),
             Status::Event(tid, sig, event) => {
                 self.threads.entry(tid).or_default();
-                self.ptrace_event(tid, sig, event);
+                return self.ptrace_event(tid, sig, event);
             }
             Status::Stopped(tid, sig) => {
                 // A signal about to be delivered: pass it on unchanged.
@@ -269,6 +281,7 @@ impl Tracer {
             }
             Status::Other(_) | Status::StillAlive => {}
         }
+        None
     }
 
     fn thread_gone(&mut self, tid: Tid) {
@@ -284,7 +297,7 @@ impl Tracer {
         }
     }
 
-    fn ptrace_event(&mut self, tid: Tid, sig: i32, event: i32) {
+    fn ptrace_event(&mut self, tid: Tid, sig: i32, event: i32) -> Option<Tid> {
         match event {
             libc::PTRACE_EVENT_CLONE => {
                 if let Ok(new) = ptrace::getevent(npid(tid)) {
@@ -309,14 +322,18 @@ impl Tracer {
             }
             libc::PTRACE_EVENT_STOP => {
                 let state = self.threads.entry(tid).or_default();
-                state.interrupt_pending = false;
                 if is_stop_signal(sig) {
-                    // Group-stop: keep the thread stopped until SIGCONT.
+                    // Group-stop: keep the thread stopped until SIGCONT. An interrupt sent
+                    // meanwhile is answered by this stop.
+                    state.interrupt_pending = false;
                     state.group_stopped = true;
                     listen(tid);
+                } else if state.interrupt_pending {
+                    state.interrupt_pending = false;
+                    state.group_stopped = false;
+                    return Some(tid);
                 } else {
-                    // An interrupt whose sample timed out, the first stop of a new thread,
-                    // or the end of a group-stop: run on.
+                    // The first stop of a new thread, or the end of a group-stop: run on.
                     state.group_stopped = false;
                     let _ = resume(tid, 0);
                 }
@@ -325,17 +342,36 @@ impl Tracer {
                 let _ = resume(tid, 0);
             }
         }
+        None
+    }
+
+    /// Read the registers of a thread stopped by our interrupt, hand them to `on_stop`, and
+    /// resume it.
+    fn capture(&mut self, tid: Tid, on_stop: &mut impl FnMut(Tid, Result<&Regs, Missed>)) {
+        let stopped_at = Instant::now();
+        match ptrace::getregs(npid(tid)) {
+            Ok(r) => on_stop(tid, Ok(&regs_from_user(&r))),
+            Err(e) => on_stop(tid, Err(Missed::Error(e))),
+        }
+        let _ = resume(tid, 0);
+        self.pauses.push(stopped_at.elapsed());
     }
 
     /// Stop `tid`, read its registers, let `capture` copy what it needs (the stack) while
     /// the thread is stopped, and resume it at once.
     pub fn sample<T>(&mut self, tid: Tid, capture: impl FnOnce(&Regs) -> T) -> Result<T, Missed> {
         let mut capture = Some(capture);
-        let mut out = Err(Missed::Gone);
-        self.sample_many(&[tid], |_, r| {
-            out = match r {
-                Ok(regs) => Ok(capture.take().expect("one stop per thread")(regs)),
-                Err(m) => Err(m),
+        let mut out = Err(Missed::Timeout);
+        let timeout = self.stop_timeout;
+        self.sample_many(&[tid], timeout, |t, r| {
+            if t == tid {
+                out = match r {
+                    Ok(regs) => match capture.take() {
+                        Some(c) => Ok(c(regs)),
+                        None => Err(Missed::Timeout),
+                    },
+                    Err(m) => Err(m),
+                }
             }
         });
         out
@@ -344,12 +380,16 @@ impl Tracer {
     /// Interrupt every thread of `tids` at once, then, as each one stops, read its
     /// registers, call `on_stop` (which copies the stack while the thread is stopped) and
     /// resume it. Waiting for the stops overlaps, so a tick costs the slowest stop rather
-    /// than the sum of them; each thread is stopped only for its own capture. `on_stop` is
-    /// called exactly once per thread, with the reason when it could not be sampled. The
-    /// pause of each captured thread is in `pauses()` afterwards.
+    /// than the sum of them; each thread is stopped only for its own capture. A thread that
+    /// has not stopped after `wait` (it waits for a CPU, or sleeps uninterruptibly) keeps
+    /// its interrupt pending: its stop is captured later, by `drain` or a later
+    /// `sample_many`, through the `on_stop` given there. `on_stop` is also called with the
+    /// reason when a thread cannot be sampled. The pause of each captured thread is in
+    /// `pauses()` afterwards.
     pub fn sample_many(
         &mut self,
         tids: &[Tid],
+        wait: Duration,
         mut on_stop: impl FnMut(Tid, Result<&Regs, Missed>),
     ) {
         self.pauses.clear();
@@ -378,14 +418,7 @@ impl Tracer {
             }
             pending.push(tid);
         }
-        let take = |pending: &mut Vec<Tid>, tid: Tid| {
-            pending
-                .iter()
-                .position(|&t| t == tid)
-                .map(|i| pending.swap_remove(i))
-                .is_some()
-        };
-        let deadline = Instant::now() + self.stop_timeout;
+        let deadline = Instant::now() + wait;
         while !pending.is_empty() {
             match wait_nohang(None) {
                 Ok(Status::StillAlive) | Err(Errno::ECHILD) => {
@@ -397,52 +430,34 @@ impl Tracer {
                         self.stop_request = Some(sig);
                     }
                 }
-                Ok(Status::Event(tid, sig, libc::PTRACE_EVENT_STOP)) => {
-                    let stopped_at = Instant::now();
-                    let p = npid(tid);
-                    let state = self.threads.entry(tid).or_default();
-                    state.interrupt_pending = false;
-                    if is_stop_signal(sig) {
-                        state.group_stopped = true;
-                        listen(tid);
-                        if take(&mut pending, tid) {
-                            on_stop(tid, Err(Missed::GroupStopped));
-                        }
-                        continue;
-                    }
-                    state.group_stopped = false;
-                    if take(&mut pending, tid) {
-                        match ptrace::getregs(p) {
-                            Ok(r) => on_stop(tid, Ok(&regs_from_user(&r))),
-                            Err(e) => on_stop(tid, Err(Missed::Error(e))),
-                        }
-                        let _ = resume(tid, 0);
-                        self.pauses.push(stopped_at.elapsed());
-                    } else {
-                        // A late interrupt or the first stop of a new thread.
-                        let _ = resume(tid, 0);
-                    }
-                }
                 Ok(status) => {
-                    // Exits, signals to deliver, clone and exec events.
-                    self.handle(status);
+                    if let Some(tid) = self.handle(status) {
+                        self.capture(tid, &mut on_stop);
+                    }
+                    // Settle the threads of this tick that stopped, stopped for a
+                    // group-stop, or went away.
                     let mut i = 0;
                     while i < pending.len() {
-                        if self.threads.contains_key(&pending[i]) {
-                            i += 1;
-                        } else {
-                            on_stop(pending.swap_remove(i), Err(Missed::Gone));
+                        let tid = pending[i];
+                        match self.threads.get(&tid) {
+                            None => {
+                                pending.swap_remove(i);
+                                on_stop(tid, Err(Missed::Gone));
+                            }
+                            Some(s) if s.group_stopped => {
+                                pending.swap_remove(i);
+                                on_stop(tid, Err(Missed::GroupStopped));
+                            }
+                            Some(s) if !s.interrupt_pending => {
+                                pending.swap_remove(i);
+                            }
+                            Some(_) => i += 1,
                         }
                     }
                 }
                 Err(Errno::EINTR) => {}
                 Err(_) => break,
             }
-        }
-        // Threads that did not stop in time (an uninterruptible sleep): their interrupt
-        // stays pending and is resumed by `drain` when it arrives.
-        for tid in pending {
-            on_stop(tid, Err(Missed::Timeout));
         }
     }
 

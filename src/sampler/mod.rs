@@ -98,6 +98,9 @@ pub struct SamplerStats {
     pub missed: u64,
     /// Samples dropped because the processor fell behind.
     pub dropped: u64,
+    /// Samples of threads whose stop came after their tick (waiting for a CPU): they
+    /// reuse the stack captured at that stop.
+    pub deferred: u64,
     /// Pause of the target thread per capture, in microseconds (histogram, 1 µs buckets).
     pub pause_us: Vec<u32>,
     /// Bytes of stack copied.
@@ -143,6 +146,10 @@ impl SamplerStats {
 
 struct ThreadSlot {
     captured: bool,
+    /// Tick time of the interrupt sent and not yet answered.
+    requested_at: Option<u64>,
+    /// Later tick times while that interrupt is outstanding.
+    waiting: Vec<u64>,
     activity: Option<Activity>,
     name: Option<String>,
     name_checked: Instant,
@@ -162,6 +169,8 @@ pub struct Sampler {
     maps_interval: Duration,
     epoch: Instant,
     stats: SamplerStats,
+    tick_wait: Duration,
+    processor_gone: bool,
 }
 
 impl Sampler {
@@ -185,6 +194,8 @@ impl Sampler {
             maps_interval: Duration::from_millis(20),
             epoch,
             stats: SamplerStats::default(),
+            tick_wait: Duration::from_millis(20),
+            processor_gone: false,
         };
         s.refresh_maps();
         for tid in s.tracer.threads() {
@@ -204,6 +215,8 @@ impl Sampler {
             tid,
             ThreadSlot {
                 captured: false,
+                requested_at: None,
+                waiting: Vec::new(),
                 activity: None,
                 name: None,
                 name_checked: Instant::now() - Duration::from_secs(10),
@@ -286,7 +299,7 @@ impl Sampler {
             match signals::wait(Duration::from_nanos(deadline_ns - now)) {
                 Wake::Timeout => {}
                 Wake::Child => {
-                    self.tracer.drain();
+                    self.drain();
                     self.handle_events();
                     if self.tracer.process_exited() {
                         return Some(StopReason::TargetExited);
@@ -304,6 +317,10 @@ impl Sampler {
         self.stats.realtime = self.cfg.realtime && signals::raise_priority();
         let start = self.now_ns();
         let mut schedule = Schedule::new(start, self.cfg.frequency, 0.25, fastrand::u64(..));
+        // How long a tick waits for its threads to stop before moving on; later stops are
+        // captured as they come.
+        self.tick_wait = Duration::from_nanos(schedule.period_ns() / 2)
+            .clamp(Duration::from_micros(200), Duration::from_millis(20));
         let end_ns = self.cfg.duration.map(|d| start + d.as_nanos() as u64);
         let mut first_tick = None;
         let mut last_tick = start;
@@ -323,7 +340,7 @@ impl Sampler {
             if let Some(sig) = self.tracer.take_stop_request() {
                 break StopReason::Signal(sig);
             }
-            self.tracer.drain();
+            self.drain();
             self.handle_events();
             if self.tracer.process_exited() {
                 break StopReason::TargetExited;
@@ -351,9 +368,34 @@ impl Sampler {
         self.stats
     }
 
+    /// Handle pending state changes of the target, capturing late interrupt stops.
+    fn drain(&mut self) {
+        let Sampler {
+            tracer,
+            threads,
+            maps,
+            pool,
+            tx,
+            stats,
+            cfg,
+            epoch,
+            ..
+        } = self;
+        let mut cap = Capture::new(threads, maps, pool, tx, stats, cfg.max_stack_bytes, *epoch);
+        tracer.drain(|tid, r| cap.on_stop(tid, r));
+        let (alive, gone) = (cap.alive, cap.gone);
+        if !alive {
+            self.processor_gone = true;
+        }
+        for tid in gone {
+            self.forget(tid);
+        }
+    }
+
     /// Sample every thread once. False when the processor is gone.
     fn tick(&mut self) -> bool {
         let pid = self.cfg.pid;
+        let now_ns = self.now_ns();
         let mut tids: Vec<Tid> = self.threads.keys().copied().collect();
         tids.sort_unstable();
         let mut to_sample = Vec::with_capacity(tids.len());
@@ -361,6 +403,7 @@ impl Sampler {
             if self.tracer.is_group_stopped(tid) {
                 continue;
             }
+            let pending = self.tracer.interrupt_pending(tid);
             let Some(slot) = self.threads.get_mut(&tid) else {
                 continue;
             };
@@ -376,19 +419,37 @@ impl Sampler {
                     }
                 }
             }
+            if pending {
+                // Still waiting for its stop from an earlier tick (it waits for a CPU): it
+                // has not run since, so that stop stands for this tick too.
+                if slot.waiting.len() < MAX_WAITING {
+                    slot.waiting.push(now_ns);
+                } else {
+                    self.stats.missed += 1;
+                }
+                continue;
+            }
             if slot.activity.is_none() {
                 slot.activity = Activity::open(pid, tid);
             }
             if slot.activity.as_mut().is_none_or(|a| a.ran_since_last()) {
+                slot.requested_at = Some(now_ns);
                 to_sample.push(tid);
             } else {
                 self.stats.repeated += 1;
-                let time_ns = self.epoch.elapsed().as_nanos() as u64;
-                if !send(&self.tx, &mut self.stats, Msg::Repeat { tid, time_ns }) {
+                if !send(
+                    &self.tx,
+                    &mut self.stats,
+                    Msg::Repeat {
+                        tid,
+                        time_ns: now_ns,
+                    },
+                ) {
                     return false;
                 }
             }
         }
+        let wait = self.tick_wait;
         let Sampler {
             tracer,
             threads,
@@ -400,38 +461,97 @@ impl Sampler {
             epoch,
             ..
         } = self;
-        let max = cfg.max_stack_bytes;
-        let mut alive = true;
-        let mut gone = Vec::new();
-        tracer.sample_many(&to_sample, |tid, result| match result {
+        let mut cap = Capture::new(threads, maps, pool, tx, stats, cfg.max_stack_bytes, *epoch);
+        tracer.sample_many(&to_sample, wait, |tid, r| cap.on_stop(tid, r));
+        let (alive, gone) = (cap.alive, cap.gone);
+        for &p in tracer.pauses() {
+            stats.record_pause(p);
+        }
+        for tid in gone {
+            self.forget(tid);
+        }
+        alive && !self.processor_gone
+    }
+}
+
+/// Most tick times remembered for a thread whose stop is late.
+const MAX_WAITING: usize = 100_000;
+
+/// What a captured stop needs: the sampler's state, borrowed apart from the tracer.
+struct Capture<'a> {
+    threads: &'a mut HashMap<Tid, ThreadSlot>,
+    maps: &'a [Mapping],
+    pool: &'a Receiver<Vec<u8>>,
+    tx: &'a Sender<Msg>,
+    stats: &'a mut SamplerStats,
+    max_stack: usize,
+    epoch: Instant,
+    alive: bool,
+    gone: Vec<Tid>,
+}
+
+impl<'a> Capture<'a> {
+    fn new(
+        threads: &'a mut HashMap<Tid, ThreadSlot>,
+        maps: &'a [Mapping],
+        pool: &'a Receiver<Vec<u8>>,
+        tx: &'a Sender<Msg>,
+        stats: &'a mut SamplerStats,
+        max_stack: usize,
+        epoch: Instant,
+    ) -> Self {
+        Capture {
+            threads,
+            maps,
+            pool,
+            tx,
+            stats,
+            max_stack,
+            epoch,
+            alive: true,
+            gone: Vec::new(),
+        }
+    }
+
+    /// A thread stopped for its sample (runs while it is stopped: copy the stack), or could
+    /// not be sampled.
+    fn on_stop(&mut self, tid: Tid, result: Result<&Regs, Missed>) {
+        let slot = self.threads.get_mut(&tid);
+        match result {
             Ok(regs) => {
-                let time_ns = epoch.elapsed().as_nanos() as u64;
-                let slot = threads.get_mut(&tid);
                 let sp = regs.sp();
                 let range = slot
                     .as_ref()
                     .and_then(|s| s.stack_range)
                     .filter(|&(lo, hi)| sp >= lo && sp < hi)
-                    .or_else(|| procmaps::find(maps, sp).map(|m| (m.start, m.end)));
+                    .or_else(|| procmaps::find(self.maps, sp).map(|m| (m.start, m.end)));
                 let top = range.map_or(sp + 64 * 1024, |(_, hi)| hi);
-                let len = (top.saturating_sub(sp) as usize).min(max);
-                let mut buf = pool.try_recv().unwrap_or_default();
+                let len = (top.saturating_sub(sp) as usize).min(self.max_stack);
+                let mut buf = self.pool.try_recv().unwrap_or_default();
                 buf.resize(len, 0);
                 let n = vm::read(tid, sp, &mut buf);
                 buf.truncate(n);
-                if let Some(slot) = slot {
-                    slot.stack_range = range;
-                    slot.captured = true;
-                }
-                stats.captured += 1;
-                stats.stack_bytes += n as u64;
+                self.stats.captured += 1;
+                self.stats.stack_bytes += n as u64;
+                let now = self.epoch.elapsed().as_nanos() as u64;
+                let (time_ns, waiting) = match slot {
+                    Some(slot) => {
+                        slot.stack_range = range;
+                        slot.captured = true;
+                        (
+                            slot.requested_at.take().unwrap_or(now),
+                            std::mem::take(&mut slot.waiting),
+                        )
+                    }
+                    None => (now, Vec::new()),
+                };
                 let stack = StackSnapshot {
                     start: sp,
                     bytes: buf,
                 };
-                alive &= send(
-                    tx,
-                    stats,
+                self.alive &= send(
+                    self.tx,
+                    self.stats,
                     Msg::Sample {
                         tid,
                         time_ns,
@@ -439,21 +559,25 @@ impl Sampler {
                         stack,
                     },
                 );
+                // Ticks that passed while the stop was on its way: the thread did not run
+                // in between, so they share this stack.
+                self.stats.deferred += waiting.len() as u64;
+                for t in waiting {
+                    self.alive &= send(self.tx, self.stats, Msg::Repeat { tid, time_ns: t });
+                }
             }
-            Err(Missed::Gone) => gone.push(tid),
-            Err(Missed::GroupStopped) => {}
-            Err(_) => stats.missed += 1,
-        });
-        for &p in tracer.pauses() {
-            stats.record_pause(p);
-        }
-        if !gone.is_empty() {
-            self.handle_events();
-            for tid in gone {
-                self.forget(tid);
+            Err(m) => {
+                if let Some(slot) = slot {
+                    slot.requested_at = None;
+                    slot.waiting.clear();
+                }
+                match m {
+                    Missed::Gone => self.gone.push(tid),
+                    Missed::GroupStopped => {}
+                    Missed::Timeout | Missed::Error(_) => self.stats.missed += 1,
+                }
             }
         }
-        alive
     }
 }
 
