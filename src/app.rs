@@ -18,10 +18,23 @@ use crate::sentry::{self, ChunkMeta, Dsn, InAppRules, UploadConfig, UploadStats,
 use crate::symbolize::Symbolizer;
 use crate::types::Pid;
 
+/// How the target is named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A pid.
+    Pid(Pid),
+    /// A file holding the pid.
+    PidFile(PathBuf),
+    /// A process name.
+    Name(String),
+}
+
 /// Validated settings of `profiler attach`.
 #[derive(Clone, Debug)]
 pub struct AttachConfig {
-    /// Target.
+    /// How the target is named.
+    pub target: Target,
+    /// The target of the current session.
     pub pid: Pid,
     /// Ticks per second.
     pub frequency: f64,
@@ -136,8 +149,15 @@ impl AttachConfig {
         if a.max_frames < 2 {
             bail!("--max-frames must be at least 2");
         }
+        let target = match (&a.pid, &a.pid_file, &a.process_name) {
+            (Some(p), _, _) => Target::Pid(*p),
+            (_, Some(f), _) => Target::PidFile(f.clone()),
+            (_, _, Some(n)) if !n.is_empty() => Target::Name(n.clone()),
+            _ => bail!("give --pid, --pid-file or --process-name"),
+        };
         Ok(AttachConfig {
-            pid: a.pid,
+            pid: a.pid.unwrap_or(0),
+            target,
             frequency: a.frequency,
             duration,
             outputs,
@@ -517,4 +537,128 @@ fn start_sentry(
             sc.output.clone()
         },
     })
+}
+
+/// Run `profiler attach`: once for `--pid`; for `--pid-file` and `--process-name`, wait for
+/// the target, profile it until it exits, and wait for the next one, until stopped.
+/// `on_summary` gets each session's summary.
+pub fn run_attach(
+    cfg: &AttachConfig,
+    progress: &mut dyn FnMut(&str),
+    on_summary: &mut dyn FnMut(&Summary),
+) -> Result<()> {
+    if let Target::Pid(pid) = cfg.target {
+        let mut c = cfg.clone();
+        c.pid = pid;
+        let s = attach(&c, progress)?;
+        on_summary(&s);
+        return Ok(());
+    }
+    let mut last: Option<(Pid, u64)> = None;
+    loop {
+        let Some(pid) = wait_for_target(&cfg.target, last, progress) else {
+            return Ok(());
+        };
+        last = Some((pid, start_time(pid).unwrap_or(0)));
+        let mut c = cfg.clone();
+        c.pid = pid;
+        match attach(&c, progress) {
+            Ok(s) => {
+                on_summary(&s);
+                if s.stop != StopReason::TargetExited {
+                    return Ok(());
+                }
+            }
+            // It exited between being found and being seized: look again.
+            Err(e) if !proc::proc_dir(pid).exists() => progress(&format!("{e:#}; waiting again")),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A process's start time (clock ticks since boot): with the pid, its identity.
+fn start_time(pid: Pid) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    // Field 22 (starttime) is the 20th after the parenthesised comm.
+    stat[close + 2..].split(' ').nth(19)?.parse().ok()
+}
+
+/// Wait for the process `target` names, other than `last` (the one just profiled, by pid
+/// and start time). None when the agent is asked to stop meanwhile.
+pub fn wait_for_target(
+    target: &Target,
+    last: Option<(Pid, u64)>,
+    progress: &mut dyn FnMut(&str),
+) -> Option<Pid> {
+    let mut announced = false;
+    loop {
+        let found = match target {
+            Target::Pid(p) => Some(*p),
+            Target::PidFile(f) => std::fs::read_to_string(f)
+                .ok()
+                .and_then(|t| t.trim().parse::<Pid>().ok())
+                .filter(|&p| p > 0 && proc::proc_dir(p).exists()),
+            Target::Name(n) => find_by_name(n),
+        };
+        if let Some(p) = found {
+            if last.is_none_or(|(lp, ls)| lp != p || start_time(p) != Some(ls)) {
+                return Some(p);
+            }
+        }
+        if !announced {
+            announced = true;
+            let what = match target {
+                Target::Pid(p) => format!("process {p}"),
+                Target::PidFile(f) => format!("a live process in {}", f.display()),
+                Target::Name(n) => format!("a process named {n}"),
+            };
+            progress(&format!("waiting for {what}"));
+        }
+        if let crate::os::signals::Wake::Stop(_) =
+            crate::os::signals::wait(Duration::from_millis(200))
+        {
+            return None;
+        }
+    }
+}
+
+/// The oldest process whose `comm` or executable file name is `name` (not the agent, not a
+/// kernel thread).
+pub fn find_by_name(name: &str) -> Option<Pid> {
+    let me = std::process::id() as Pid;
+    let comm_name: String = name.chars().take(15).collect();
+    let mut best: Option<(u64, Pid)> = None;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<Pid>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let exe_matches = || {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().trim_end_matches(" (deleted)") == name)
+            })
+        };
+        if comm != comm_name && !exe_matches() {
+            continue;
+        }
+        if proc::is_kernel_thread(pid) {
+            continue;
+        }
+        let start = start_time(pid).unwrap_or(u64::MAX);
+        if best.is_none_or(|(s, p)| (start, pid) < (s, p)) {
+            best = Some((start, pid));
+        }
+    }
+    best.map(|(_, p)| p)
 }

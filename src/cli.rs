@@ -19,14 +19,39 @@ pub struct Cli {
 pub enum Command {
     /// Attach to a running process and sample every thread's stack.
     Attach(AttachArgs),
+    /// Check whether a process can be profiled from here, and say what to fix.
+    Doctor(DoctorArgs),
+}
+
+/// `profiler doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Process to check.
+    #[arg(long, short = 'p')]
+    pub pid: i32,
+
+    /// Extra directory to search for separate debug files.
+    #[arg(long)]
+    pub debug_dir: Vec<PathBuf>,
 }
 
 /// `profiler attach`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "pid_file", "process_name"])))]
 pub struct AttachArgs {
     /// Process to profile (as seen in the agent's PID namespace).
     #[arg(long, short = 'p')]
-    pub pid: i32,
+    pub pid: Option<i32>,
+
+    /// Read the pid from this file; wait for it, and attach again when the process exits
+    /// and the file names its successor.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+
+    /// Wait for a process with this name (its `comm`, or the file name of its executable),
+    /// attach, and attach again to the next one when it exits: a sidecar's lifecycle.
+    #[arg(long)]
+    pub process_name: Option<String>,
 
     /// Samples per second per thread.
     #[arg(long, short = 'F', default_value_t = 100.0)]
@@ -128,8 +153,10 @@ mod tests {
             "b.folded",
         ])
         .unwrap();
-        let Command::Attach(a) = cli.command;
-        assert_eq!(a.pid, 42);
+        let Command::Attach(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.pid, Some(42));
         assert_eq!(a.frequency, 1000.0);
         assert_eq!(a.duration, Some(2.5));
         assert_eq!(a.output.len(), 2);
@@ -139,5 +166,12 @@ mod tests {
     fn pid_is_required() {
         assert!(Cli::try_parse_from(["profiler", "attach"]).is_err());
         assert!(Cli::try_parse_from(["profiler", "attach", "--pid", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["profiler", "attach", "--pid", "1", "--process-name", "x"])
+                .is_err(),
+            "one target only"
+        );
+        assert!(Cli::try_parse_from(["profiler", "attach", "--process-name", "svc"]).is_ok());
+        assert!(Cli::try_parse_from(["profiler", "attach", "--pid-file", "/run/x.pid"]).is_ok());
     }
 }

@@ -10,6 +10,7 @@ pub mod app;
 pub mod bytes;
 pub mod chunks;
 pub mod cli;
+pub mod doctor;
 pub mod elf;
 pub mod memory;
 pub mod modules;

@@ -15,14 +15,20 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Attach(args) => app::AttachConfig::from_args(&args)
-            .and_then(|cfg| app::attach(&cfg, &mut |m| eprintln!("profiler: {m}"))),
+        Command::Attach(args) => app::AttachConfig::from_args(&args).and_then(|cfg| {
+            app::run_attach(&cfg, &mut |m| eprintln!("profiler: {m}"), &mut |s| {
+                eprint!("{s}")
+            })
+        }),
+        Command::Doctor(args) => profiler::doctor::run(args.pid, &args.debug_dir).map(|report| {
+            print!("{report}");
+            if !report.can_attach() {
+                std::process::exit(1);
+            }
+        }),
     };
     match result {
-        Ok(summary) => {
-            eprint!("{summary}");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("profiler: error: {e:#}");
             ExitCode::from(1)

@@ -1,0 +1,168 @@
+//! A sidecar's lifecycle: wait for a process by name or pid file, profile it, wait for its
+//! successor; and `profiler doctor`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Fixture, fixture_path};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn profiler(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_profiler"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn traced(pid: u32) -> bool {
+    common::tracer_pid(pid as i32).unwrap_or(0) != 0
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn process_name_follows_restarts() {
+    let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("svc{}", std::process::id() % 100_000);
+    let bin = dir.path().join(&name);
+    std::fs::copy(fixture_path("c_workers"), &bin).unwrap();
+    let out = dir.path().join("p.folded");
+    let agent = profiler(&[
+        "attach",
+        "--process-name",
+        &name,
+        "-F",
+        "200",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        let svc = KillOnDrop(Command::new(&bin).stdout(Stdio::null()).spawn().unwrap());
+        wait_until("the agent to attach", || traced(svc.0.id()));
+        std::thread::sleep(Duration::from_millis(700));
+        drop(svc);
+        // The agent notices the exit, writes its outputs and waits for the next one.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).unwrap();
+    let o = agent.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert_eq!(e.matches("target exited").count(), 2, "{e}");
+    assert!(
+        e.contains(&format!("waiting for a process named {name}")),
+        "{e}"
+    );
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("worker_direct")
+    );
+}
+
+#[test]
+fn pid_file_names_the_target() {
+    let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::spawn("c_workers", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("svc.pid");
+    let out = dir.path().join("p.folded");
+    let agent = profiler(&[
+        "attach",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "-d",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&pid_file, format!("{}\n", fx.pid())).unwrap();
+    let o = agent.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("waiting for a live process in"), "{e}");
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("worker_direct")
+    );
+}
+
+#[test]
+fn doctor_says_what_to_fix() {
+    let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::spawn("c_workers_stripped_buildid", &[]);
+    let pid = fx.pid().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+        .args(["doctor", "--pid", &pid])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("can profile process"), "{text}");
+    assert!(text.contains("ptrace: seized 1 threads"), "{text}");
+    // The stripped binary has no symbols without its debug directory ...
+    assert!(
+        text.contains("no symbols at all for:") && text.contains("c_workers_stripped_buildid"),
+        "{text}"
+    );
+    // ... and has them with it.
+    let debug = fixture_path("debug");
+    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+        .args([
+            "doctor",
+            "--pid",
+            &pid,
+            "--debug-dir",
+            debug.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!text.contains("c_workers_stripped_buildid"), "{text}");
+    assert_eq!(common::tracer_pid(fx.pid()), Some(0), "doctor detached");
+
+    // Already traced: named, and the exit code says it cannot profile.
+    let agent = KillOnDrop(profiler(&["attach", "--pid", &pid, "-d", "10"]));
+    wait_until("the agent to attach", || traced(fx.pid() as u32));
+    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+        .args(["doctor", "--pid", &pid])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success());
+    assert!(text.contains("already traced by process"), "{text}");
+    drop(agent);
+
+    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+        .args(["doctor", "--pid", "999999999"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no process 999999999"));
+}
