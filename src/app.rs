@@ -601,10 +601,10 @@ pub fn wait_for_target(
                 .filter(|&p| p > 0 && proc::proc_dir(p).exists()),
             Target::Name(n) => find_by_name(n),
         };
-        if let Some(p) = found {
-            if last.is_none_or(|(lp, ls)| lp != p || start_time(p) != Some(ls)) {
-                return Some(p);
-            }
+        if let Some(p) = found
+            && last.is_none_or(|(lp, ls)| lp != p || start_time(p) != Some(ls))
+        {
+            return Some(p);
         }
         if !announced {
             announced = true;

@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to a running process and sample every thread's stack.
-    Attach(AttachArgs),
+    Attach(Box<AttachArgs>),
     /// Check whether a process can be profiled from here, and say what to fix.
     Doctor(DoctorArgs),
 }
