@@ -40,8 +40,10 @@ pub struct AttachConfig {
     pub frequency: f64,
     /// How long to sample.
     pub duration: Option<Duration>,
-    /// Output files.
+    /// Output files, opened by `open_outputs`.
     pub outputs: Vec<PathBuf>,
+    /// The opened outputs.
+    pub files: std::sync::Arc<Vec<output::OutputFile>>,
     /// Extra debug file directories.
     pub debug_dirs: Vec<PathBuf>,
     /// Stack copy limit.
@@ -91,6 +93,31 @@ pub fn is_envelope_output(p: &Path) -> bool {
 }
 
 impl AttachConfig {
+    /// Open the output files and create the Sentry directories now: before the agent
+    /// gives up its privileges, and so that a path that cannot be written is found before
+    /// an hour of sampling rather than after.
+    pub fn open_outputs(&mut self) -> Result<()> {
+        self.files = std::sync::Arc::new(output::open_all(&self.outputs)?);
+        if let Some(sc) = &self.sentry {
+            if let Some(o) = sc
+                .output
+                .as_ref()
+                .filter(|o| !o.to_string_lossy().ends_with(".envelope"))
+            {
+                std::fs::create_dir_all(o).with_context(|| format!("creating {}", o.display()))?;
+            }
+            if sc.dsn.is_some() {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&sc.spool_dir)
+                    .with_context(|| format!("creating the spool {}", sc.spool_dir.display()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Check the arguments.
     pub fn from_args(a: &AttachArgs) -> Result<AttachConfig> {
         if !(a.frequency.is_finite() && a.frequency >= 1.0 && a.frequency <= 20_000.0) {
@@ -161,6 +188,7 @@ impl AttachConfig {
             frequency: a.frequency,
             duration,
             outputs,
+            files: Default::default(),
             debug_dirs: a.debug_dir.clone(),
             max_stack_bytes: a.max_stack_bytes.max(4096),
             max_frames: a.max_frames,
@@ -324,10 +352,6 @@ fn agent_cpu_seconds() -> f64 {
 /// Run `profiler attach`. `progress` receives one-line progress messages.
 pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summary> {
     check_target(cfg.pid)?;
-    // Find out now, not after an hour of sampling, that an output cannot be written.
-    for o in &cfg.outputs {
-        output::check_writable(o)?;
-    }
     let name = proc::process_name(cfg.pid).unwrap_or_default();
     let wall0 = std::time::SystemTime::now();
     let epoch = Instant::now();
@@ -430,7 +454,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
     }
     let lines = output::folded_lines(&mut processor, &mut sym);
     output::write_all(
-        &cfg.outputs,
+        &cfg.files,
         &lines,
         &format!("profiler: {name} ({})", cfg.pid),
     )?;

@@ -6,6 +6,15 @@ use clap::Parser;
 use profiler::app;
 use profiler::cli::{Cli, Command};
 
+/// Keep only the capabilities the agent needs (see `os::permissions::KEEP`).
+fn drop_privileges(verbose: bool) {
+    match profiler::os::permissions::drop_privileges() {
+        Ok(kept) if verbose => eprintln!("profiler: capabilities kept: {kept:?}"),
+        Ok(_) => {}
+        Err(e) => eprintln!("profiler: warning: could not drop capabilities: {e}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // SIGINT, SIGTERM, SIGHUP and SIGCHLD are taken synchronously by the sampler thread;
@@ -15,7 +24,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Attach(args) => app::AttachConfig::from_args(&args).and_then(|cfg| {
+        Command::Attach(args) => app::AttachConfig::from_args(&args).and_then(|mut cfg| {
+            cfg.open_outputs()?;
+            drop_privileges(cfg.verbose);
             app::run_attach(&cfg, &mut |m| eprintln!("profiler: {m}"), &mut |s| {
                 eprint!("{s}")
             })

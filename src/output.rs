@@ -64,14 +64,52 @@ fn clean(name: &str) -> String {
     name.replace([';', '\n'], ",")
 }
 
-/// Write `lines` to every path in the format its name asks for.
-pub fn write_all(paths: &[PathBuf], lines: &[String], title: &str) -> Result<()> {
-    for path in paths {
-        match format_of(path) {
-            Some(Format::Folded) => write_folded(path, lines)?,
-            Some(Format::Svg) => write_svg(path, lines, title)?,
-            None => bail!("unknown output format for {}", path.display()),
+/// An output file opened at start, before the agent gives up its privileges, and written
+/// (again) at the end of each session.
+#[derive(Debug)]
+pub struct OutputFile {
+    /// Its path.
+    pub path: PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+/// Open (create, 0600) every output, failing now rather than after the profiling.
+pub fn open_all(paths: &[PathBuf]) -> Result<Vec<OutputFile>> {
+    paths
+        .iter()
+        .map(|p| {
+            if format_of(p).is_none() {
+                bail!("unknown output format for {}", p.display());
+            }
+            let w = create(p)?;
+            let file = w
+                .into_inner()
+                .map_err(|e| anyhow::anyhow!("{}", e.error()))?;
+            Ok(OutputFile {
+                path: p.clone(),
+                file: std::sync::Mutex::new(file),
+            })
+        })
+        .collect()
+}
+
+/// Write `lines` to every output in the format its name asks for, replacing what an
+/// earlier session wrote.
+pub fn write_all(outputs: &[OutputFile], lines: &[String], title: &str) -> Result<()> {
+    use std::io::Seek;
+    for o in outputs {
+        let mut f = o.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.set_len(0)
+            .and_then(|_| f.rewind())
+            .with_context(|| format!("writing {}", o.path.display()))?;
+        let mut w = BufWriter::new(&mut *f);
+        match format_of(&o.path) {
+            Some(Format::Folded) => folded_to(&mut w, lines),
+            Some(Format::Svg) => svg_to(&mut w, lines, title),
+            None => bail!("unknown output format for {}", o.path.display()),
         }
+        .and_then(|_| w.flush().map_err(Into::into))
+        .with_context(|| format!("writing {}", o.path.display()))?;
     }
     Ok(())
 }
@@ -91,29 +129,14 @@ fn create(path: &Path) -> Result<BufWriter<std::fs::File>> {
     Ok(BufWriter::new(f))
 }
 
-/// Check that `path` can be written (creating its directory), without leaving a file.
-pub fn check_writable(path: &Path) -> Result<()> {
-    let existed = path.exists();
-    drop(create(path)?);
-    if !existed {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(())
-}
-
-/// Write folded stacks.
-pub fn write_folded(path: &Path, lines: &[String]) -> Result<()> {
-    let mut w = create(path)?;
+fn folded_to(w: &mut impl Write, lines: &[String]) -> Result<()> {
     for l in lines {
         writeln!(w, "{l}")?;
     }
-    w.flush()?;
     Ok(())
 }
 
-/// Write a flame graph.
-pub fn write_svg(path: &Path, lines: &[String], title: &str) -> Result<()> {
-    let mut w = create(path)?;
+fn svg_to(w: &mut impl Write, lines: &[String], title: &str) -> Result<()> {
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_string();
     opts.count_name = "samples".to_string();
@@ -121,13 +144,12 @@ pub fn write_svg(path: &Path, lines: &[String], title: &str) -> Result<()> {
         // inferno refuses empty input; an empty profile still gets a valid picture.
         let mut o = inferno::flamegraph::Options::default();
         o.title = format!("{title} (no samples)");
-        inferno::flamegraph::from_lines(&mut o, ["no-samples 1"].iter().copied(), &mut w)
+        inferno::flamegraph::from_lines(&mut o, ["no-samples 1"].iter().copied(), w)
             .context("drawing the flame graph")?;
     } else {
-        inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut w)
+        inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
             .context("drawing the flame graph")?;
     }
-    w.flush()?;
     Ok(())
 }
 
@@ -176,7 +198,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lines = vec!["t;main;work 3".to_string()];
         let paths = vec![dir.path().join("p.folded"), dir.path().join("sub/p.svg")];
-        write_all(&paths, &lines, "test").unwrap();
+        write_all(&open_all(&paths).unwrap(), &lines, "test").unwrap();
         assert_eq!(
             std::fs::read_to_string(&paths[0]).unwrap(),
             "t;main;work 3\n"
@@ -186,7 +208,17 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600, "profiles are private to their owner");
         let svg = std::fs::read_to_string(&paths[1]).unwrap();
         assert!(svg.contains("<svg") && svg.contains("work"));
-        write_all(&[dir.path().join("e.svg")], &[], "empty").unwrap();
-        assert!(write_all(&[dir.path().join("x.bin")], &lines, "t").is_err());
+        write_all(
+            &open_all(&[dir.path().join("e.svg")]).unwrap(),
+            &[],
+            "empty",
+        )
+        .unwrap();
+        assert!(open_all(&[dir.path().join("x.bin")]).is_err());
+        // A second session replaces the first one's profile.
+        let outs = open_all(&paths[..1]).unwrap();
+        write_all(&outs, &["a;b 1".to_string(), "a;c 2".to_string()], "t").unwrap();
+        write_all(&outs, &["x 1".to_string()], "t").unwrap();
+        assert_eq!(std::fs::read_to_string(&paths[0]).unwrap(), "x 1\n");
     }
 }
