@@ -166,3 +166,37 @@ fn doctor_says_what_to_fix() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("no process 999999999"));
 }
+
+#[test]
+fn agent_keeps_only_the_capabilities_it_needs() {
+    let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let fx = Fixture::spawn("c_workers", &[]);
+    let agent = KillOnDrop(profiler(&[
+        "attach",
+        "--pid",
+        &fx.pid().to_string(),
+        "-d",
+        "3",
+    ]));
+    wait_until("the agent to attach", || traced(fx.pid() as u32));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).unwrap();
+    let field = |k: &str| {
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim();
+        u64::from_str_radix(v, 16).unwrap()
+    };
+    // CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19), CAP_SYS_NICE (23), CAP_CHECKPOINT_RESTORE (40).
+    let allowed: u64 = (1 << 2) | (1 << 19) | (1 << 23) | (1 << 40);
+    for k in ["CapEff:", "CapPrm:", "CapInh:"] {
+        assert_eq!(field(k) & !allowed, 0, "{k} {:x}", field(k));
+    }
+    assert_ne!(field("CapEff:") & (1 << 19), 0, "CAP_SYS_PTRACE kept");
+    assert!(status.contains("NoNewPrivs:\t1"));
+}

@@ -156,6 +156,47 @@ pub fn explain_with(
     }
 }
 
+/// Capabilities the agent keeps when it has them: ptrace itself, reading the target's
+/// files whatever their owner, the sampler's real-time priority, and opening
+/// `/proc/PID/map_files` (deleted binaries).
+pub const KEEP: [caps::Capability; 4] = [
+    caps::Capability::CAP_SYS_PTRACE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    caps::Capability::CAP_SYS_NICE,
+    caps::Capability::CAP_CHECKPOINT_RESTORE,
+];
+
+/// Give up every capability the agent does not need (from the effective, permitted,
+/// inheritable, ambient and, when allowed, bounding sets) and forbid gaining new ones
+/// (`PR_SET_NO_NEW_PRIVS`). Returns the capabilities kept.
+pub fn drop_privileges() -> Result<Vec<caps::Capability>, String> {
+    use caps::CapSet;
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0);
+    }
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| e.to_string())?;
+    let keep: caps::CapsHashSet = KEEP
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
+    if permitted.contains(&caps::Capability::CAP_SETPCAP) {
+        for c in caps::all() {
+            if !keep.contains(&c) {
+                let _ = caps::drop(None, CapSet::Bounding, c);
+            }
+        }
+    }
+    let _ = caps::clear(None, CapSet::Ambient);
+    caps::clear(None, CapSet::Inheritable).map_err(|e| e.to_string())?;
+    caps::set(None, CapSet::Effective, &keep).map_err(|e| e.to_string())?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(|e| e.to_string())?;
+    let mut kept: Vec<caps::Capability> = keep.into_iter().collect();
+    kept.sort_by_key(|c| c.index());
+    Ok(kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,45 +249,4 @@ mod tests {
     fn no_such_process() {
         assert!(explain_with(7, Errno::ESRCH, &user(), None, None).contains("no such process"));
     }
-}
-
-/// Capabilities the agent keeps when it has them: ptrace itself, reading the target's
-/// files whatever their owner, the sampler's real-time priority, and opening
-/// `/proc/PID/map_files` (deleted binaries).
-pub const KEEP: [caps::Capability; 4] = [
-    caps::Capability::CAP_SYS_PTRACE,
-    caps::Capability::CAP_DAC_READ_SEARCH,
-    caps::Capability::CAP_SYS_NICE,
-    caps::Capability::CAP_CHECKPOINT_RESTORE,
-];
-
-/// Give up every capability the agent does not need (from the effective, permitted,
-/// inheritable, ambient and, when allowed, bounding sets) and forbid gaining new ones
-/// (`PR_SET_NO_NEW_PRIVS`). Returns the capabilities kept.
-pub fn drop_privileges() -> Result<Vec<caps::Capability>, String> {
-    use caps::CapSet;
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments and touches no memory.
-    unsafe {
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0);
-    }
-    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| e.to_string())?;
-    let keep: caps::CapsHashSet = KEEP
-        .iter()
-        .copied()
-        .filter(|c| permitted.contains(c))
-        .collect();
-    if permitted.contains(&caps::Capability::CAP_SETPCAP) {
-        for c in caps::all() {
-            if !keep.contains(&c) {
-                let _ = caps::drop(None, CapSet::Bounding, c);
-            }
-        }
-    }
-    let _ = caps::clear(None, CapSet::Ambient);
-    caps::clear(None, CapSet::Inheritable).map_err(|e| e.to_string())?;
-    caps::set(None, CapSet::Effective, &keep).map_err(|e| e.to_string())?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(|e| e.to_string())?;
-    let mut kept: Vec<caps::Capability> = keep.into_iter().collect();
-    kept.sort_by_key(|c| c.index());
-    Ok(kept)
 }
