@@ -3,7 +3,7 @@ CARGO ?= cargo
 DEMO_SECONDS ?= 5
 DEMO_DIR ?= demo-output
 
-.PHONY: all build release fixtures test check fmt clippy doc demo bench clean
+.PHONY: all build release fixtures test check fmt clippy doc demo bench soak clean
 
 all: build
 
@@ -46,6 +46,10 @@ demo: build fixtures
 
 bench: build fixtures
 	./scripts/bench.sh
+
+# 30 minutes at 100 Hz against a thread-churning target; the agent's RSS must stay flat.
+soak: build fixtures
+	./scripts/soak.sh
 
 clean:
 	$(CARGO) clean

@@ -29,6 +29,9 @@ pub enum Target {
     Name(String),
 }
 
+/// Unique frames kept in a Sentry-only session before the interning tables start afresh.
+const MAX_FRAMES_KEPT: usize = 200_000;
+
 /// Validated settings of `profiler attach`.
 #[derive(Clone, Debug)]
 pub struct AttachConfig {
@@ -404,6 +407,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         None => None,
     };
     let mut processor = Processor::new(cfg.pid, cfg.max_frames, pool_tx, upload.is_some());
+    let keep_profile_bounded = cfg.files.is_empty();
     let mut next_report = 10_000_000_000u64;
     processor.run(&rx, |p, t| {
         if let Some(u) = &mut upload
@@ -411,6 +415,12 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         {
             for c in u.maker.make(p, &mut sym) {
                 let _ = u.chunks.send(c);
+            }
+            // Without local outputs nothing needs the whole session's stacks: keep memory
+            // bounded in runs of days.
+            if keep_profile_bounded && p.profile.frames().len() > MAX_FRAMES_KEPT {
+                p.reset_profile();
+                u.maker.reset_frames();
             }
         }
         if t >= next_report {

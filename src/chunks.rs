@@ -49,6 +49,11 @@ impl ChunkMaker {
         }
     }
 
+    /// Forget resolved frames (after the processor forgot its interned frames).
+    pub fn reset_frames(&mut self) {
+        self.resolved.clear();
+    }
+
     /// True when a sample at `t_ns` closes the current window.
     pub fn due(&mut self, t_ns: u64) -> bool {
         let start = *self.window_start.get_or_insert(t_ns);

@@ -213,6 +213,14 @@ impl Processor {
         self.modules.generation() != g
     }
 
+    /// Forget interned frames and stacks (and their names), to bound memory in long runs
+    /// that keep no local profile. Call right after `take_window`.
+    pub fn reset_profile(&mut self) {
+        self.profile.reset_interning();
+        self.last_stack.clear();
+        self.names.clear();
+    }
+
     /// Samples kept since the last call (windowed outputs).
     pub fn take_window(&mut self) -> Vec<TimedSample> {
         self.window.as_mut().map(std::mem::take).unwrap_or_default()

@@ -83,6 +83,15 @@ impl Profile {
         Self::default()
     }
 
+    /// Forget interned frames, stacks and per-stack counts, keeping the per-thread totals.
+    pub fn reset_interning(&mut self) {
+        self.frames.clear();
+        self.frame_index.clear();
+        self.nodes.clear();
+        self.node_index.clear();
+        self.counts.clear();
+    }
+
     /// Intern a frame.
     pub fn frame(&mut self, key: FrameKey) -> u32 {
         if let Some(&i) = self.frame_index.get(&key) {

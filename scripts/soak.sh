@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Soak test (`make soak`, not in CI): profile a thread-churning target at 100 Hz for
+# SOAK_MINUTES (default 30) with Sentry chunks written to files, sample the agent's RSS every
+# 10 s, and fail if it grew by more than 10% after the first minute.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=${SOAK_MINUTES:-30}
+out=$(mktemp -d)
+trap 'kill $target $agent 2>/dev/null || true; rm -rf "$out"' EXIT
+
+./fixtures/bin/cpp_app --churn-rate 500 > /dev/null &
+target=$!
+sleep 0.5
+./target/release/profiler attach --pid "$target" --frequency 100 \
+  --duration $((minutes * 60)) --chunk-seconds 60 --output "$out/chunks/" 2> "$out/agent.log" &
+agent=$!
+
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$agent/status" 2>/dev/null || echo 0; }
+base=0
+elapsed=0
+while kill -0 "$agent" 2>/dev/null; do
+  sleep 10
+  elapsed=$((elapsed + 10))
+  now=$(rss)
+  [ "$now" = 0 ] && break
+  if [ "$elapsed" -eq 60 ]; then base=$now; fi
+  printf 'soak: %4d s  agent RSS %6d KiB\n' "$elapsed" "$now"
+  last=$now
+done
+wait "$agent" || { echo "soak: agent failed"; cat "$out/agent.log"; exit 1; }
+tail -n 20 "$out/agent.log"
+if [ "$base" -gt 0 ]; then
+  growth=$(( (last - base) * 100 / base ))
+  echo "soak: RSS after 1 min ${base} KiB, at the end ${last} KiB (${growth}% growth)"
+  [ "$growth" -le 10 ] || { echo "soak: FAILED: RSS grew by more than 10%"; exit 1; }
+fi
+echo "soak: ok"
