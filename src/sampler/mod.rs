@@ -370,6 +370,12 @@ impl Sampler {
 
     /// Handle pending state changes of the target, capturing late interrupt stops.
     fn drain(&mut self) {
+        self.with_capture(|tracer, cap| tracer.drain(|tid, r| cap.on_stop(tid, r)));
+    }
+
+    /// Run `f` with the tracer and a capture context borrowed apart, then settle what the
+    /// captures found (threads gone, the processor gone).
+    fn with_capture(&mut self, f: impl FnOnce(&mut Tracer, &mut Capture<'_>)) {
         let Sampler {
             tracer,
             threads,
@@ -382,7 +388,7 @@ impl Sampler {
             ..
         } = self;
         let mut cap = Capture::new(threads, maps, pool, tx, stats, cfg.max_stack_bytes, *epoch);
-        tracer.drain(|tid, r| cap.on_stop(tid, r));
+        f(tracer, &mut cap);
         let (alive, gone) = (cap.alive, cap.gone);
         if !alive {
             self.processor_gone = true;
@@ -450,27 +456,14 @@ impl Sampler {
             }
         }
         let wait = self.tick_wait;
-        let Sampler {
-            tracer,
-            threads,
-            maps,
-            pool,
-            tx,
-            stats,
-            cfg,
-            epoch,
-            ..
-        } = self;
-        let mut cap = Capture::new(threads, maps, pool, tx, stats, cfg.max_stack_bytes, *epoch);
-        tracer.sample_many(&to_sample, wait, |tid, r| cap.on_stop(tid, r));
-        let (alive, gone) = (cap.alive, cap.gone);
-        for &p in tracer.pauses() {
-            stats.record_pause(p);
+        self.with_capture(|tracer, cap| {
+            tracer.sample_many(&to_sample, wait, |tid, r| cap.on_stop(tid, r))
+        });
+        for i in 0..self.tracer.pauses().len() {
+            let p = self.tracer.pauses()[i];
+            self.stats.record_pause(p);
         }
-        for tid in gone {
-            self.forget(tid);
-        }
-        alive && !self.processor_gone
+        !self.processor_gone
     }
 }
 
