@@ -331,8 +331,10 @@ impl UnwindInfo {
                     .parse(bases, 8)
                     .ok()?;
                 let table = parsed.table()?;
-                let ptr = table.lookup(svma, bases).ok()?;
-                table.pointer_to_offset(ptr).ok()?
+                let ptr = table.lookup(svma, bases).ok()?.direct().ok()?;
+                // Not `pointer_to_offset`, which underflows on a row pointing before the
+                // section; the hdr was checked to point at this `.eh_frame`.
+                EhFrameOffset(usize::try_from(ptr.checked_sub(eh.svma)?).ok()?)
             }
             None => {
                 let index = self.eh_index.get_or_init(|| build_index(&section, bases));

@@ -118,9 +118,31 @@ int main(int argc, char **argv) {
 
 /// The bytes of [`C_SOURCE`] compiled with `cc` and `flags` (plus a build-id).
 pub fn compile_c(flags: &[&str]) -> Vec<u8> {
+    compile_source(C_SOURCE, flags)
+}
+
+/// [`C_SOURCE`] plus 300 small functions, so that its CFI sections are large enough
+/// (several KiB) to be overwritten in place with crafted tables.
+pub fn big_source() -> String {
+    let mut s = C_SOURCE.replace("int main(", "int real_main(");
+    for i in 0..300 {
+        s.push_str(&format!(
+            "__attribute__((noinline)) int f{i}(int x) {{ return x * {i} + (x >> 3); }}\n"
+        ));
+    }
+    s.push_str("int (*const table[])(int) = {");
+    for i in 0..300 {
+        s.push_str(&format!("f{i},"));
+    }
+    s.push_str("};\nint main(int argc, char **argv) { return real_main(argc, argv) + table[argc](argc); }\n");
+    s
+}
+
+/// The bytes of `source` compiled with `cc` and `flags` (plus a build-id).
+pub fn compile_source(source: &str, flags: &[&str]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("prog.c");
-    std::fs::write(&src, C_SOURCE).unwrap();
+    std::fs::write(&src, source).unwrap();
     let out = dir.path().join("prog");
     let status = Command::new("cc")
         .args(flags)
