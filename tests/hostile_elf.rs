@@ -330,7 +330,7 @@ fn extreme_header_fields() {
         }
         // A section claiming to be compressed (SHF_COMPRESSED) over whatever it holds.
         let mut bad = good.clone();
-        put_u64(&mut bad, sh + 8, u64::from(elf::SHF_COMPRESSED.0));
+        put_u64(&mut bad, sh + 8, elf::SHF_COMPRESSED.0);
         cases.push((format!("shdr@{sh:#x} SHF_COMPRESSED"), bad));
     }
     assert!(cases.len() > 500, "{} cases", cases.len());
