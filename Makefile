@@ -3,7 +3,7 @@ CARGO ?= cargo
 DEMO_SECONDS ?= 5
 DEMO_DIR ?= demo-output
 
-.PHONY: all build release fixtures test check fmt clippy doc demo bench soak clean
+.PHONY: all build release fixtures test check fmt clippy doc demo bench soak fuzz clean
 
 all: build
 
@@ -46,6 +46,23 @@ demo: build fixtures
 
 bench: build fixtures
 	./scripts/bench.sh
+
+# Long property-test ("fuzz") runs of the hostile-input tests. `make test` runs the same tests with a small, fixed number of cases each;
+# PROFILER_FUZZ_CASES raises every proptest in tests/hostile_*.rs to that many cases.
+# FUZZ_CASES and FUZZ_SECONDS bound a run: each test binary is stopped after FUZZ_SECONDS
+# (CI: e.g. `make fuzz FUZZ_SECONDS=300`).
+FUZZ_CASES ?= 20000
+FUZZ_SECONDS ?= 600
+
+fuzz:
+	@for t in hostile_maps hostile_elf hostile_cfi hostile_stacks; do \
+	  echo "fuzz: $$t ($(FUZZ_CASES) cases per property, at most $(FUZZ_SECONDS) s)"; \
+	  PROFILER_FUZZ_CASES=$(FUZZ_CASES) timeout --signal=INT $(FUZZ_SECONDS) \
+	    $(CARGO) test --test $$t -- --test-threads 2; \
+	  status=$$?; \
+	  if [ $$status -eq 124 ]; then echo "fuzz: $$t reached the time bound"; \
+	  elif [ $$status -ne 0 ]; then exit $$status; fi; \
+	done
 
 # 30 minutes at 100 Hz against a thread-churning target; the agent's RSS must stay flat.
 soak: build fixtures

@@ -39,10 +39,11 @@ impl ElfFacts {
 
     /// The SVMA of file offset `file_offset`, found through the `PT_LOAD` that contains it.
     pub fn offset_to_svma(&self, file_offset: u64) -> Option<u64> {
-        self.loads
-            .iter()
-            .find(|l| file_offset >= l.offset && file_offset < l.offset + l.filesz.max(1))
-            .map(|l| l.vaddr + (file_offset - l.offset))
+        // Checked: the header fields come from the file and may be anything.
+        self.loads.iter().find_map(|l| {
+            let rel = file_offset.checked_sub(l.offset)?;
+            (rel < l.filesz.max(1)).then(|| l.vaddr.wrapping_add(rel))
+        })
     }
 }
 

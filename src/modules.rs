@@ -178,7 +178,7 @@ impl ModuleMap {
         };
         // Bias from the executable mapping when there is one, else the first.
         let anchor = group.iter().find(|m| m.exec).copied().unwrap_or(first);
-        if let Some(svma) = facts.offset_to_svma(anchor.offset) {
+        if let Some(svma) = mapping_svma(&facts, anchor) {
             module.bias = anchor.start.wrapping_sub(svma);
         }
         match UnwindInfo::from_elf(data.clone()) {
@@ -194,6 +194,24 @@ impl ModuleMap {
         module.facts = Some(facts);
         module
     }
+}
+
+/// The SVMA at the start of `mapping`. The kernel maps whole pages, so a segment whose
+/// `p_offset` is not page-aligned (as lld lays out) starts mid-page: its mapping begins at
+/// the page holding `p_offset`, which may also hold the end of the previous segment. The
+/// segment with the mapping's permission (executable or not) decides.
+fn mapping_svma(facts: &ElfFacts, mapping: &Mapping) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    facts
+        .loads
+        .iter()
+        .filter(|l| l.exec == mapping.exec)
+        .find(|l| {
+            mapping.offset >= l.offset & !(PAGE - 1)
+                && mapping.offset < l.offset.saturating_add(l.filesz.max(1))
+        })
+        .map(|l| l.vaddr.wrapping_add(mapping.offset.wrapping_sub(l.offset)))
+        .or_else(|| facts.offset_to_svma(mapping.offset))
 }
 
 /// Group consecutive mappings of the same file (or the vDSO) into images. The image
@@ -278,6 +296,33 @@ mod tests {
         );
         assert!(mm.find_module(0x7ffff7fc1000).unwrap().is_vdso());
         assert!(mm.find_module(0x7ffff7f00000).is_none());
+    }
+
+    #[test]
+    fn bias_of_segments_not_aligned_to_pages() {
+        // lld's layout: the executable segment starts mid-page in the file, one page
+        // further in memory; its mapping begins at the file page holding p_offset, which
+        // the read-only segment before it also covers.
+        use crate::elf::LoadSegment;
+        let seg = |offset, vaddr, filesz, exec| LoadSegment {
+            offset,
+            vaddr,
+            filesz,
+            memsz: filesz,
+            exec,
+        };
+        let facts = ElfFacts {
+            build_id: None,
+            loads: vec![
+                seg(0, 0, 0x8ebd0, false),
+                seg(0x8ebd0, 0x8fbd0, 0xe1990, true),
+            ],
+            little_endian: true,
+        };
+        let text = &parse("55ec31499000-55ec3157b000 r-xp 0008e000 fd:01 7 /t\n")[0];
+        assert_eq!(mapping_svma(&facts, text), Some(0x8f000));
+        let ro = &parse("55ec3140a000-55ec31499000 r--p 00000000 fd:01 7 /t\n")[0];
+        assert_eq!(mapping_svma(&facts, ro), Some(0));
     }
 
     #[test]

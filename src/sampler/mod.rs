@@ -518,7 +518,7 @@ impl<'a> Capture<'a> {
                     .and_then(|s| s.stack_range)
                     .filter(|&(lo, hi)| sp >= lo && sp < hi)
                     .or_else(|| procmaps::find(self.maps, sp).map(|m| (m.start, m.end)));
-                let top = range.map_or(sp + 64 * 1024, |(_, hi)| hi);
+                let top = range.map_or(sp.saturating_add(64 * 1024), |(_, hi)| hi);
                 let len = (top.saturating_sub(sp) as usize).min(self.max_stack);
                 let mut buf = self.pool.try_recv().unwrap_or_default();
                 buf.resize(len, 0);

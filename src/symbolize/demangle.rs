@@ -100,7 +100,8 @@ fn cpp_once(name: &str) -> Option<String> {
 
 /// Remove a trailing `::h<16 hex>` Rust hash from an already demangled name.
 fn strip_rust_hash(name: &str) -> &str {
-    if name.len() >= 19 {
+    // Names come from the file and need not be ASCII: cut only at a character boundary.
+    if name.len() >= 19 && name.is_char_boundary(name.len() - 19) {
         let (head, tail) = name.split_at(name.len() - 19);
         if tail.starts_with("::h") && tail[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
             return head;
@@ -169,6 +170,21 @@ fn strip_trailing_group(s: &str, open: char, close: char) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_ascii_names_do_not_panic() {
+        // A multi-byte character straddling the place where a `::h<16 hex>` hash would
+        // start (names from a corrupt string table).
+        let name = format!("{}\u{20ac}{}", "x".repeat(3), "y".repeat(17));
+        assert_eq!(strip_rust_hash(&name), name);
+        for n in [
+            "\u{20ac}\u{20ac}\u{20ac}\u{20ac}\u{20ac}\u{20ac}\u{20ac}",
+            "_ZN\u{20ac}\u{20ac}E",
+            "_R\u{fffd}",
+        ] {
+            let _ = demangle(n);
+        }
+    }
 
     #[test]
     fn rust_legacy_without_hash() {

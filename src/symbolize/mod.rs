@@ -390,7 +390,14 @@ impl Module {
         let mut panicked = false;
         let root = self.root.clone();
         let root = root.as_path();
-        if let Some(ctx) = self.context() {
+        // addr2line looks an address up as the range `[svma, svma + 1)`, which does not
+        // exist for the last address (and overflows); no DWARF range can cover it anyway.
+        let ctx = if svma == u64::MAX {
+            None
+        } else {
+            self.context()
+        };
+        if let Some(ctx) = ctx {
             match catch_unwind(AssertUnwindSafe(|| dwarf::find_frames(ctx, svma, root))) {
                 Ok((frames, error)) => {
                     raw = frames;

@@ -122,9 +122,14 @@ fn debug_frame_of(file: &ElfFile64<'_, Endianness>, bytes: &Bytes) -> Option<Sec
 
 /// Map an SVMA to a file offset through the load segments.
 fn svma_to_offset(loads: &[LoadSegment], svma: u64) -> Option<(usize, u64)> {
+    // Checked: the segment fields come from the file and may be anything.
     loads.iter().find_map(|l| {
         let rel = svma.checked_sub(l.vaddr)?;
-        (rel < l.filesz).then(|| ((l.offset + rel) as usize, l.filesz - rel))
+        if rel >= l.filesz {
+            return None;
+        }
+        let off = usize::try_from(l.offset.checked_add(rel)?).ok()?;
+        Some((off, l.filesz - rel))
     })
 }
 
@@ -261,7 +266,10 @@ impl UnwindInfo {
         if (buf.len() as u64) > avail {
             return false;
         }
-        match self.elf.get(off..off + buf.len()) {
+        match off
+            .checked_add(buf.len())
+            .and_then(|end| self.elf.get(off..end))
+        {
             Some(src) => {
                 buf.copy_from_slice(src);
                 true
@@ -323,8 +331,10 @@ impl UnwindInfo {
                     .parse(bases, 8)
                     .ok()?;
                 let table = parsed.table()?;
-                let ptr = table.lookup(svma, bases).ok()?;
-                table.pointer_to_offset(ptr).ok()?
+                let ptr = table.lookup(svma, bases).ok()?.direct().ok()?;
+                // Not `pointer_to_offset`, which underflows on a row pointing before the
+                // section; the hdr was checked to point at this `.eh_frame`.
+                EhFrameOffset(usize::try_from(ptr.checked_sub(eh.svma)?).ok()?)
             }
             None => {
                 let index = self.eh_index.get_or_init(|| build_index(&section, bases));

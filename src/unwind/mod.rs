@@ -348,6 +348,12 @@ fn apply_cfi<M: ReadMemory>(
     match caller_regs(rule, m, stats, regs, *valid, mem) {
         Ok((new, new_valid)) => {
             let ra = new.ip();
+            if !rule.signal && !new.sp().is_multiple_of(8) {
+                // Calls and pushes move the stack pointer by 8: a caller's stack pointer
+                // that is not 8-aligned comes from garbage (a bogus rsp), and so would
+                // its return address, even a 0 that would otherwise end the stack.
+                return Step::End(StackEnd::Unknown);
+            }
             if ra == 0 && !rule.signal {
                 return Step::End(StackEnd::Root);
             }
