@@ -231,6 +231,8 @@ pub struct Summary {
     pub details: Vec<String>,
     /// Sentry lines.
     pub sentry: Vec<String>,
+    /// Threads that exited during the session and their samples.
+    pub retired: (u64, u64),
 }
 
 impl Summary {
@@ -303,6 +305,13 @@ impl fmt::Display for Summary {
         }
         if self.threads.len() > 20 {
             writeln!(f, "    ... and {} more", self.threads.len() - 20)?;
+        }
+        if self.retired.0 > 0 {
+            writeln!(
+                f,
+                "    {} threads that exited: {} samples",
+                self.retired.0, self.retired.1
+            )?;
         }
         if !self.top.is_empty() {
             writeln!(f, "  top functions (self):")?;
@@ -416,6 +425,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
             for c in u.maker.make(p, &mut sym) {
                 let _ = u.chunks.send(c);
             }
+            p.retire_exited();
             // Without local outputs nothing needs the whole session's stacks: keep memory
             // bounded in runs of days.
             if keep_profile_bounded && p.profile.frames().len() > MAX_FRAMES_KEPT {
@@ -511,6 +521,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         sampler: sampler_stats,
         details,
         sentry: sentry_lines,
+        retired: processor.profile.retired(),
     })
 }
 

@@ -35,15 +35,8 @@ pub fn folded_lines(p: &mut Processor, sym: &mut Symbolizer) -> Vec<String> {
     let mut agg: HashMap<String, u64> = HashMap::new();
     let mut idx = Vec::new();
     let counts: Vec<_> = p.profile.counts().iter().map(|(&k, &v)| (k, v)).collect();
-    for ((tid, stack), count) in counts {
-        let thread = p
-            .profile
-            .threads()
-            .get(&tid)
-            .map(|t| t.name.clone())
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| format!("tid-{tid}"));
-        let mut line = clean(&thread);
+    for ((name, stack), count) in counts {
+        let mut line = clean(p.profile.thread_name(name));
         p.profile.stack_frames(stack, &mut idx);
         for &f in idx.iter().rev() {
             let names = p.names(f, sym);

@@ -89,6 +89,7 @@ pub struct Processor {
     /// Counters.
     pub stats: ProcessorStats,
     names: Vec<Option<Arc<[NamedFrame]>>>,
+    exited: Vec<Tid>,
 }
 
 impl Processor {
@@ -108,6 +109,7 @@ impl Processor {
             window: keep_window.then(Vec::new),
             stats: ProcessorStats::default(),
             names: Vec::new(),
+            exited: Vec::new(),
         }
     }
 
@@ -134,6 +136,12 @@ impl Processor {
             }
             Msg::ThreadExited(tid) => {
                 self.last_stack.remove(&tid);
+                if self.window.is_some() {
+                    // Its name is still needed for the open window's chunk.
+                    self.exited.push(tid);
+                } else {
+                    self.profile.retire_thread(tid);
+                }
                 None
             }
             Msg::Repeat { tid, time_ns } => {
@@ -211,6 +219,13 @@ impl Processor {
         let g = self.modules.generation();
         self.modules.update(&procmaps::parse(&text), &self.source);
         self.modules.generation() != g
+    }
+
+    /// Retire the threads that exited before the window just taken.
+    pub fn retire_exited(&mut self) {
+        for tid in std::mem::take(&mut self.exited) {
+            self.profile.retire_thread(tid);
+        }
     }
 
     /// Forget interned frames and stacks (and their names), to bound memory in long runs

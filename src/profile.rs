@@ -71,8 +71,12 @@ pub struct Profile {
     frame_index: HashMap<FrameKey, u32>,
     nodes: Vec<(u32, u32)>,
     node_index: HashMap<(u32, u32), u32>,
-    counts: HashMap<(Tid, StackId), u64>,
+    counts: HashMap<(u32, StackId), u64>,
+    thread_names: Vec<String>,
+    thread_name_index: HashMap<String, u32>,
     threads: BTreeMap<Tid, ThreadStats>,
+    retired: ThreadStats,
+    retired_threads: u64,
     /// How stacks ended, over all samples.
     pub ends: HashMap<StackEnd, u64>,
 }
@@ -139,9 +143,22 @@ impl Profile {
         }
     }
 
-    /// Count one sample of `tid` with `stack`.
+    /// Count one sample of `tid` with `stack`, under the thread's name at this time.
     pub fn add_sample(&mut self, tid: Tid, stack: StackId, end: StackEnd) {
-        *self.counts.entry((tid, stack)).or_default() += 1;
+        let name = match self.threads.get(&tid) {
+            Some(t) if !t.name.is_empty() => t.name.clone(),
+            _ => format!("tid-{tid}"),
+        };
+        let name_id = match self.thread_name_index.get(&name) {
+            Some(&i) => i,
+            None => {
+                let i = self.thread_names.len() as u32;
+                self.thread_names.push(name.clone());
+                self.thread_name_index.insert(name, i);
+                i
+            }
+        };
+        *self.counts.entry((name_id, stack)).or_default() += 1;
         *self.ends.entry(end).or_default() += 1;
         let t = self.threads.entry(tid).or_default();
         t.samples += 1;
@@ -155,24 +172,46 @@ impl Profile {
         self.threads.entry(tid).or_default().name = name.to_string();
     }
 
-    /// Per-thread facts.
+    /// Per-thread facts of the threads not retired.
     pub fn threads(&self) -> &BTreeMap<Tid, ThreadStats> {
         &self.threads
     }
 
-    /// Sample counts by (thread, stack).
-    pub fn counts(&self) -> &HashMap<(Tid, StackId), u64> {
+    /// A thread that exited: fold its totals into the retired ones, so a target that
+    /// creates threads all day does not grow the table.
+    pub fn retire_thread(&mut self, tid: Tid) {
+        if let Some(t) = self.threads.remove(&tid) {
+            self.retired.samples += t.samples;
+            self.retired.complete += t.complete;
+            self.retired_threads += 1;
+        }
+    }
+
+    /// Threads retired so far and their samples.
+    pub fn retired(&self) -> (u64, u64) {
+        (self.retired_threads, self.retired.samples)
+    }
+
+    /// Sample counts by (thread name id, stack).
+    pub fn counts(&self) -> &HashMap<(u32, StackId), u64> {
         &self.counts
+    }
+
+    /// The thread name behind a name id of `counts`.
+    pub fn thread_name(&self, id: u32) -> &str {
+        self.thread_names
+            .get(id as usize)
+            .map_or("?", String::as_str)
     }
 
     /// All samples.
     pub fn total_samples(&self) -> u64 {
-        self.threads.values().map(|t| t.samples).sum()
+        self.retired.samples + self.threads.values().map(|t| t.samples).sum::<u64>()
     }
 
     /// Samples whose stack reached the root.
     pub fn complete_samples(&self) -> u64 {
-        self.threads.values().map(|t| t.complete).sum()
+        self.retired.complete + self.threads.values().map(|t| t.complete).sum::<u64>()
     }
 }
 
@@ -214,11 +253,19 @@ mod tests {
             p.frames()[out[1] as usize].marker_name(),
             Some("[truncated]")
         );
+        p.set_thread_name(5, "worker");
         p.add_sample(5, s, StackEnd::Truncated);
         p.add_sample(5, s, StackEnd::Truncated);
-        assert_eq!(p.counts()[&(5, s)], 2);
+        let (&(name, _), &n) = p.counts().iter().next().unwrap();
+        assert_eq!((p.thread_name(name), n), ("worker", 2));
         assert_eq!(p.total_samples(), 2);
         assert_eq!(p.complete_samples(), 0);
+        // A retired thread keeps its samples in the totals and its counts by name.
+        p.retire_thread(5);
+        assert!(p.threads().is_empty());
+        assert_eq!(p.total_samples(), 2);
+        assert_eq!(p.retired(), (1, 2));
+        assert_eq!(p.counts().len(), 1);
         assert!(p.intern(&[], StackEnd::Root).is_none());
     }
 }
