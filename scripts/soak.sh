@@ -16,6 +16,7 @@ sleep 0.5
 agent=$!
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$agent/status" 2>/dev/null || echo 0; }
+anon() { awk '/^RssAnon:/ {print $2}' "/proc/$agent/status" 2>/dev/null || echo 0; }
 base=0
 elapsed=0
 while kill -0 "$agent" 2>/dev/null; do
@@ -24,7 +25,7 @@ while kill -0 "$agent" 2>/dev/null; do
   now=$(rss)
   [ "$now" = 0 ] && break
   if [ "$elapsed" -eq 60 ]; then base=$now; fi
-  printf 'soak: %4d s  agent RSS %6d KiB\n' "$elapsed" "$now"
+  printf 'soak: %4d s  agent RSS %6d KiB (anonymous %6d KiB)\n' "$elapsed" "$now" "$(anon)"
   last=$now
 done
 wait "$agent" || { echo "soak: agent failed"; cat "$out/agent.log"; exit 1; }
