@@ -491,7 +491,17 @@ fn canonical(p: &Path) -> String {
 fn cpp_app_session(secs: f64, chunk: f64, server: Option<(&ServerState, u16)>) {
     let tmp = tempfile::tempdir().unwrap();
     let fx = Fixture::spawn("cpp_app", &[]);
-    let long_lived = thread_map(&fx);
+    // The named long-lived threads: one per name (the churner may already have started a
+    // thread, which carries the name `churner` for its first microseconds, then
+    // `short-lived`; the long-lived churner was created before `ready`, so its tid is lower).
+    let mut first_by_name: BTreeMap<String, i32> = BTreeMap::new();
+    for (tid, name) in fx.threads() {
+        if name != "short-lived" {
+            first_by_name.entry(name).or_insert(tid);
+        }
+    }
+    let long_lived: BTreeMap<i32, String> =
+        first_by_name.into_iter().map(|(n, t)| (t, n)).collect();
     assert_eq!(long_lived.len(), 9, "{long_lived:?}");
     let id_file = tmp.path().join("profiler-id");
     let out_dir = tmp.path().join("chunks");
@@ -1307,7 +1317,7 @@ fn full_spool_drops_oldest_first() {
     let a = attach_args(
         fx.pid(),
         50,
-        Some(6.0),
+        Some(8.0),
         1.0,
         &[
             "--dsn",
