@@ -1010,13 +1010,9 @@ fn debug_images_of_every_fixture() {
 /// Chunks of a Rust program linked by lld (rustc's default linker since 1.90), whose code
 /// segment's file offset and address differ by a page: the cruncher threads' leaves are
 /// named `rust_app::crunch::<u64>` / `<f64>` and their stacks reach `start_thread`.
-///
-/// Fails on main at the time of writing: the module bias is taken from the first `PT_LOAD`
-/// containing the executable mapping's (page-aligned) file offset, which for these binaries
-/// is the read-only segment before the code, so every address is off by 0x1000 (wrong names,
-/// 0 % complete stacks). The fix belongs in `src/modules.rs`/`src/elf.rs`.
+/// (A regression test: the bias was once taken from the read-only segment before the code,
+/// which shares the code's first page, so every address was off by 0x1000.)
 #[test]
-#[ignore = "fails on main: module bias of lld-linked binaries (src/modules.rs), see its doc"]
 fn rust_fixture_frames_named_in_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let fx = Fixture::spawn("rust_app_v0", &[]);
