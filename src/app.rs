@@ -368,6 +368,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
     let wall0 = std::time::SystemTime::now();
     let epoch = Instant::now();
     let (tx, rx) = bounded(8192);
+    let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (pool_tx, pool_rx) = bounded(256);
     let (init_tx, init_rx) = bounded(1);
     let scfg = SamplerConfig {
@@ -376,6 +377,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         duration: cfg.duration,
         max_stack_bytes: cfg.max_stack_bytes,
         realtime: cfg.realtime,
+        in_flight: in_flight.clone(),
     };
     let sampler = std::thread::Builder::new()
         .name("sampler".into())
@@ -416,19 +418,27 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         None => None,
     };
     let mut processor = Processor::new(cfg.pid, cfg.max_frames, pool_tx, upload.is_some());
+    processor.in_flight = in_flight;
     let keep_profile_bounded = cfg.files.is_empty();
     let mut next_report = 10_000_000_000u64;
     processor.run(&rx, |p, t| {
         if let Some(u) = &mut upload
             && u.maker.due(t)
         {
-            for c in u.maker.make(p, &mut sym) {
+            // Without local outputs nothing needs the whole session's stacks: keep memory
+            // bounded in runs of days by starting the interning afresh now and then (with
+            // the whole window flushed, so no kept sample refers to the old tables).
+            let reset = keep_profile_bounded && p.profile.frames().len() > MAX_FRAMES_KEPT;
+            let chunks = if reset {
+                u.maker.make(p, &mut sym)
+            } else {
+                u.maker.make_due(p, &mut sym)
+            };
+            for c in chunks {
                 let _ = u.chunks.send(c);
             }
             p.retire_exited();
-            // Without local outputs nothing needs the whole session's stacks: keep memory
-            // bounded in runs of days.
-            if keep_profile_bounded && p.profile.frames().len() > MAX_FRAMES_KEPT {
+            if reset {
                 p.reset_profile();
                 u.maker.reset_frames();
             }

@@ -18,6 +18,9 @@ pub struct ChunkMaker {
     wall_epoch: f64,
     window_ns: u64,
     window_start: Option<u64>,
+    /// End of the last window sent: a sample that arrives later with an earlier time (its
+    /// thread stopped late) is placed at this time, so chunks never overlap.
+    last_cut: u64,
     resolved: HashMap<u32, Arc<[ResolvedFrame]>>,
     images: HashMap<u32, Option<ImageInfo>>,
     idx: Vec<u32>,
@@ -39,6 +42,7 @@ impl ChunkMaker {
             wall_epoch,
             window_ns: (window_secs * 1e9) as u64,
             window_start: None,
+            last_cut: 0,
             resolved: HashMap::new(),
             images: HashMap::new(),
             idx: Vec::new(),
@@ -60,11 +64,37 @@ impl ChunkMaker {
         t_ns.saturating_sub(start) >= self.window_ns
     }
 
-    /// Build the chunks of the processor's current window (usually one; a window longer
-    /// than Sentry allows is split).
+    /// Build the chunks of the window that is due (see `due`): the samples before its end;
+    /// later ones open the next window.
+    pub fn make_due(&mut self, p: &mut Processor, sym: &mut Symbolizer) -> Vec<ProfileChunk> {
+        let Some(start) = self.window_start else {
+            return Vec::new();
+        };
+        let cut = start + self.window_ns;
+        let samples = p.take_window_before(cut);
+        self.window_start = Some(cut);
+        let out = self.build(p, sym, samples);
+        self.last_cut = cut;
+        out
+    }
+
+    /// Build the chunks of everything in the processor's window (the last flush).
     pub fn make(&mut self, p: &mut Processor, sym: &mut Symbolizer) -> Vec<ProfileChunk> {
         let samples = p.take_window();
         self.window_start = None;
+        let end = samples.iter().map(|s| s.time_ns + 1).max().unwrap_or(0);
+        let out = self.build(p, sym, samples);
+        self.last_cut = self.last_cut.max(end);
+        out
+    }
+
+    /// Build chunks (usually one; a window longer than Sentry allows is split).
+    fn build(
+        &mut self,
+        p: &mut Processor,
+        sym: &mut Symbolizer,
+        samples: Vec<TimedSample>,
+    ) -> Vec<ProfileChunk> {
         let mut out = Vec::new();
         let mut builder = ChunkBuilder::new(&self.meta, &self.in_app);
         let mut used_modules: Vec<u32> = Vec::new();
@@ -77,7 +107,7 @@ impl ChunkMaker {
                 .get(&s.tid)
                 .map(|t| t.name.as_str())
                 .unwrap_or("");
-            let ts = self.wall_epoch + s.time_ns as f64 / 1e9;
+            let ts = self.wall_epoch + s.time_ns.max(self.last_cut) as f64 / 1e9;
             total += 1;
             if builder.add_sample(s.tid, name, ts, &self.frames).is_err() {
                 self.finish(&mut builder, p, &mut used_modules, &mut out);

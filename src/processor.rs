@@ -90,6 +90,8 @@ pub struct Processor {
     pub stats: ProcessorStats,
     names: Vec<Option<Arc<[NamedFrame]>>>,
     exited: Vec<Tid>,
+    /// Stack bytes in flight from the sampler (see `SamplerConfig::in_flight`).
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Processor {
@@ -110,6 +112,7 @@ impl Processor {
             stats: ProcessorStats::default(),
             names: Vec::new(),
             exited: Vec::new(),
+            in_flight: Default::default(),
         }
     }
 
@@ -169,6 +172,8 @@ impl Processor {
                 self.stats.unwinds += 1;
                 self.stats.frames += self.frames.len() as u64;
                 self.stats.unwind_time += t0.elapsed();
+                self.in_flight
+                    .fetch_sub(stack.bytes.len(), std::sync::atomic::Ordering::Relaxed);
                 let _ = self.pool.try_send(stack.bytes);
                 self.keys.clear();
                 for f in &self.frames {
@@ -234,6 +239,16 @@ impl Processor {
         self.profile.reset_interning();
         self.last_stack.clear();
         self.names.clear();
+    }
+
+    /// Samples kept whose time is before `cut_ns`; later ones stay for the next window.
+    pub fn take_window_before(&mut self, cut_ns: u64) -> Vec<TimedSample> {
+        let Some(w) = self.window.as_mut() else {
+            return Vec::new();
+        };
+        let (before, after): (Vec<_>, Vec<_>) = w.drain(..).partition(|s| s.time_ns < cut_ns);
+        *w = after;
+        before
     }
 
     /// Samples kept since the last call (windowed outputs).

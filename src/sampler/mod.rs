@@ -68,7 +68,14 @@ pub struct SamplerConfig {
     pub max_stack_bytes: usize,
     /// Try to run the sampler thread at a real-time priority.
     pub realtime: bool,
+    /// Stack bytes sent and not yet unwound (shared with the processor, which subtracts
+    /// what it has handled). Bounds the agent's memory when the processor falls behind.
+    pub in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Most stack bytes in flight between sampler and processor; beyond, samples are dropped
+/// (and counted) rather than queued.
+pub const MAX_IN_FLIGHT: usize = 16 << 20;
 
 /// Why sampling ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,7 +394,18 @@ impl Sampler {
             epoch,
             ..
         } = self;
-        let mut cap = Capture::new(threads, maps, pool, tx, stats, cfg.max_stack_bytes, *epoch);
+        let mut cap = Capture {
+            threads,
+            maps,
+            pool,
+            tx,
+            stats,
+            max_stack: cfg.max_stack_bytes,
+            epoch: *epoch,
+            in_flight: &cfg.in_flight,
+            alive: true,
+            gone: Vec::new(),
+        };
         f(tracer, &mut cap);
         let (alive, gone) = (cap.alive, cap.gone);
         if !alive {
@@ -479,33 +497,12 @@ struct Capture<'a> {
     stats: &'a mut SamplerStats,
     max_stack: usize,
     epoch: Instant,
+    in_flight: &'a std::sync::atomic::AtomicUsize,
     alive: bool,
     gone: Vec<Tid>,
 }
 
-impl<'a> Capture<'a> {
-    fn new(
-        threads: &'a mut HashMap<Tid, ThreadSlot>,
-        maps: &'a [Mapping],
-        pool: &'a Receiver<Vec<u8>>,
-        tx: &'a Sender<Msg>,
-        stats: &'a mut SamplerStats,
-        max_stack: usize,
-        epoch: Instant,
-    ) -> Self {
-        Capture {
-            threads,
-            maps,
-            pool,
-            tx,
-            stats,
-            max_stack,
-            epoch,
-            alive: true,
-            gone: Vec::new(),
-        }
-    }
-
+impl Capture<'_> {
     /// A thread stopped for its sample (runs while it is stopped: copy the stack), or could
     /// not be sampled.
     fn on_stop(&mut self, tid: Tid, result: Result<&Regs, Missed>) {
@@ -538,6 +535,13 @@ impl<'a> Capture<'a> {
                     }
                     None => (now, Vec::new()),
                 };
+                use std::sync::atomic::Ordering;
+                if self.in_flight.load(Ordering::Relaxed) + n > MAX_IN_FLIGHT {
+                    // The processor is behind: drop rather than grow without bound.
+                    self.stats.dropped += 1 + waiting.len() as u64;
+                    return;
+                }
+                self.in_flight.fetch_add(n, Ordering::Relaxed);
                 let stack = StackSnapshot {
                     start: sp,
                     bytes: buf,
