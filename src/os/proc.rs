@@ -84,56 +84,43 @@ pub fn is_kernel_thread(pid: Pid) -> bool {
         .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
-/// Tells whether a thread has run since it was last looked at, from
-/// `/proc/PID/task/TID/schedstat` (CPU time) and `/proc/PID/task/TID/stat` (state), read
-/// through files kept open. The CPU time of a thread that is on a CPU right now is only
-/// brought up to date at scheduler ticks, so a thread in state R always counts as active.
-pub struct Activity {
-    schedstat: File,
-    stat: File,
-    buf: [u8; 512],
-    last_cpu_ns: Option<u64>,
+/// Where a blocked thread waits, from `/proc/PID/task/TID/syscall`, read through a file
+/// kept open and without disturbing the thread: a thread that still waits at the stack
+/// pointer and pc of its last sample has the same stack, so it need not be stopped again.
+pub struct BlockedAt {
+    file: File,
+    buf: [u8; 256],
 }
 
-impl Activity {
-    /// Open the thread's files; None when the thread is gone or the kernel has no
-    /// schedstats.
-    pub fn open(pid: Pid, tid: Tid) -> Option<Activity> {
-        let schedstat = File::open(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
-        let stat = File::open(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-        let mut a = Activity {
-            schedstat,
-            stat,
-            buf: [0; 512],
-            last_cpu_ns: None,
-        };
-        a.cpu_ns()?;
-        Some(a)
+impl BlockedAt {
+    /// Open the thread's file; None when the thread is gone or the kernel lacks it.
+    pub fn open(pid: Pid, tid: Tid) -> Option<BlockedAt> {
+        let file = File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+        Some(BlockedAt {
+            file,
+            buf: [0; 256],
+        })
     }
 
-    /// Nanoseconds the thread has spent on a CPU, as of its last scheduler update.
-    pub fn cpu_ns(&mut self) -> Option<u64> {
-        let n = self.schedstat.read_at(&mut self.buf, 0).ok()?;
-        let text = std::str::from_utf8(&self.buf[..n]).ok()?;
-        text.split_whitespace().next()?.parse().ok()
+    /// The user stack pointer and pc of the thread if it is blocked (sleeping, in a
+    /// system call or not), None when it is running or runnable.
+    pub fn read(&mut self) -> Option<(u64, u64)> {
+        let n = self.file.read_at(&mut self.buf, 0).ok()?;
+        parse_syscall(std::str::from_utf8(&self.buf[..n]).ok()?)
     }
+}
 
-    /// The thread's scheduler state letter (R, S, D, T, t, Z, ...).
-    pub fn state(&mut self) -> Option<u8> {
-        let n = self.stat.read_at(&mut self.buf, 0).ok()?;
-        let text = &self.buf[..n];
-        let close = text.iter().rposition(|&b| b == b')')?;
-        text.get(close + 2).copied()
+/// Parse a `syscall` file: `running`, or `NR ARG1..ARG6 SP PC`, or `-1 SP PC`.
+pub fn parse_syscall(text: &str) -> Option<(u64, u64)> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    if fields.len() < 3 {
+        return None;
     }
-
-    /// True when the thread may have run since the previous call: it is running or
-    /// runnable now, or its CPU time moved. The first call always says true.
-    pub fn ran_since_last(&mut self) -> bool {
-        let cpu = self.cpu_ns();
-        let moved = cpu.is_none() || cpu != self.last_cpu_ns;
-        self.last_cpu_ns = cpu;
-        moved || self.state() == Some(b'R')
-    }
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    Some((
+        hex(fields[fields.len() - 2])?,
+        hex(fields[fields.len() - 1])?,
+    ))
 }
 
 /// Read a small text file fully (sysctl values and the like).
@@ -154,17 +141,27 @@ mod tests {
         assert!(!read_maps(pid).unwrap().is_empty());
         assert!(!is_kernel_thread(pid));
         assert!(status_field(pid, "Name").is_some());
+        // This thread runs while it reads its own file.
         let tid = nix::unistd::gettid().as_raw();
-        if let Some(mut a) = Activity::open(pid, tid) {
-            assert!(a.cpu_ns().unwrap() > 0);
-            // This thread is running while it reads its own state.
-            assert_eq!(a.state(), Some(b'R'));
-            assert!(a.ran_since_last());
-            assert!(
-                a.ran_since_last(),
-                "a running thread always counts as active"
-            );
+        if let Some(mut b) = BlockedAt::open(pid, tid) {
+            assert_eq!(b.read(), None);
         }
+        // A sleeping thread reports where it waits, the same each time.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ttx, trx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            ttx.send(nix::unistd::gettid().as_raw()).unwrap();
+            rx.recv().unwrap();
+        });
+        let sleeper = trx.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Some(mut b) = BlockedAt::open(pid, sleeper) {
+            let a = b.read().expect("blocked in recv");
+            assert_eq!(b.read(), Some(a));
+        }
+        tx.send(()).unwrap();
+        t.join().unwrap();
+    }
     }
 
     #[test]
@@ -173,6 +170,17 @@ mod tests {
         if process_name(2).as_deref() == Some("kthreadd") {
             assert!(is_kernel_thread(2));
         }
+    }
+
+    #[test]
+    fn syscall_parsing() {
+        assert_eq!(parse_syscall("running\n"), None);
+        assert_eq!(
+            parse_syscall("230 0x0 0x0 0x7ffd 0x7ffe 0x0 0x0 0x7ffd3490d7e8 0x7f71d1261503\n"),
+            Some((0x7ffd3490d7e8, 0x7f71d1261503))
+        );
+        assert_eq!(parse_syscall("-1 0x7ffc 0x4010\n"), Some((0x7ffc, 0x4010)));
+        assert_eq!(parse_syscall(""), None);
     }
 
     #[test]

@@ -252,8 +252,8 @@ impl Tracer {
             match wait_nohang(None) {
                 Ok(Status::StillAlive) | Err(_) => break,
                 Ok(status) => {
-                    if let Some(tid) = self.handle(status) {
-                        self.capture(tid, &mut on_stop);
+                    if let Some((tid, sig)) = self.handle(status) {
+                        self.capture(tid, sig, &mut on_stop);
                     }
                 }
             }
@@ -265,9 +265,12 @@ impl Tracer {
         self.threads.get(&tid).is_some_and(|t| t.interrupt_pending)
     }
 
-    /// Handle a state change. Returns the thread when it is the stop of an interrupt the
-    /// tracer sent: that thread is left stopped for the caller to capture and resume.
-    fn handle(&mut self, status: Status) -> Option<Tid> {
+    /// Handle a state change. Returns the thread (and the signal to resume it with) when
+    /// the stop answers an interrupt the tracer sent: that thread is left stopped for the
+    /// caller to capture and resume. Any ptrace stop answers a pending interrupt (the
+    /// kernel drops the pending interrupt trap when the thread traps for another reason,
+    /// e.g. a signal about to be delivered or a clone), so such a stop is the sample.
+    fn handle(&mut self, status: Status) -> Option<(Tid, i32)> {
         match status {
             Status::Exited(tid) => self.thread_gone(tid),
             Status::Event(tid, sig, event) => {
@@ -276,11 +279,28 @@ impl Tracer {
             }
             Status::Stopped(tid, sig) => {
                 // A signal about to be delivered: pass it on unchanged.
-                self.threads.entry(tid).or_default();
+                let state = self.threads.entry(tid).or_default();
+                if std::mem::take(&mut state.interrupt_pending) {
+                    return Some((tid, sig));
+                }
                 let _ = resume(tid, sig);
             }
             Status::Other(_) | Status::StillAlive => {}
         }
+        None
+    }
+
+    /// Resume a thread stopped by an event, or hand it to the caller when an interrupt of
+    /// ours is pending (see `handle`).
+    fn resume_or_capture(&mut self, tid: Tid) -> Option<(Tid, i32)> {
+        if self
+            .threads
+            .get_mut(&tid)
+            .is_some_and(|s| std::mem::take(&mut s.interrupt_pending))
+        {
+            return Some((tid, 0));
+        }
+        let _ = resume(tid, 0);
         None
     }
 
@@ -297,7 +317,7 @@ impl Tracer {
         }
     }
 
-    fn ptrace_event(&mut self, tid: Tid, sig: i32, event: i32) -> Option<Tid> {
+    fn ptrace_event(&mut self, tid: Tid, sig: i32, event: i32) -> Option<(Tid, i32)> {
         match event {
             libc::PTRACE_EVENT_CLONE => {
                 if let Ok(new) = ptrace::getevent(npid(tid)) {
@@ -307,7 +327,7 @@ impl Tracer {
                         self.events.push(Event::NewThread(new));
                     }
                 }
-                let _ = resume(tid, 0);
+                return self.resume_or_capture(tid);
             }
             libc::PTRACE_EVENT_EXEC => {
                 // Every other thread is gone; the execing thread now has the leader's id.
@@ -318,7 +338,7 @@ impl Tracer {
                 }
                 self.threads.entry(tid).or_default();
                 self.events.push(Event::Exec);
-                let _ = resume(tid, 0);
+                return self.resume_or_capture(tid);
             }
             libc::PTRACE_EVENT_STOP => {
                 let state = self.threads.entry(tid).or_default();
@@ -331,29 +351,32 @@ impl Tracer {
                 } else if state.interrupt_pending {
                     state.interrupt_pending = false;
                     state.group_stopped = false;
-                    return Some(tid);
+                    return Some((tid, 0));
                 } else {
                     // The first stop of a new thread, or the end of a group-stop: run on.
                     state.group_stopped = false;
                     let _ = resume(tid, 0);
                 }
             }
-            _ => {
-                let _ = resume(tid, 0);
-            }
+            _ => return self.resume_or_capture(tid),
         }
         None
     }
 
-    /// Read the registers of a thread stopped by our interrupt, hand them to `on_stop`, and
-    /// resume it.
-    fn capture(&mut self, tid: Tid, on_stop: &mut impl FnMut(Tid, Result<&Regs, Missed>)) {
+    /// Read the registers of a thread stopped for its sample, hand them to `on_stop`, and
+    /// resume it (delivering `sig`, the signal it stopped for, if any).
+    fn capture(
+        &mut self,
+        tid: Tid,
+        sig: i32,
+        on_stop: &mut impl FnMut(Tid, Result<&Regs, Missed>),
+    ) {
         let stopped_at = Instant::now();
         match ptrace::getregs(npid(tid)) {
             Ok(r) => on_stop(tid, Ok(&regs_from_user(&r))),
             Err(e) => on_stop(tid, Err(Missed::Error(e))),
         }
-        let _ = resume(tid, 0);
+        let _ = resume(tid, sig);
         self.pauses.push(stopped_at.elapsed());
     }
 
@@ -431,8 +454,8 @@ impl Tracer {
                     }
                 }
                 Ok(status) => {
-                    if let Some(tid) = self.handle(status) {
-                        self.capture(tid, &mut on_stop);
+                    if let Some((tid, sig)) = self.handle(status) {
+                        self.capture(tid, sig, &mut on_stop);
                     }
                     // Settle the threads of this tick that stopped, stopped for a
                     // group-stop, or went away.

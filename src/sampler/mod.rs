@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use nix::sys::signal::Signal;
 
 use crate::memory::StackSnapshot;
-use crate::os::proc::{self, Activity};
+use crate::os::proc::{self, BlockedAt};
 use crate::os::ptrace::{AttachError, Event, Missed, Tracer};
 use crate::os::signals::{self, Wake};
 use crate::os::vm;
@@ -157,7 +157,10 @@ struct ThreadSlot {
     requested_at: Option<u64>,
     /// Later tick times while that interrupt is outstanding.
     waiting: Vec<u64>,
-    activity: Option<Activity>,
+    /// Where the thread waits, read without stopping it.
+    blocked: Option<BlockedAt>,
+    /// Stack pointer and pc of the last capture.
+    last_sp_pc: Option<(u64, u64)>,
     name: Option<String>,
     name_checked: Instant,
     stack_range: Option<(u64, u64)>,
@@ -224,7 +227,8 @@ impl Sampler {
                 captured: false,
                 requested_at: None,
                 waiting: Vec::new(),
-                activity: None,
+                blocked: None,
+                last_sp_pc: None,
                 name: None,
                 name_checked: Instant::now() - Duration::from_secs(10),
                 stack_range: None,
@@ -271,7 +275,8 @@ impl Sampler {
                 Event::Exec => {
                     self.refresh_maps();
                     for t in self.threads.values_mut() {
-                        t.activity = None;
+                        t.blocked = None;
+                        t.last_sp_pc = None;
                         t.name = None;
                     }
                 }
@@ -453,10 +458,18 @@ impl Sampler {
                 }
                 continue;
             }
-            if slot.activity.is_none() {
-                slot.activity = Activity::open(pid, tid);
+            if slot.blocked.is_none() {
+                slot.blocked = BlockedAt::open(pid, tid);
             }
-            if slot.activity.as_mut().is_none_or(|a| a.ran_since_last()) {
+            // A thread still blocked where its last sample found it has the same stack.
+            let unchanged = match (
+                slot.blocked.as_mut().and_then(|b| b.read()),
+                slot.last_sp_pc,
+            ) {
+                (Some((sp, pc)), Some((lsp, lpc))) => sp == lsp && (pc == lpc || pc == lpc + 2),
+                _ => false,
+            };
+            if !unchanged {
                 slot.requested_at = Some(now_ns);
                 to_sample.push(tid);
             } else {
@@ -528,6 +541,7 @@ impl Capture<'_> {
                     Some(slot) => {
                         slot.stack_range = range;
                         slot.captured = true;
+                        slot.last_sp_pc = Some((sp, regs.ip()));
                         (
                             slot.requested_at.take().unwrap_or(now),
                             std::mem::take(&mut slot.waiting),
