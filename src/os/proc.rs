@@ -162,7 +162,6 @@ mod tests {
         tx.send(()).unwrap();
         t.join().unwrap();
     }
-    }
 
     #[test]
     fn kthreadd_is_a_kernel_thread() {
