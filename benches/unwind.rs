@@ -98,7 +98,11 @@ fn capture(name: &str, args: &[&str], count: usize, spacing: Duration) -> Captur
     let mut frames = 0;
     for (regs, stack) in &samples {
         let end = unwinder.unwind(regs, stack, &modules, &mut out);
-        assert_eq!(end, StackEnd::Root, "{name}: a captured stack does not unwind");
+        assert_eq!(
+            end,
+            StackEnd::Root,
+            "{name}: a captured stack does not unwind"
+        );
         frames += out.len() as u64;
     }
     Captured {
@@ -122,11 +126,21 @@ fn bench_unwind(c: &mut Criterion) {
     let cases = [
         (
             "c_workers",
-            capture("c_workers", &["--seconds", "30"], 32, Duration::from_millis(3)),
+            capture(
+                "c_workers",
+                &["--seconds", "30"],
+                32,
+                Duration::from_millis(3),
+            ),
         ),
         (
             "deep_recursion_2000",
-            capture("deep_recursion", &["--seconds", "30"], 4, Duration::from_millis(3)),
+            capture(
+                "deep_recursion",
+                &["--seconds", "30"],
+                4,
+                Duration::from_millis(3),
+            ),
         ),
     ];
     let mut g = c.benchmark_group("unwind");

@@ -298,6 +298,11 @@ class Fixture:
             pass
 
 
+def still_running(pid: int) -> bool:
+    """True while child `pid` has not exited (it is not reaped either way)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+
 def trigger_traced(pid: int):
     """Start a `--wait-traced` fixture without profiling it by us: a forked child seizes
     the target's main thread with ptrace (no stop), waits long enough for the fixture's
@@ -437,7 +442,7 @@ def run_once(binary: str, args: list[str], cfg: Config, tmp: Path, seconds: Opti
                 # the target waiting for a tracer).
                 u = wait_usage(agent.pid, launched, RUN_TIMEOUT)
                 agent.returncode = os.waitstatus_to_exitcode(u.status)
-                if fx.proc.poll() is None and agent.returncode != 0:
+                if agent.returncode != 0 and still_running(fx.pid):
                     fx.kill()
                 else:
                     fx.wait()
@@ -821,9 +826,11 @@ def read_criterion(base: Path) -> list[tuple[str, float, Optional[str]]]:
         ns = e["median"]["point_estimate"]
         per = None
         thr = meta.get("throughput") or {}
+        bench_id = meta.get("full_id") or str(bench.relative_to(base))
+        unit = "frame" if bench_id.startswith("unwind/") else "address" if bench_id.startswith("symbolize/") else "element"
         if "Elements" in thr and thr["Elements"]:
-            per = f"{ns / thr['Elements']:.1f} ns per element ({thr['Elements']} per iteration)"
-        rows.append((meta.get("full_id") or str(bench.relative_to(base)), ns, per))
+            per = f"{ns / thr['Elements']:,.0f} ns per {unit} ({thr['Elements']} {unit}s per iteration)"
+        rows.append((bench_id, ns, per))
     return rows
 
 
