@@ -303,44 +303,69 @@ def still_running(pid: int) -> bool:
     return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
 
 
-def trigger_traced(pid: int):
-    """Start a `--wait-traced` fixture without profiling it by us: a forked child seizes
-    the target's main thread with ptrace (no stop), waits long enough for the fixture's
-    1 ms poll of TracerPid to see it, and exits, which detaches."""
+def trigger_traced(pid: int) -> int:
+    """Start a `--wait-traced` fixture without profiling it by us: a forked helper seizes
+    the target's main thread with ptrace (which stops nothing) and stays its tracer until it
+    exits, passing every signal on, so the fixture sees `TracerPid` however long it takes
+    to be scheduled. Returns the helper's pid (reap it after the fixture)."""
+    ready_r, ready_w = os.pipe()
     child = os.fork()
     if child == 0:
         code = 1
         try:
+            os.close(ready_r)
             libc = ctypes.CDLL(None, use_errno=True)
             libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
             libc.ptrace.restype = ctypes.c_long
-            PTRACE_SEIZE = 0x4206
+            PTRACE_CONT, PTRACE_SEIZE, PTRACE_LISTEN = 7, 0x4206, 0x4208
+            PTRACE_EVENT_STOP = 128
+            WALL = 0x40000000
             if libc.ptrace(PTRACE_SEIZE, pid, None, None) == 0:
-                time.sleep(0.03)
+                os.write(ready_w, b"1")
+                os.close(ready_w)
+                while True:
+                    _, status = os.waitpid(pid, WALL)
+                    if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                        break
+                    if os.WIFSTOPPED(status):
+                        if status >> 16 == PTRACE_EVENT_STOP:
+                            libc.ptrace(PTRACE_LISTEN, pid, None, None)  # a group-stop: keep it
+                        else:
+                            libc.ptrace(PTRACE_CONT, pid, None, ctypes.c_void_p(os.WSTOPSIG(status)))
                 code = 0
+        except BaseException:
+            pass
         finally:
             os._exit(code)
-    _, status = os.waitpid(child, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    os.close(ready_w)
+    ok = os.read(ready_r, 1)
+    os.close(ready_r)
+    if not ok:
+        os.waitpid(child, 0)
         raise RuntimeError(f"could not ptrace-seize {pid} to start its work")
+    return child
 
 
-def wait_perf_ready(perf_pid: int, timeout: float = 10.0):
-    """Wait until `perf record` has opened its events (perf_event file descriptors)."""
+def wait_perf_ready(perf_pid: int, timeout: float = 20.0) -> bool:
+    """Wait until `perf record` has opened its events (perf_event file descriptors).
+    False when it exited or did not get there in time."""
     deadline = time.monotonic() + timeout
     fd_dir = Path(f"/proc/{perf_pid}/fd")
     while time.monotonic() < deadline:
+        if not still_running(perf_pid):
+            return False
         try:
             for fd in fd_dir.iterdir():
                 try:
                     if "perf_event" in os.readlink(fd):
                         time.sleep(0.2)  # the rest of its setup (mmap, enabling)
-                        return
+                        return True
                 except OSError:
                     pass
         except OSError:
-            return
+            return False
         time.sleep(0.01)
+    return False
 
 
 def perf_works(tmp: Path) -> tuple[bool, str]:
@@ -425,8 +450,9 @@ def run_once(binary: str, args: list[str], cfg: Config, tmp: Path, seconds: Opti
     fx = Fixture(binary, [*args, "--wait-traced"])
     try:
         if cfg.tool == "none":
-            trigger_traced(fx.pid)
+            helper = trigger_traced(fx.pid)
             fx.wait()
+            os.waitpid(helper, 0)
         elif cfg.tool == "ours":
             folded = tmp / "ours.folded"
             log = tmp / "ours.log"
@@ -451,6 +477,8 @@ def run_once(binary: str, args: list[str], cfg: Config, tmp: Path, seconds: Opti
                 res.error = f"agent exit {agent.returncode}: " + " / ".join(text.strip().splitlines()[-3:])
             else:
                 res.stacks = parse_folded(folded.read_text(errors="replace"))
+                if not res.stacks:
+                    res.error = "no samples: " + " / ".join(text.strip().splitlines()[-3:])
             res.agent_cpu, res.agent_rss_kib = u.cpu, u.maxrss_kib
             parse_summary(text, res, launched)
         elif cfg.tool == "perf":
@@ -464,13 +492,17 @@ def run_once(binary: str, args: list[str], cfg: Config, tmp: Path, seconds: Opti
                      "dwarf", "-p", str(fx.pid), "-o", str(data)],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 )
-                wait_perf_ready(perf.pid)
-                trigger_traced(fx.pid)
+                ready = wait_perf_ready(perf.pid)
+                helper = trigger_traced(fx.pid)
                 fx.wait()
+                os.waitpid(helper, 0)
                 u = wait_usage(perf.pid, launched, RUN_TIMEOUT)
                 perf.returncode = os.waitstatus_to_exitcode(u.status)
             res.agent_cpu, res.agent_rss_kib = u.cpu, u.maxrss_kib
-            if not data.exists():
+            perf_log = log.read_text(errors="replace").strip()
+            if not ready:
+                res.error = "perf record was not ready in time: " + perf_log[-200:]
+            elif not data.exists():
                 res.error = f"perf record exit {perf.returncode}: {log.read_text(errors='replace').strip()[-200:]}"
             else:
                 # Children's CPU only grows when a child is reaped: the delta is perf script's.
@@ -485,6 +517,8 @@ def run_once(binary: str, args: list[str], cfg: Config, tmp: Path, seconds: Opti
                     before.children_user + before.children_system)
                 res.stacks = parse_perf_script(script.stdout)
                 res.root = perf_root_share(res.stacks)
+                if not res.stacks:
+                    res.error = f"no samples (perf record exit {perf.returncode}): " + perf_log[-200:]
         else:
             raise ValueError(cfg.tool)
     finally:
