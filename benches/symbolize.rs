@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use object::{Object, ObjectSymbol, SymbolKind};
 use profiler::bytes::Bytes;
 use profiler::symbolize::{ModuleDesc, Symbolizer};
@@ -80,6 +80,8 @@ fn bench_symbolize(c: &mut Criterion) {
         cases.push(("libc", libc));
     }
     let mut g = c.benchmark_group("symbolize");
+    // Cold passes take up to a few hundred milliseconds: the same iteration count per sample.
+    g.sampling_mode(SamplingMode::Flat);
     for (name, path) in cases {
         let Some((desc, addrs)) = module(&path) else {
             eprintln!("skipping {}: no function symbols", path.display());
@@ -120,8 +122,8 @@ criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(20);
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(10);
     targets = bench_symbolize
 }
 criterion_main!(benches);

@@ -166,8 +166,8 @@ criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
     targets = bench_unwind
 }
 criterion_main!(benches);

@@ -246,18 +246,54 @@ class Usage:
     wall: float
 
 
-def wait_usage(pid: int, started: float, timeout: Optional[float] = None) -> Usage:
-    """Reap `pid` with its resource usage; after `timeout` seconds, kill it first."""
+def wait_usage(pid: int, started: float, timeout: Optional[float] = None, group: bool = False) -> Usage:
+    """Reap `pid` with its resource usage; after `timeout` seconds, kill it (its process
+    group when `group`) first."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         got, status, ru = os.wait4(pid, 0 if deadline is None else os.WNOHANG)
         if got == pid:
             return Usage(status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, time.monotonic() - started)
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             deadline = None
         else:
             time.sleep(0.005)
+
+
+# GNU time, to measure a profiler's peak RSS: `ru_maxrss` of a child of this (large)
+# Python process also counts the parent's memory, which the kernel carries into the child
+# at fork and keeps across exec. A child of the small `time` process starts from its size.
+GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
+
+
+class Measured:
+    """A profiler process (ours or `perf record`) whose CPU time and peak RSS are measured:
+    under GNU time when available, else by wait4 (then the RSS is an upper bound)."""
+
+    def __init__(self, argv: list[str], stderr, tmp: Path):
+        self.usage_file = tmp / "usage.txt"
+        self.usage_file.unlink(missing_ok=True)
+        cmd = [GNU_TIME, "-f", "%U %S %M", "-o", str(self.usage_file), *argv] if GNU_TIME else argv
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=stderr, start_new_session=True)
+        self.pid = self.proc.pid
+        self.returncode: Optional[int] = None
+
+    def wait(self, timeout: Optional[float] = None) -> Usage:
+        u = wait_usage(self.pid, self.started, timeout, group=True)
+        self.returncode = self.proc.returncode = os.waitstatus_to_exitcode(u.status)
+        if GNU_TIME:
+            try:
+                last = self.usage_file.read_text().strip().splitlines()[-1].split()
+                u.cpu, u.maxrss_kib = float(last[0]) + float(last[1]), int(last[2])
+            except (OSError, IndexError, ValueError):
+                pass
+        return u
 
 
 class Fixture:
@@ -350,22 +386,38 @@ def wait_perf_ready(perf_pid: int, timeout: float = 20.0) -> bool:
     """Wait until `perf record` has opened its events (perf_event file descriptors).
     False when it exited or did not get there in time."""
     deadline = time.monotonic() + timeout
-    fd_dir = Path(f"/proc/{perf_pid}/fd")
     while time.monotonic() < deadline:
         if not still_running(perf_pid):
             return False
-        try:
-            for fd in fd_dir.iterdir():
+        # `perf_pid` may be GNU time: look at its descendants too.
+        for pid in descendants(perf_pid):
+            try:
+                fds = list(Path(f"/proc/{pid}/fd").iterdir())
+            except OSError:
+                continue
+            for fd in fds:
                 try:
                     if "perf_event" in os.readlink(fd):
                         time.sleep(0.2)  # the rest of its setup (mmap, enabling)
                         return True
                 except OSError:
                     pass
-        except OSError:
-            return False
         time.sleep(0.01)
     return False
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and its descendants (through /proc/PID/task/TID/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
 def perf_works(tmp: Path) -> tuple[bool, str]:
@@ -459,15 +511,12 @@ def run_once(binary: str, args: list[str], cfg: Config, tmp: Path, seconds: Opti
             folded.unlink(missing_ok=True)
             with open(log, "w") as err:
                 launched = time.monotonic()
-                agent = subprocess.Popen(
+                agent = Measured(
                     [str(PROFILER), "attach", "--pid", str(fx.pid), "-F", str(cfg.hz),
-                     "-o", str(folded), "-v", *cfg.flags],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                )
+                     "-o", str(folded), "-v", *cfg.flags], err, tmp)
                 # The agent ends after the target does (or at once, on an error, leaving
                 # the target waiting for a tracer).
-                u = wait_usage(agent.pid, launched, RUN_TIMEOUT)
-                agent.returncode = os.waitstatus_to_exitcode(u.status)
+                u = agent.wait(RUN_TIMEOUT)
                 if agent.returncode != 0 and still_running(fx.pid):
                     fx.kill()
                 else:
@@ -486,18 +535,14 @@ def run_once(binary: str, args: list[str], cfg: Config, tmp: Path, seconds: Opti
             log = tmp / "perf.log"
             data.unlink(missing_ok=True)
             with open(log, "w") as err:
-                launched = time.monotonic()
-                perf = subprocess.Popen(
+                perf = Measured(
                     ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(cfg.hz), "--call-graph",
-                     "dwarf", "-p", str(fx.pid), "-o", str(data)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                )
+                     "dwarf", "-p", str(fx.pid), "-o", str(data)], err, tmp)
                 ready = wait_perf_ready(perf.pid)
                 helper = trigger_traced(fx.pid)
                 fx.wait()
                 os.waitpid(helper, 0)
-                u = wait_usage(perf.pid, launched, RUN_TIMEOUT)
-                perf.returncode = os.waitstatus_to_exitcode(u.status)
+                u = perf.wait(RUN_TIMEOUT)
             res.agent_cpu, res.agent_rss_kib = u.cpu, u.maxrss_kib
             perf_log = log.read_text(errors="replace").strip()
             if not ready:
@@ -549,12 +594,13 @@ class Scenario:
     work: bool  # prints `done <s>` after fixed work
     seconds: Optional[float] = None  # for timed fixtures
     syscalls: tuple[str, ...] = ()
+    loaded: bool = False  # run beside the hogs (oversubscribed)
 
 
 def scenarios(quick: bool) -> list[Scenario]:
-    rounds = "120" if quick else "300"
-    units = "800" if quick else "2000"
-    secs = 1.5 if quick else 3.0
+    rounds = "120" if quick else "200"
+    units = "800" if quick else "1500"
+    secs = 1.5 if quick else 2.0
     cw = Shares({"worker_direct": 0.5, "worker_recursive": 0.3, "worker_indirect": 0.2})
     busy = Expect({"busy-": "busy_spin"})
     out = [
@@ -639,7 +685,7 @@ class Hogs:
 
 
 def run_oversubscribed(quick: bool, reps: int, have_perf: bool, tmp: Path, log) -> tuple[list[Row], int]:
-    secs = 1.5 if quick else 3.0
+    secs = 1.5 if quick else 2.0
     sc = Scenario("c_workers, CPU-time slices (clock_gettime syscall every ~64 µs)", "c_workers",
                   ["--seconds", str(secs)],
                   Shares({"worker_direct": 0.5, "worker_recursive": 0.3, "worker_indirect": 0.2}),
@@ -654,15 +700,15 @@ def run_oversubscribed(quick: bool, reps: int, have_perf: bool, tmp: Path, log) 
     hogs_n = 2 * ncpu + 2
     out = []
     log(f"oversubscription: quiet, then with {hogs_n} spinning processes on {ncpu} CPUs")
-    quiet = run_scenario(Scenario(sc.title + ", no hogs", sc.binary, sc.args, sc.truth, False, secs, sc.syscalls),
+    quiet = run_scenario(Scenario("no hogs", sc.binary, sc.args, sc.truth, False, secs, sc.syscalls),
                          configs, reps, tmp, log)
     out += quiet
     hogs = Hogs(hogs_n)
     try:
         time.sleep(0.3)
         loaded = run_scenario(
-            Scenario(sc.title + f", {hogs_n} hogs on {ncpu} CPUs", sc.binary, sc.args, sc.truth, False,
-                     secs, sc.syscalls), configs, reps, tmp, log)
+            Scenario(f"{hogs_n} hogs on {ncpu} CPUs", sc.binary, sc.args, sc.truth, False,
+                     secs, sc.syscalls, loaded=True), configs, reps, tmp, log)
     finally:
         hogs.stop()
     out += loaded
@@ -805,11 +851,10 @@ def run_attach_latency(exe: Path, label: str, reps: int, tmp: Path, log) -> Atta
             log_path = tmp / "attach.log"
             with open(log_path, "w") as err:
                 launched = time.monotonic()
-                agent = subprocess.Popen(
+                agent = Measured(
                     [str(PROFILER), "attach", "--pid", str(fx.pid), "-F", "1000", "--duration", "1",
-                     "-o", str(tmp / "attach.folded"), "-v"],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-                u = wait_usage(agent.pid, launched)
+                     "-o", str(tmp / "attach.folded"), "-v"], err, tmp)
+                u = agent.wait(RUN_TIMEOUT)
             text = log_path.read_text(errors="replace")
             r = Result(Config("ours", 1000))
             parse_summary(text, r, launched)
@@ -863,7 +908,7 @@ def read_criterion(base: Path) -> list[tuple[str, float, Optional[str]]]:
         bench_id = meta.get("full_id") or str(bench.relative_to(base))
         unit = "frame" if bench_id.startswith("unwind/") else "address" if bench_id.startswith("symbolize/") else "element"
         if "Elements" in thr and thr["Elements"]:
-            per = f"{ns / thr['Elements']:,.0f} ns per {unit} ({thr['Elements']} {unit}s per iteration)"
+            per = f"{ns / thr['Elements']:,.0f} ns per {unit} ({thr['Elements']} {unit}{'es' if unit.endswith('s') else 's'} per iteration)"
         rows.append((bench_id, ns, per))
     return rows
 
@@ -914,10 +959,10 @@ def over_table(rows: list[Row]) -> list[str]:
     ]
     # The truth for the share of samples in the system call: perf's cpu-clock samples (CPU
     # time, kernel included) without hogs.
-    truth = next((r.syscall_share() for r in rows if r.config.tool == "perf" and "hogs" not in r.scenario.title
+    truth = next((r.syscall_share() for r in rows if r.config.tool == "perf" and not r.scenario.loaded
                   and r.syscall_share() is not None), None)
     for r in rows:
-        load = r.scenario.title.split(", ")[-1]
+        load = r.scenario.title
         pause = "—" if r.med("p50") is None else f"{r.med('p50'):.0f} / {r.med('p99'):.0f}"
         rt = {True: "yes", False: "no"}.get(
             None if not r.results or r.results[0].realtime is None else r.results[0].realtime, "—")
@@ -985,8 +1030,7 @@ def budgets(rows: list[Row], over: list[Row], attach: list[AttachResult]) -> lis
                  f"median {m:.1f} ms, max {max(a.first_ms):.1f} ms ({len(a.first_ms)} runs)", m <= 100)
         elif a.error:
             line(f"attach to first sample ≤ 100 ms ({a.target})", a.error, None)
-    o = next((x for x in over if "hogs" in x.scenario.title and x.config.tool == "ours"
-              and not x.config.flags), None)
+    o = next((x for x in over if x.scenario.loaded and x.config.tool == "ours" and not x.config.flags), None)
     if o and o.tvd() is not None:
         line("oversubscribed attribution error ≤ 0.05 (1000 Hz, default settings)", f"{o.tvd():.3f}", o.tvd() <= 0.05)
     return out
@@ -1084,7 +1128,10 @@ def main() -> int:
         rep += [f"perf's CPU column is `perf record` alone; `perf script` (unwinding and naming, "
                 f"done afterwards) took a median {fmt(post, '.2f')} CPU s per run on top.", ""]
     if over:
-        rep += [f"### Oversubscribed ({hogs_n} spinning processes on {os.cpu_count()} CPUs)", ""]
+        rep += [f"### Oversubscribed ({hogs_n} spinning processes on {os.cpu_count()} CPUs)", "",
+                f"Target: `c_workers --seconds S` in its CPU-time-slice mode (exactly 50/30/20 of its CPU "
+                f"time; a `clock_gettime` system call every ~64 µs). \"vs truth\": the share of samples in "
+                f"`clock_gettime` minus perf's without hogs.", ""]
         rep += over_table(over) + [""]
     if attach:
         rep += ["### Attach to first sample", "",
