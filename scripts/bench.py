@@ -382,42 +382,37 @@ def trigger_traced(pid: int) -> int:
     return child
 
 
-def wait_perf_ready(perf_pid: int, timeout: float = 20.0) -> bool:
-    """Wait until `perf record` has opened its events (perf_event file descriptors).
-    False when it exited or did not get there in time."""
+def enable_perf(ctl: Path, ack: Path, perf_pid: int, timeout: float = 30.0) -> bool:
+    """Enable a `perf record -D -1 --control fifo:CTL,ACK` and wait for its ack, so the
+    events are known to count before the work starts. False when perf exited first or
+    did not answer in time."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not still_running(perf_pid):
-            return False
-        # `perf_pid` may be GNU time: look at its descendants too.
-        for pid in descendants(perf_pid):
-            try:
-                fds = list(Path(f"/proc/{pid}/fd").iterdir())
-            except OSError:
-                continue
-            for fd in fds:
-                try:
-                    if "perf_event" in os.readlink(fd):
-                        time.sleep(0.2)  # the rest of its setup (mmap, enabling)
-                        return True
-                except OSError:
-                    pass
-        time.sleep(0.01)
-    return False
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid` and its descendants (through /proc/PID/task/TID/children)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
+    wfd = None
+    while wfd is None:
         try:
-            for t in os.listdir(f"/proc/{p}/task"):
-                todo += [int(c) for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+            wfd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until perf reads it
         except OSError:
-            pass
-    return out
+            if time.monotonic() > deadline or not still_running(perf_pid):
+                return False
+            time.sleep(0.01)
+    rfd = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.write(wfd, b"enable\n")
+        got = b""
+        while b"ack" not in got:
+            try:
+                got += os.read(rfd, 64)
+            except BlockingIOError:
+                pass
+            if b"ack" in got:
+                break
+            if time.monotonic() > deadline or not still_running(perf_pid):
+                return False
+            time.sleep(0.005)
+        return True
+    finally:
+        os.close(wfd)
+        os.close(rfd)
 
 
 def perf_works(tmp: Path) -> tuple[bool, str]:
@@ -431,7 +426,10 @@ def perf_works(tmp: Path) -> tuple[bool, str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     if r.returncode != 0:
-        return False, "perf record failed: " + r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "perf record failed"
+        return False, "perf record failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    h = subprocess.run(["perf", "record", "-h"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if "--control" not in h.stdout:
+        return False, "this perf has no `record --control` (perf 5.10 or later needed)"
     return True, ""
 
 
@@ -534,11 +532,16 @@ def run_once(binary: str, args: list[str], cfg: Config, tmp: Path, seconds: Opti
             data = tmp / "perf.data"
             log = tmp / "perf.log"
             data.unlink(missing_ok=True)
+            ctl, ack = tmp / "perf.ctl", tmp / "perf.ack"
+            for f in (ctl, ack):
+                f.unlink(missing_ok=True)
+                os.mkfifo(f)
             with open(log, "w") as err:
+                # Started disabled (-D -1) and enabled through the control FIFO once set up.
                 perf = Measured(
-                    ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(cfg.hz), "--call-graph",
-                     "dwarf", "-p", str(fx.pid), "-o", str(data)], err, tmp)
-                ready = wait_perf_ready(perf.pid)
+                    ["perf", "record", "-q", "-D", "-1", "--control", f"fifo:{ctl},{ack}", "-e", "cpu-clock",
+                     "-F", str(cfg.hz), "--call-graph", "dwarf", "-p", str(fx.pid), "-o", str(data)], err, tmp)
+                ready = enable_perf(ctl, ack, perf.pid)
                 helper = trigger_traced(fx.pid)
                 fx.wait()
                 os.waitpid(helper, 0)
@@ -546,7 +549,7 @@ def run_once(binary: str, args: list[str], cfg: Config, tmp: Path, seconds: Opti
             res.agent_cpu, res.agent_rss_kib = u.cpu, u.maxrss_kib
             perf_log = log.read_text(errors="replace").strip()
             if not ready:
-                res.error = "perf record was not ready in time: " + perf_log[-200:]
+                res.error = "perf record did not acknowledge `enable`: " + perf_log[-200:]
             elif not data.exists():
                 res.error = f"perf record exit {perf.returncode}: {log.read_text(errors='replace').strip()[-200:]}"
             else:
@@ -976,7 +979,7 @@ def over_table(rows: list[Row]) -> list[str]:
     return out
 
 
-def budgets(rows: list[Row], over: list[Row], attach: list[AttachResult]) -> list[str]:
+def budgets(rows: list[Row], over: list[Row], attach: list[AttachResult], quiet: bool) -> list[str]:
     def find(rs, title_start, cfg_name):
         return next((r for r in rs if r.scenario.title.startswith(title_start) and r.config.name() == cfg_name), None)
 
@@ -991,8 +994,16 @@ def budgets(rows: list[Row], over: list[Row], attach: list[AttachResult]) -> lis
         if base and r and base.med("wall") and r.med("wall"):
             s = r.med("wall") / base.med("wall") - 1
             c = (r.med("target_cpu") / base.med("target_cpu") - 1) if base.med("target_cpu") else None
-            line(f"slowdown of c_workers at {hz} Hz ≤ {limit:.0%}",
-                 f"wall {s:+.1%}" + (f" (target CPU time {c:+.1%})" if c is not None else ""), s <= limit)
+            if quiet or c is None or r.med("p50") is None or r.med("rate") is None:
+                line(f"slowdown of c_workers at {hz} Hz ≤ {limit:.0%}",
+                     f"wall {s:+.1%}" + (f" (target CPU time {c:+.1%})" if c is not None else ""), s <= limit)
+            else:
+                # On a loaded machine wall time mostly measures the load: judge on the
+                # target's CPU time plus the time it sits stopped (rate x median pause).
+                stopped = r.med("rate") * r.med("p50") / 1e6
+                line(f"slowdown of c_workers at {hz} Hz ≤ {limit:.0%}",
+                     f"machine loaded, wall {s:+.1%} not judged; target CPU time {c:+.1%} + time stopped "
+                     f"{stopped:.1%} = {c + stopped:+.1%}", c + stopped <= limit)
     r = find(rows, "c_workers", "profiler 1000 Hz")
     if r and r.med("p50") is not None:
         line("pause p50 ≤ 30 µs, p99 ≤ 150 µs (c_workers, 1000 Hz)",
@@ -1097,20 +1108,21 @@ def main() -> int:
                 continue
             log(f"{sc.title}")
             cf = configs if sc.work else [c for c in configs if c.tool != "none"]
-            rows += run_scenario(sc, cf, reps, tmp, log)
+            # Timed fixtures have no slowdown to pin down: fewer repetitions.
+            rows += run_scenario(sc, cf, reps if sc.work else max(1, min(reps, 2)), tmp, log)
         over, hogs_n = ([], 0)
         if not a.no_oversubscribed:
             over, hogs_n = run_oversubscribed(a.quick, max(1, min(reps, 2)) if not a.quick else 1,
                                               have_perf, tmp, log)
         attach: list[AttachResult] = []
         attach.append(run_attach_latency(FIXTURES / "c_workers", "c_workers (small binary)",
-                                         1 if a.quick else 5, tmp, log))
+                                         1 if a.quick else 3, tmp, log))
         if not a.no_big_dwarf and not a.quick:
             exe = build_big_dwarf(a.workdir, BIG_COPIES, log)
             if exe:
                 attach.append(run_attach_latency(
                     exe, f"generated C, -O0 -g, {BIG_FUNCS * BIG_COPIES} functions in {BIG_COPIES} units",
-                    5, tmp, log))
+                    3, tmp, log))
         micro, micro_err = ([], None)
         if not a.no_micro and (a.micro or not a.quick):
             micro, micro_err = run_micro(a.quick, log)
@@ -1153,7 +1165,8 @@ def main() -> int:
         if micro_err:
             rep.append(f"| (failed) | {micro_err} | |")
         rep.append("")
-    rep += ["### Budgets", ""] + budgets(rows, over, attach) + [""]
+    quiet = load_before[0] < (os.cpu_count() or 1)
+    rep += ["### Budgets", ""] + budgets(rows, over, attach, quiet) + [""]
     text = "\n".join(rep)
     print(text)
     if a.output:
