@@ -361,6 +361,12 @@ fn agent_cpu_seconds() -> f64 {
     })
 }
 
+/// CLOCK_MONOTONIC now, in seconds (the clock `time.monotonic()` and others read).
+fn monotonic_seconds() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+}
+
 /// Run `profiler attach`. `progress` receives one-line progress messages.
 pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summary> {
     check_target(cfg.pid)?;
@@ -421,7 +427,17 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
     processor.in_flight = in_flight;
     let keep_profile_bounded = cfg.files.is_empty();
     let mut next_report = 10_000_000_000u64;
+    let mut first_sample = cfg.verbose;
     processor.run(&rx, |p, t| {
+        if first_sample && p.profile.total_samples() > 0 {
+            // For benchmarks: the launch-to-first-sample time, on a clock other processes share.
+            first_sample = false;
+            progress(&format!(
+                "first sample unwound {:.1} ms after start (CLOCK_MONOTONIC {:.6} s)",
+                epoch.elapsed().as_secs_f64() * 1e3,
+                monotonic_seconds()
+            ));
+        }
         if let Some(u) = &mut upload
             && u.maker.due(t)
         {
