@@ -3,7 +3,7 @@ CARGO ?= cargo
 DEMO_SECONDS ?= 5
 DEMO_DIR ?= demo-output
 
-.PHONY: all build release fixtures test check fmt clippy doc demo bench soak fuzz clean
+.PHONY: all build release fixtures test check fmt clippy doc demo bench bench-quick soak fuzz clean
 
 all: build
 
@@ -46,6 +46,10 @@ demo: build fixtures
 
 bench: build fixtures
 	./scripts/bench.sh
+
+# The short version CI runs: it prints the numbers and never fails on them.
+bench-quick: build fixtures
+	./scripts/bench.sh --quick
 
 # Long property-test ("fuzz") runs of the hostile-input tests. `make test` runs the same tests with a small, fixed number of cases each;
 # PROFILER_FUZZ_CASES raises every proptest in tests/hostile_*.rs to that many cases.
