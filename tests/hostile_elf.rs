@@ -75,28 +75,6 @@ fn regs(ip: u64, sp: u64, bp: u64) -> Regs {
     r
 }
 
-/// The checks every unwind must pass, whatever the input: it returned, the first frame
-/// is the exact pc, the count is bounded, and `MaxDepth` exactly at the limit.
-fn check_unwind(label: &str, regs: &Regs, frames: &[FrameAddr], end: StackEnd) {
-    assert!(!frames.is_empty(), "{label}: no frame at all");
-    assert_eq!(
-        frames[0],
-        FrameAddr::ip(regs.ip()),
-        "{label}: first frame lost"
-    );
-    assert!(
-        frames.len() <= MAX_FRAMES,
-        "{label}: {} frames",
-        frames.len()
-    );
-    assert_eq!(
-        end == StackEnd::MaxDepth,
-        frames.len() == MAX_FRAMES,
-        "{label}: {end:?} after {} frames",
-        frames.len()
-    );
-}
-
 const MAPS: &str = "\
 555555554000-555555555000 r--p 00000000 fd:01 100 /hostile/prog
 555555555000-555555556000 r-xp 00001000 fd:01 100 /hostile/prog
@@ -129,7 +107,7 @@ fn exercise(label: &str, data: &[u8], pcs: &[u64], sym: &mut Symbolizer) {
                     STACK + 64,
                 );
                 let end = u.unwind(&r, &mem, &module, &mut out);
-                check_unwind(label, &r, &out, end);
+                hostile_support::check_unwind(label, &r, &out, end, MAX_FRAMES);
             }
         }
 
@@ -162,7 +140,7 @@ fn exercise(label: &str, data: &[u8], pcs: &[u64], sym: &mut Symbolizer) {
             let mem = garbage_stack(100 + i as u64, pcs);
             let r = regs(m.bias.wrapping_add(pc), STACK, STACK + 0x100);
             let end = u.unwind(&r, &mem, &mm, &mut out);
-            check_unwind(label, &r, &out, end);
+            hostile_support::check_unwind(label, &r, &out, end, MAX_FRAMES);
         }
     });
 }

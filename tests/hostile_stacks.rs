@@ -46,32 +46,12 @@ fn code_address(rng: &mut fastrand::Rng, exec: &[(u64, u64)]) -> u64 {
     rng.u64(s..e)
 }
 
-fn check(label: &str, regs: &Regs, frames: &[FrameAddr], end: StackEnd) {
-    assert!(!frames.is_empty(), "{label}: no frame");
-    assert_eq!(
-        frames[0],
-        FrameAddr::ip(regs.ip()),
-        "{label}: first frame lost"
-    );
-    assert!(
-        frames.len() <= MAX_FRAMES,
-        "{label}: {} frames",
-        frames.len()
-    );
-    assert_eq!(
-        end == StackEnd::MaxDepth,
-        frames.len() == MAX_FRAMES,
-        "{label}: {end:?} after {}",
-        frames.len()
-    );
-}
-
 fn unwind_snapshot(label: &str, regs: &Regs, snap: &StackSnapshot) -> (Vec<FrameAddr>, StackEnd) {
     let (mm, _) = modules();
     let mut u = Unwinder::new(MAX_FRAMES);
     let mut out = Vec::new();
     let end = assert_no_panic(label, || u.unwind(regs, snap, mm, &mut out));
-    check(label, regs, &out, end);
+    hostile_support::check_unwind(label, regs, &out, end, MAX_FRAMES);
     (out, end)
 }
 
@@ -189,7 +169,7 @@ fn cyclic_frame_pointers_terminate() {
         let mut u = Unwinder::new(MAX_FRAMES);
         let mut out = Vec::new();
         let end = assert_no_panic(name, || u.unwind(&regs, &img, mm, &mut out));
-        check(name, &regs, &out, end);
+        hostile_support::check_unwind(name, &regs, &out, end, MAX_FRAMES);
         // The chain is followed while it goes up the stack, never around a cycle.
         assert!(
             out.len() <= n + 2,
@@ -210,7 +190,7 @@ fn real_stack_of_this_thread_unwinds() {
     let mut u = Unwinder::new(MAX_FRAMES);
     let mut out = Vec::new();
     let end = u.unwind(&regs, &snap, mm, &mut out);
-    check("own stack", &regs, &out, end);
+    hostile_support::check_unwind("own stack", &regs, &out, end, MAX_FRAMES);
     assert!(out.len() >= 4, "{out:x?} {end:?}");
     for f in &out[..out.len() - 1] {
         assert!(

@@ -270,3 +270,32 @@ impl ModuleSource for DiskSource {
         PathBuf::from("/")
     }
 }
+
+/// The checks every unwind must pass, whatever the input: it returned, the first frame is
+/// the exact pc, the count is bounded by `max_frames`, and `MaxDepth` exactly at the limit.
+pub fn check_unwind(
+    label: &str,
+    regs: &profiler::types::Regs,
+    frames: &[profiler::types::FrameAddr],
+    end: profiler::types::StackEnd,
+    max_frames: usize,
+) {
+    use profiler::types::{FrameAddr, StackEnd};
+    assert!(!frames.is_empty(), "{label}: no frame at all");
+    assert_eq!(
+        frames[0],
+        FrameAddr::ip(regs.ip()),
+        "{label}: first frame lost"
+    );
+    assert!(
+        frames.len() <= max_frames,
+        "{label}: {} frames",
+        frames.len()
+    );
+    assert_eq!(
+        end == StackEnd::MaxDepth,
+        frames.len() == max_frames,
+        "{label}: {end:?} after {} frames",
+        frames.len()
+    );
+}
