@@ -341,18 +341,7 @@ impl UnwindInfo {
                 EhFrameOffset(search(index, svma)?)
             }
         };
-        let fde = section
-            .fde_from_offset(bases, offset, EhFrame::cie_from_offset)
-            .ok()?;
-        if !fde.contains(svma) {
-            return None;
-        }
-        let signal = fde.is_signal_trampoline();
-        let ra = fde.cie().return_address_register();
-        let row = fde
-            .unwind_info_for_address(&section, bases, ctx, svma)
-            .ok()?;
-        compact(row, ra, signal, 0)
+        rule_at(&section, bases, offset, svma, ctx, 0)
     }
 
     fn debug_frame_rule(
@@ -367,19 +356,32 @@ impl UnwindInfo {
         let bases = &self.bases;
         let index = table.index.get_or_init(|| build_index(&section, bases));
         let offset = DebugFrameOffset(search(index, svma)?);
-        let fde = section
-            .fde_from_offset(bases, offset, DebugFrame::cie_from_offset)
-            .ok()?;
-        if !fde.contains(svma) {
-            return None;
-        }
-        let signal = fde.is_signal_trampoline();
-        let ra = fde.cie().return_address_register();
-        let row = fde
-            .unwind_info_for_address(&section, bases, ctx, svma)
-            .ok()?;
-        compact(row, ra, signal, id)
+        rule_at(&section, bases, offset, svma, ctx, id)
     }
+}
+
+/// The compact rule for `svma` from the FDE at `offset` of a CFI section (either kind),
+/// None when that FDE does not cover the address.
+fn rule_at<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
+    section: &S,
+    bases: &BaseAddresses,
+    offset: S::Offset,
+    svma: u64,
+    ctx: &mut UnwindContext<usize>,
+    id: u8,
+) -> Option<CfiRule> {
+    let fde = section
+        .fde_from_offset(bases, offset, S::cie_from_offset)
+        .ok()?;
+    if !fde.contains(svma) {
+        return None;
+    }
+    let signal = fde.is_signal_trampoline();
+    let ra = fde.cie().return_address_register();
+    let row = fde
+        .unwind_info_for_address(section, bases, ctx, svma)
+        .ok()?;
+    compact(row, ra, signal, id)
 }
 
 /// Build a sorted FDE index of a whole CFI section. Parsing stops at the first corrupt
