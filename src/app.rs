@@ -266,9 +266,22 @@ impl fmt::Display for Summary {
                 100.0 * a as f64 / b as f64
             }
         };
+        let late = if self.sampler.ticks_skipped > 0 {
+            format!(
+                "; {} ticks skipped: sampler late{}",
+                self.sampler.ticks_skipped,
+                if self.sampler.realtime {
+                    ""
+                } else {
+                    ", no real-time priority without CAP_SYS_NICE"
+                }
+            )
+        } else {
+            String::new()
+        };
         writeln!(
             f,
-            "  samples: {} in {} threads; rate {:.1} Hz (asked {:.0} Hz); {:.1}% of stacks reached their root",
+            "  samples: {} in {} threads; rate {:.1} Hz (asked {:.0} Hz{late}); {:.1}% of stacks reached their root",
             self.samples,
             self.threads.len(),
             self.achieved_rate(),

@@ -77,15 +77,38 @@ fn has(s: &[String], name: &str) -> bool {
         .any(|f| f == name || f.starts_with(&format!("{name}(")))
 }
 
-/// The achieved rate from the summary line `rate X Hz (asked Y Hz)`.
-fn achieved_rate(summary: &str) -> f64 {
-    let at = summary.find("rate ").expect("summary has a rate");
-    summary[at + 5..]
+/// The number after `key` in the summary (`rate 99.8 Hz`, `for 5.00 s`, `3 ticks skipped`).
+fn number_after(summary: &str, key: &str) -> Option<f64> {
+    let at = summary.find(key)?;
+    summary[at + key.len()..]
         .split_whitespace()
-        .next()
-        .unwrap()
+        .next()?
+        .trim_end_matches([',', ':', ';'])
         .parse()
-        .unwrap()
+        .ok()
+}
+
+/// The number before `key` in the summary (`12 ticks skipped`).
+fn number_before(summary: &str, key: &str) -> Option<f64> {
+    let at = summary.find(key)?;
+    summary[..at].split_whitespace().last()?.parse().ok()
+}
+
+/// Every tick of the schedule is either taken or reported as skipped (the sampler was late,
+/// e.g. without real-time priority on a busy machine): taken + skipped spans the run at the
+/// asked rate, and ticks are never bunched above it. How many are skipped depends on the
+/// machine, so only a gross shortfall fails.
+fn check_rate(summary: &str, hz: f64) {
+    let rate = number_after(summary, "; rate ").expect("summary has a rate");
+    let secs = number_after(summary, ") for ").expect("summary has a duration");
+    let skipped = number_before(summary, "ticks skipped").unwrap_or(0.0);
+    let scheduled = (rate * secs + skipped) / secs;
+    assert!(
+        (scheduled - hz).abs() <= 0.02 * hz,
+        "taken + skipped {scheduled:.1}/s vs {hz}\n{summary}"
+    );
+    assert!(rate <= 1.02 * hz, "rate {rate} above {hz}\n{summary}");
+    assert!(rate >= 0.5 * hz, "rate {rate} far below {hz}\n{summary}");
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -165,8 +188,7 @@ fn check_c_workers(
 fn c_workers_without_frame_pointers_1000hz() {
     let _live = live();
     let (_, summary) = check_c_workers("c_workers", 1000, 10.0, &[]);
-    let rate = achieved_rate(&summary);
-    assert!((rate - 1000.0).abs() <= 50.0, "rate {rate}\n{summary}");
+    check_rate(&summary, 1000.0);
 }
 
 #[test]
@@ -182,8 +204,7 @@ fn achieved_rate_at_100hz() {
     let dir = tmp();
     let o = attach_for(&fx, 5.0, 100, &dir.path().join("p.folded"), &[]);
     let summary = stderr(&o);
-    let rate = achieved_rate(&summary);
-    assert!((rate - 100.0).abs() <= 5.0, "rate {rate}\n{summary}");
+    check_rate(&summary, 100.0);
 }
 
 #[test]

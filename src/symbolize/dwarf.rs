@@ -98,7 +98,23 @@ fn load_sections(data: &Bytes, file: &object::File<'_>, dwo: bool) -> gimli::Dwa
         RunTimeEndian::Big
     };
     let loader = |id: gimli::SectionId| -> Result<Reader, std::convert::Infallible> {
-        let name = if dwo { id.dwo_name() } else { Some(id.name()) };
+        // Location lists, macros and type units are never read to name an address; skipping
+        // them spares inflating megabytes (libc's compressed .debug_loclists alone).
+        let unused = matches!(
+            id,
+            gimli::SectionId::DebugLoc
+                | gimli::SectionId::DebugLocLists
+                | gimli::SectionId::DebugMacinfo
+                | gimli::SectionId::DebugMacro
+                | gimli::SectionId::DebugTypes
+        );
+        let name = if unused {
+            None
+        } else if dwo {
+            id.dwo_name()
+        } else {
+            Some(id.name())
+        };
         Ok(match name {
             Some(name) => section_reader(data, file, name, endian),
             None => EndianReader::new(SharedBytes(Bytes::new(Vec::<u8>::new())), endian),
