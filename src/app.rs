@@ -540,6 +540,12 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
             sampler_stats.stack_bytes,
             sampler_stats.realtime
         ));
+        let st = sym.stats();
+        let (units, parsed) = sym.lazy_units();
+        details.push(format!(
+            "symbolizer: {} lookups ({} cached), {} modules loaded, {} DWARF errors; DWARF units parsed on demand: {parsed} of {units}",
+            st.lookups, st.cache_hits, st.modules_loaded, st.dwarf_errors
+        ));
         for m in processor.modules.all() {
             if let Some(e) = &m.load_error {
                 details.push(format!("module {}: {e}", m.path));

@@ -7,15 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use addr2line::{LookupContinuation, LookupResult, SplitDwarfLoad};
-use gimli::{EndianReader, RunTimeEndian};
+use gimli::{EndianReader, RunTimeEndian, SectionId};
 use object::{CompressionFormat, Object, ObjectSection};
 
 use super::debugfile;
+use super::units::Sections;
 use crate::bytes::Bytes;
 
 /// Shared file bytes as a gimli reader backing store.
 #[derive(Clone)]
-pub(crate) struct SharedBytes(Bytes);
+pub(crate) struct SharedBytes(pub(crate) Bytes);
 
 impl Deref for SharedBytes {
     type Target = [u8];
@@ -84,46 +85,42 @@ fn section_reader(
     }
 }
 
-/// Load every DWARF section of `file` (bytes `data`) into a `gimli::Dwarf`. Nothing is
-/// parsed yet beyond locating (and, when compressed, inflating) the sections.
-pub(crate) fn load(data: &Bytes, file: &object::File<'_>) -> gimli::Dwarf<Reader> {
+/// Load the DWARF sections of `file` (bytes `data`) that naming reads. Nothing is parsed
+/// yet beyond locating (and, when compressed, inflating) the sections.
+pub(crate) fn load(data: &Bytes, file: &object::File<'_>) -> Sections {
     load_sections(data, file, false)
 }
 
 /// Load the sections of a main file, or of a split DWARF (`.dwo`) file when `dwo`.
-fn load_sections(data: &Bytes, file: &object::File<'_>, dwo: bool) -> gimli::Dwarf<Reader> {
+fn load_sections(data: &Bytes, file: &object::File<'_>, dwo: bool) -> Sections {
     let endian = if file.is_little_endian() {
         RunTimeEndian::Little
     } else {
         RunTimeEndian::Big
     };
-    let loader = |id: gimli::SectionId| -> Result<Reader, std::convert::Infallible> {
-        // Location lists, macros and type units are never read to name an address; skipping
-        // them spares inflating megabytes (libc's compressed .debug_loclists alone).
-        let unused = matches!(
-            id,
-            gimli::SectionId::DebugLoc
-                | gimli::SectionId::DebugLocLists
-                | gimli::SectionId::DebugMacinfo
-                | gimli::SectionId::DebugMacro
-                | gimli::SectionId::DebugTypes
-        );
-        let name = if unused {
-            None
-        } else if dwo {
-            id.dwo_name()
-        } else {
-            Some(id.name())
-        };
-        Ok(match name {
-            Some(name) => section_reader(data, file, name, endian),
-            None => EndianReader::new(SharedBytes(Bytes::new(Vec::<u8>::new())), endian),
+    let empty = EndianReader::new(SharedBytes(Bytes::new(Vec::<u8>::new())), endian);
+    // Location lists, macros and type units are never read to name an address; skipping
+    // them spares inflating megabytes (glibc's compressed .debug_loclists alone is 1.4 MiB).
+    let wanted = [
+        SectionId::DebugAbbrev,
+        SectionId::DebugAddr,
+        SectionId::DebugAranges,
+        SectionId::DebugInfo,
+        SectionId::DebugLine,
+        SectionId::DebugLineStr,
+        SectionId::DebugRanges,
+        SectionId::DebugRngLists,
+        SectionId::DebugStr,
+        SectionId::DebugStrOffsets,
+    ];
+    let readers = wanted
+        .into_iter()
+        .filter_map(|id| {
+            let name = if dwo { id.dwo_name()? } else { id.name() };
+            Some((id, section_reader(data, file, name, endian)))
         })
-    };
-    match gimli::Dwarf::load(loader) {
-        Ok(dwarf) => dwarf,
-        Err(never) => match never {},
-    }
+        .collect();
+    Sections { readers, empty }
 }
 
 /// One frame as addr2line reports it, before demangling.
@@ -225,7 +222,7 @@ fn load_dwo(load: &SplitDwarfLoad<Reader>, root: &Path) -> Option<Arc<gimli::Dwa
     }
     let data = debugfile::map_file(&debugfile::in_root(root, &path))?;
     let file = object::File::parse(&*data).ok()?;
-    let mut dwarf = load_sections(&data, &file, true);
+    let mut dwarf = load_sections(&data, &file, true).dwarf(None);
     dwarf.make_dwo(&load.parent);
     let mut headers = dwarf.units();
     let mut matches = false;

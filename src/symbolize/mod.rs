@@ -11,6 +11,7 @@ mod debugfile;
 mod demangle;
 mod dwarf;
 mod symtab;
+mod units;
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -21,8 +22,9 @@ use object::Object;
 
 use crate::bytes::Bytes;
 pub use demangle::{demangle, looks_mangled};
-use dwarf::{RawFrame, Reader};
+use dwarf::RawFrame;
 use symtab::{SymbolTable, Which};
+use units::Names;
 
 /// One module (ELF file) to symbolize addresses in.
 #[derive(Clone, Debug)]
@@ -107,6 +109,8 @@ pub struct Symbolizer {
     young: HashMap<(u64, u64), Arc<[SymFrame]>>,
     old: HashMap<(u64, u64), Arc<[SymFrame]>>,
     stats: SymbolizerStats,
+    /// Parse DWARF units on demand where they stand alone (the default).
+    lazy_units: bool,
 }
 
 impl Symbolizer {
@@ -122,7 +126,16 @@ impl Symbolizer {
             young: HashMap::new(),
             old: HashMap::new(),
             stats: SymbolizerStats::default(),
+            lazy_units: true,
         }
+    }
+
+    /// Whether DWARF units are parsed on demand, one at a time, where no unit refers into
+    /// another (the default), or all at once when a module is first used (addr2line's
+    /// whole-file index). Both name every address alike; the switch exists to compare
+    /// them. Applies to modules loaded afterwards.
+    pub fn set_lazy_units(&mut self, lazy: bool) {
+        self.lazy_units = lazy;
     }
 
     /// Keep at most `max` parsed modules (at least 1); the least recently used are dropped.
@@ -150,7 +163,8 @@ impl Symbolizer {
             self.remember(key, hit);
             return out;
         }
-        let (frames, errors) = self.module(module_key, module).resolve(svma);
+        let lazy = self.lazy_units;
+        let (frames, errors) = self.module(module_key, module).resolve(svma, lazy);
         self.stats.dwarf_errors += errors;
         self.remember(key, frames.clone().into());
         frames
@@ -165,6 +179,19 @@ impl Symbolizer {
     /// Counters so far.
     pub fn stats(&self) -> SymbolizerStats {
         self.stats
+    }
+
+    /// DWARF units of the loaded modules read on demand: how many are indexed and how
+    /// many have been parsed so far (modules whose units refer into each other, parsed as
+    /// a whole, are not counted).
+    pub fn lazy_units(&self) -> (usize, usize) {
+        self.modules
+            .values()
+            .filter_map(|m| match &m.dwarf {
+                DwarfState::Ready(names) => names.unit_counts(),
+                _ => None,
+            })
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
     }
 
     fn remember(&mut self, key: (u64, u64), frames: Arc<[SymFrame]>) {
@@ -256,7 +283,7 @@ enum DwarfState {
         data: Bytes,
         sup: Option<Bytes>,
     },
-    Ready(Box<addr2line::Context<Reader>>),
+    Ready(Names),
     Absent,
 }
 
@@ -367,24 +394,24 @@ impl Module {
         }
     }
 
-    /// The addr2line context, built on first use.
-    fn context(&mut self) -> Option<&addr2line::Context<Reader>> {
+    /// The DWARF lookups, set up on first use.
+    fn names(&mut self, lazy: bool) -> Option<&Names> {
         if let DwarfState::Pending { data, sup } = &self.dwarf {
             let (data, sup) = (data.clone(), sup.clone());
-            let built = catch_unwind(AssertUnwindSafe(|| build_context(&data, sup.as_ref())));
+            let built = catch_unwind(AssertUnwindSafe(|| build_names(&data, sup.as_ref(), lazy)));
             self.dwarf = match built {
-                Ok(Some(ctx)) => DwarfState::Ready(Box::new(ctx)),
+                Ok(Some(names)) => DwarfState::Ready(names),
                 _ => DwarfState::Absent,
             };
         }
         match &self.dwarf {
-            DwarfState::Ready(ctx) => Some(ctx),
+            DwarfState::Ready(names) => Some(names),
             _ => None,
         }
     }
 
     /// Frames for `svma` and the number of DWARF errors met.
-    fn resolve(&mut self, svma: u64) -> (Vec<SymFrame>, u64) {
+    fn resolve(&mut self, svma: u64, lazy: bool) -> (Vec<SymFrame>, u64) {
         let mut errors = 0;
         let mut raw: Vec<RawFrame> = Vec::new();
         let mut panicked = false;
@@ -392,32 +419,41 @@ impl Module {
         let root = root.as_path();
         // addr2line looks an address up as the range `[svma, svma + 1)`, which does not
         // exist for the last address (and overflows); no DWARF range can cover it anyway.
-        let ctx = if svma == u64::MAX {
+        let names = if svma == u64::MAX {
             None
         } else {
-            self.context()
+            self.names(lazy)
         };
-        if let Some(ctx) = ctx {
-            match catch_unwind(AssertUnwindSafe(|| dwarf::find_frames(ctx, svma, root))) {
-                Ok((frames, error)) => {
+        if let Some(names) = names {
+            let looked_up = catch_unwind(AssertUnwindSafe(|| {
+                let mut errors = 0;
+                let mut raw = Vec::new();
+                for ctx in names.contexts(svma) {
+                    let (frames, error) = dwarf::find_frames(ctx, svma, root);
                     raw = frames;
                     if error.is_some() {
                         errors += 1;
                         // A broken unit: keep what the line table alone can say.
                         if raw.is_empty() {
-                            raw.extend(
-                                catch_unwind(AssertUnwindSafe(|| dwarf::find_location(ctx, svma)))
-                                    .ok()
-                                    .flatten(),
-                            );
+                            raw.extend(dwarf::find_location(ctx, svma));
                         }
                     }
+                    if !raw.is_empty() {
+                        break;
+                    }
+                }
+                (raw, errors)
+            }));
+            match looked_up {
+                Ok((frames, e)) => {
+                    raw = frames;
+                    errors += e;
                 }
                 Err(_) => panicked = true,
             }
         }
         if panicked {
-            // Do not trust a context that panicked half-way; keep the symbol tables.
+            // Do not trust DWARF that panicked half-way; keep the symbol tables.
             errors += 1;
             self.dwarf = DwarfState::Absent;
         }
@@ -472,17 +508,16 @@ impl Module {
     }
 }
 
-/// Build the addr2line context over the DWARF in `data` (plus a supplementary file).
-/// Only the unit index is read here; units are parsed on demand by lookups.
-fn build_context(data: &Bytes, sup: Option<&Bytes>) -> Option<addr2line::Context<Reader>> {
+/// Set up the DWARF lookups over `data` (plus a supplementary file). Only indexes are
+/// read here; units are parsed on demand by lookups.
+fn build_names(data: &Bytes, sup: Option<&Bytes>, lazy: bool) -> Option<Names> {
     let file = object::File::parse(&**data).ok()?;
-    let mut dwarf = dwarf::load(data, &file);
-    if let Some(sup) = sup
-        && let Ok(sup_file) = object::File::parse(&**sup)
-    {
-        dwarf.set_sup(dwarf::load(sup, &sup_file));
-    }
-    addr2line::Context::from_dwarf(dwarf).ok()
+    let sections = dwarf::load(data, &file);
+    let sup = sup.and_then(|sup| {
+        let sup_file = object::File::parse(&**sup).ok()?;
+        Some(dwarf::load(sup, &sup_file))
+    });
+    Names::build(sections, sup, lazy)
 }
 
 /// The DWARF supplementary file (`.gnu_debugaltlink`, as made by dwz) of `file` located at
