@@ -2,11 +2,11 @@
 //! map current, unwinds each captured stack (after the thread already runs again), interns
 //! it into the profile and names every unique frame once.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::bytes::Bytes;
 use crate::modules::{ModuleMap, ModuleSource};
@@ -17,6 +17,9 @@ use crate::sampler::Msg;
 use crate::symbolize::Symbolizer;
 use crate::types::{FrameAddr, Pid, StackEnd, Tid};
 use crate::unwind::Unwinder;
+
+/// How often the processor looks for new messages when the channel is empty.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Files of a live target, read through its root.
 pub struct LiveSource(pub Pid);
@@ -79,7 +82,8 @@ pub struct Processor {
     unwinder: Unwinder,
     /// The aggregated profile.
     pub profile: Profile,
-    last_stack: HashMap<Tid, (Option<StackId>, StackEnd)>,
+    /// By thread id (assigned by the kernel, not chosen by the target).
+    last_stack: FxHashMap<Tid, (Option<StackId>, StackEnd)>,
     frames: Vec<FrameAddr>,
     keys: Vec<FrameKey>,
     pool: Sender<Vec<u8>>,
@@ -103,7 +107,7 @@ impl Processor {
             modules: ModuleMap::new(),
             unwinder: Unwinder::new(max_frames),
             profile: Profile::new(),
-            last_stack: HashMap::new(),
+            last_stack: FxHashMap::default(),
             frames: Vec::with_capacity(max_frames),
             keys: Vec::with_capacity(max_frames),
             pool,
@@ -118,10 +122,21 @@ impl Processor {
 
     /// Handle every message until the sampler hangs up, calling `on_sample` after each
     /// sample (for windowed outputs).
+    ///
+    /// The channel is polled every few milliseconds rather than waited on: a receiver
+    /// blocked in `recv` must be woken by the sampler's next send (a futex wake, often a
+    /// cross-CPU interrupt, on every tick), while one that looks on its own timer costs the
+    /// sampler nothing.
     pub fn run(&mut self, rx: &Receiver<Msg>, mut on_sample: impl FnMut(&mut Processor, u64)) {
-        for msg in rx.iter() {
-            if let Some(t) = self.handle(msg) {
-                on_sample(self, t);
+        loop {
+            match rx.try_recv() {
+                Ok(msg) => {
+                    if let Some(t) = self.handle(msg) {
+                        on_sample(self, t);
+                    }
+                }
+                Err(TryRecvError::Empty) => std::thread::sleep(POLL_INTERVAL),
+                Err(TryRecvError::Disconnected) => break,
             }
         }
     }
@@ -146,6 +161,14 @@ impl Processor {
                     self.profile.retire_thread(tid);
                 }
                 None
+            }
+            Msg::Repeats { tids, time_ns } => {
+                for tid in tids {
+                    if let Some(&(stack, end)) = self.last_stack.get(&tid) {
+                        self.record(tid, time_ns, stack, end);
+                    }
+                }
+                Some(time_ns)
             }
             Msg::Repeat { tid, time_ns } => {
                 let (stack, end) = *self.last_stack.get(&tid)?;

@@ -4,6 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+// Keys made of our own small ids, hashed once per sample, use Fx (several times cheaper than
+// SipHash); keys the target chooses (addresses, thread names) keep SipHash, so a hostile
+// target cannot make lookups collide.
+use rustc_hash::FxHashMap;
+
 use crate::types::{StackEnd, Tid};
 
 /// Module id of frames that lie in no known module (JIT code, unmapped addresses).
@@ -62,6 +67,8 @@ pub struct ThreadStats {
     pub samples: u64,
     /// Samples whose stack reached the thread's root.
     pub complete: u64,
+    /// The name id samples are counted under, once known (reset when the name changes).
+    name_id: Option<u32>,
 }
 
 /// Interned frames and stacks with their sample counts.
@@ -70,15 +77,15 @@ pub struct Profile {
     frames: Vec<FrameKey>,
     frame_index: HashMap<FrameKey, u32>,
     nodes: Vec<(u32, u32)>,
-    node_index: HashMap<(u32, u32), u32>,
-    counts: HashMap<(u32, StackId), u64>,
+    node_index: FxHashMap<(u32, u32), u32>,
+    counts: FxHashMap<(u32, StackId), u64>,
     thread_names: Vec<String>,
     thread_name_index: HashMap<String, u32>,
     threads: BTreeMap<Tid, ThreadStats>,
     retired: ThreadStats,
     retired_threads: u64,
     /// How stacks ended, over all samples.
-    pub ends: HashMap<StackEnd, u64>,
+    pub ends: FxHashMap<StackEnd, u64>,
 }
 
 impl Profile {
@@ -145,31 +152,43 @@ impl Profile {
 
     /// Count one sample of `tid` with `stack`, under the thread's name at this time.
     pub fn add_sample(&mut self, tid: Tid, stack: StackId, end: StackEnd) {
-        let name = match self.threads.get(&tid) {
-            Some(t) if !t.name.is_empty() => t.name.clone(),
-            _ => format!("tid-{tid}"),
-        };
-        let name_id = match self.thread_name_index.get(&name) {
-            Some(&i) => i,
+        let t = self.threads.entry(tid).or_default();
+        let name_id = match t.name_id {
+            Some(i) => i,
             None => {
-                let i = self.thread_names.len() as u32;
-                self.thread_names.push(name.clone());
-                self.thread_name_index.insert(name, i);
+                let name = if t.name.is_empty() {
+                    format!("tid-{tid}")
+                } else {
+                    t.name.clone()
+                };
+                let i = match self.thread_name_index.get(&name) {
+                    Some(&i) => i,
+                    None => {
+                        let i = self.thread_names.len() as u32;
+                        self.thread_names.push(name.clone());
+                        self.thread_name_index.insert(name, i);
+                        i
+                    }
+                };
+                t.name_id = Some(i);
                 i
             }
         };
-        *self.counts.entry((name_id, stack)).or_default() += 1;
-        *self.ends.entry(end).or_default() += 1;
-        let t = self.threads.entry(tid).or_default();
         t.samples += 1;
         if end.is_complete() {
             t.complete += 1;
         }
+        *self.counts.entry((name_id, stack)).or_default() += 1;
+        *self.ends.entry(end).or_default() += 1;
     }
 
     /// Set a thread's name.
     pub fn set_thread_name(&mut self, tid: Tid, name: &str) {
-        self.threads.entry(tid).or_default().name = name.to_string();
+        let t = self.threads.entry(tid).or_default();
+        if t.name != name {
+            t.name = name.to_string();
+            t.name_id = None;
+        }
     }
 
     /// Per-thread facts of the threads not retired.
@@ -193,7 +212,7 @@ impl Profile {
     }
 
     /// Sample counts by (thread name id, stack).
-    pub fn counts(&self) -> &HashMap<(u32, StackId), u64> {
+    pub fn counts(&self) -> &FxHashMap<(u32, StackId), u64> {
         &self.counts
     }
 

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use nix::sys::signal::Signal;
 
 use crate::memory::StackSnapshot;
-use crate::os::proc::{self, BlockedAt};
+use crate::os::proc::{self, ThreadWatch};
 use crate::os::ptrace::{AttachError, Event, Missed, Tracer};
 use crate::os::signals::{self, Wake};
 use crate::os::vm;
@@ -36,6 +36,14 @@ pub enum Msg {
         regs: Regs,
         /// The used part of the stack.
         stack: StackSnapshot,
+    },
+    /// Threads that have not run since their last samples, at one tick: their last
+    /// stacks again.
+    Repeats {
+        /// Threads.
+        tids: Vec<Tid>,
+        /// Nanoseconds since the session's start.
+        time_ns: u64,
     },
     /// A thread that has not run since its last sample: its last stack again.
     Repeat {
@@ -157,12 +165,16 @@ struct ThreadSlot {
     requested_at: Option<u64>,
     /// Later tick times while that interrupt is outstanding.
     waiting: Vec<u64>,
-    /// Where the thread waits, read without stopping it.
-    blocked: Option<BlockedAt>,
+    /// Where the thread waits and how it runs, read without stopping it.
+    watch: Option<ThreadWatch>,
+    /// The scheduler counts read when the thread was last seen waiting where its last
+    /// sample found it: while they stay the same it has not run since.
+    still: Option<(u64, u64)>,
     /// Stack pointer and pc of the last capture.
     last_sp_pc: Option<(u64, u64)>,
     name: Option<String>,
-    name_checked: Instant,
+    /// Tick time (ns since the epoch) of the last name check; None before the first.
+    name_checked: Option<u64>,
     stack_range: Option<(u64, u64)>,
 }
 
@@ -177,6 +189,9 @@ pub struct Sampler {
     maps_text: String,
     maps_read_at: Instant,
     maps_interval: Duration,
+    /// A stack pointer fell outside the known mappings (a new thread's stack): re-read
+    /// the maps soon.
+    maps_stale: bool,
     epoch: Instant,
     stats: SamplerStats,
     tick_wait: Duration,
@@ -201,7 +216,8 @@ impl Sampler {
             maps: Vec::new(),
             maps_text: String::new(),
             maps_read_at: Instant::now(),
-            maps_interval: Duration::from_millis(20),
+            maps_interval: MAPS_MIN_INTERVAL,
+            maps_stale: false,
             epoch,
             stats: SamplerStats::default(),
             tick_wait: Duration::from_millis(20),
@@ -227,10 +243,11 @@ impl Sampler {
                 captured: false,
                 requested_at: None,
                 waiting: Vec::new(),
-                blocked: None,
+                watch: None,
+                still: None,
                 last_sp_pc: None,
                 name: None,
-                name_checked: Instant::now() - Duration::from_secs(10),
+                name_checked: None,
                 stack_range: None,
             },
         );
@@ -245,9 +262,10 @@ impl Sampler {
         };
         let cost = t0.elapsed();
         self.maps_read_at = Instant::now();
-        // Keep re-reading cheap relative to the work: at least 10 ms apart, and at least
-        // 50 times the cost of one read.
-        self.maps_interval = (cost * 50).max(Duration::from_millis(10));
+        self.maps_stale = false;
+        // Keep re-reading cheap relative to the work: at most 0.5% of a CPU (a target with
+        // many threads has long maps: each thread stack is a mapping).
+        self.maps_interval = (cost * 200).max(MAPS_MIN_INTERVAL);
         if text != self.maps_text {
             self.maps = procmaps::parse(&text);
             self.maps_text = text.clone();
@@ -275,7 +293,8 @@ impl Sampler {
                 Event::Exec => {
                     self.refresh_maps();
                     for t in self.threads.values_mut() {
-                        t.blocked = None;
+                        t.watch = None;
+                        t.still = None;
                         t.last_sp_pc = None;
                         t.name = None;
                     }
@@ -357,7 +376,10 @@ impl Sampler {
             if self.tracer.process_exited() {
                 break StopReason::TargetExited;
             }
-            if self.maps_read_at.elapsed() >= self.maps_interval && !self.refresh_maps() {
+            let since = self.maps_read_at.elapsed();
+            if (since >= self.maps_interval || (self.maps_stale && since >= MAPS_STALE_INTERVAL))
+                && !self.refresh_maps()
+            {
                 break StopReason::TargetExited;
             }
             let tick_ns = self.now_ns();
@@ -410,9 +432,11 @@ impl Sampler {
             in_flight: &cfg.in_flight,
             alive: true,
             gone: Vec::new(),
+            maps_miss: false,
         };
         f(tracer, &mut cap);
         let (alive, gone) = (cap.alive, cap.gone);
+        self.maps_stale |= cap.maps_miss;
         if !alive {
             self.processor_gone = true;
         }
@@ -428,6 +452,7 @@ impl Sampler {
         let mut tids: Vec<Tid> = self.threads.keys().copied().collect();
         tids.sort_unstable();
         let mut to_sample = Vec::with_capacity(tids.len());
+        let mut repeats = Vec::new();
         for tid in tids {
             if self.tracer.is_group_stopped(tid) {
                 continue;
@@ -437,8 +462,11 @@ impl Sampler {
                 continue;
             };
             // Name: on first sight and every second (threads name themselves after start).
-            if slot.name_checked.elapsed() >= Duration::from_secs(1) {
-                slot.name_checked = Instant::now();
+            if slot
+                .name_checked
+                .is_none_or(|t| now_ns.saturating_sub(t) >= 1_000_000_000)
+            {
+                slot.name_checked = Some(now_ns);
                 if let Some(n) = proc::thread_name(pid, tid)
                     && slot.name.as_deref() != Some(n.as_str())
                 {
@@ -458,33 +486,49 @@ impl Sampler {
                 }
                 continue;
             }
-            if slot.blocked.is_none() {
-                slot.blocked = BlockedAt::open(pid, tid);
+            if slot.watch.is_none() {
+                slot.watch = ThreadWatch::open(pid, tid);
             }
-            // A thread still blocked where its last sample found it has the same stack.
-            let unchanged = match (
-                slot.blocked.as_mut().and_then(|b| b.read()),
-                slot.last_sp_pc,
-            ) {
+            // A thread still blocked where its last sample found it has the same stack. The
+            // cheap check first: not switched in since it was last seen waiting there (the
+            // counts are read before the slower look at where it waits, so a thread that
+            // ran in between has other counts next time).
+            let (sched, blocked) = match slot.watch.as_mut() {
+                Some(w) => {
+                    let sched = w.sched();
+                    let blocked = if sched.is_some() && sched == slot.still {
+                        slot.last_sp_pc
+                    } else {
+                        w.blocked_at()
+                    };
+                    (sched, blocked)
+                }
+                None => (None, None),
+            };
+            let unchanged = match (blocked, slot.last_sp_pc) {
                 (Some((sp, pc)), Some((lsp, lpc))) => sp == lsp && (pc == lpc || pc == lpc + 2),
                 _ => false,
             };
+            slot.still = if unchanged { sched } else { None };
             if !unchanged {
                 slot.requested_at = Some(now_ns);
                 to_sample.push(tid);
             } else {
                 self.stats.repeated += 1;
-                if !send(
-                    &self.tx,
-                    &mut self.stats,
-                    Msg::Repeat {
-                        tid,
-                        time_ns: now_ns,
-                    },
-                ) {
-                    return false;
-                }
+                repeats.push(tid);
             }
+        }
+        if !repeats.is_empty()
+            && !send(
+                &self.tx,
+                &mut self.stats,
+                Msg::Repeats {
+                    tids: repeats,
+                    time_ns: now_ns,
+                },
+            )
+        {
+            return false;
         }
         let wait = self.tick_wait;
         self.with_capture(|tracer, cap| {
@@ -497,6 +541,11 @@ impl Sampler {
         !self.processor_gone
     }
 }
+
+/// The sampler re-reads the maps at least this often (libraries loaded or swapped).
+const MAPS_MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// ...and after a stack outside the known mappings, at most this often.
+const MAPS_STALE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Most tick times remembered for a thread whose stop is late.
 const MAX_WAITING: usize = 100_000;
@@ -513,6 +562,8 @@ struct Capture<'a> {
     in_flight: &'a std::sync::atomic::AtomicUsize,
     alive: bool,
     gone: Vec<Tid>,
+    /// A stack pointer was found in no known mapping.
+    maps_miss: bool,
 }
 
 impl Capture<'_> {
@@ -528,6 +579,7 @@ impl Capture<'_> {
                     .and_then(|s| s.stack_range)
                     .filter(|&(lo, hi)| sp >= lo && sp < hi)
                     .or_else(|| procmaps::find(self.maps, sp).map(|m| (m.start, m.end)));
+                self.maps_miss |= range.is_none();
                 let top = range.map_or(sp.saturating_add(64 * 1024), |(_, hi)| hi);
                 let len = (top.saturating_sub(sp) as usize).min(self.max_stack);
                 let mut buf = self.pool.try_recv().unwrap_or_default();
@@ -597,8 +649,11 @@ impl Capture<'_> {
 fn send(tx: &Sender<Msg>, stats: &mut SamplerStats, msg: Msg) -> bool {
     match tx.try_send(msg) {
         Ok(()) => true,
-        Err(TrySendError::Full(_)) => {
-            stats.dropped += 1;
+        Err(TrySendError::Full(msg)) => {
+            stats.dropped += match msg {
+                Msg::Repeats { tids, .. } => tids.len() as u64,
+                _ => 1,
+            };
             true
         }
         Err(TrySendError::Disconnected(_)) => false,
