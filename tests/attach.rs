@@ -555,3 +555,39 @@ fn permission_denied_names_the_cause() {
     );
     let _: HashMap<(), ()> = HashMap::new();
 }
+
+/// Threads that sleep and wake: the sampler skips stopping a thread while it stays asleep
+/// where it was last seen, and must notice every wake-up. Each `duty-*` thread spins half
+/// of the wall-clock time and sleeps the other half, beside idle threads that only sleep.
+#[test]
+fn sleeping_threads_that_wake_are_seen_running() {
+    let _live = live();
+    let fx = Fixture::spawn(
+        "busy_threads",
+        &["--busy", "0", "--idle", "20", "--duty", "2"],
+    );
+    let dir = tmp();
+    let folded = dir.path().join("p.folded");
+    let o = attach_for(&fx, 4.0, 1000, &folded, &["--verbose"]);
+    let summary = stderr(&o);
+    let stacks = read_folded(&folded);
+    let duty: Vec<(Vec<String>, u64)> = stacks
+        .iter()
+        .filter(|(s, _)| s[0].starts_with("duty-"))
+        .cloned()
+        .collect();
+    let n = total(&duty);
+    assert!(n > 4000, "{n} duty samples\n{summary}");
+    let spin = count_where(&duty, |s| has(s, "duty_spin")) as f64 / n as f64;
+    let nap = count_where(&duty, |s| has(s, "duty_nap")) as f64 / n as f64;
+    assert!(
+        (spin - 0.5).abs() <= 0.15 && (nap - 0.5).abs() <= 0.15,
+        "duty_spin {spin:.3}, duty_nap {nap:.3}\n{summary}"
+    );
+    // The idle threads were mostly answered without stopping them.
+    let reused = number_after(&summary, "reused ");
+    assert!(
+        reused.is_some_and(|r| r > 0.5 * total(&stacks) as f64),
+        "reused {reused:?}\n{summary}"
+    );
+}
