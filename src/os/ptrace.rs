@@ -16,6 +16,9 @@ use nix::unistd::Pid as NixPid;
 use super::signals::{self, Wake};
 use crate::types::{Pid, Regs, Tid};
 
+/// How long a tick polls for the stops it asked for before sleeping until they come.
+const STOP_SPIN: Duration = Duration::from_micros(50);
+
 /// Something that happened to the target, for the sampler to pass on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -441,13 +444,22 @@ impl Tracer {
             }
             pending.push(tid);
         }
-        let deadline = Instant::now() + wait;
+        let start = Instant::now();
+        let deadline = start + wait;
+        // A running thread stops within microseconds of its interrupt: poll for its stop
+        // that long instead of sleeping, so the stopped thread does not also wait for the
+        // sampler to be woken and scheduled.
+        let spin_until = start + STOP_SPIN;
         while !pending.is_empty() {
             match wait_nohang(None) {
                 Ok(Status::StillAlive) | Err(Errno::ECHILD) => {
                     let now = Instant::now();
                     if now >= deadline {
                         break;
+                    }
+                    if now < spin_until {
+                        std::hint::spin_loop();
+                        continue;
                     }
                     if let Wake::Stop(sig) = signals::wait(deadline - now) {
                         self.stop_request = Some(sig);
