@@ -6,18 +6,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSymbol, SymbolKind};
-use profiler::bytes::Bytes;
 use profiler::symbolize::{ModuleDesc, SymFrame, Symbolizer};
 
 fn desc(path: &Path) -> ModuleDesc {
-    let data = std::fs::read(path).unwrap();
-    let build_id = profiler::elf::facts(&data).and_then(|f| f.build_id);
-    ModuleDesc {
-        path: path.to_string_lossy().into_owned(),
-        data: Bytes::new(data),
-        build_id,
-        root: PathBuf::from("/"),
-    }
+    common::module_desc(path)
 }
 
 /// Addresses inside every function of `reference` (an ELF with a symbol table).

@@ -2,6 +2,8 @@
 //! C++ demangling, separate debug files (build-id directories and `.gnu_debuglink`, with
 //! their checks), symbol table fallbacks and corrupt files.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -111,14 +113,7 @@ fn run(program: &str, args: &[&std::ffi::OsStr]) {
 }
 
 fn desc(path: &Path) -> ModuleDesc {
-    let data = std::fs::read(path).unwrap();
-    let build_id = profiler::elf::facts(&data).and_then(|f| f.build_id);
-    ModuleDesc {
-        path: path.to_str().unwrap().to_string(),
-        data: Bytes::new(data),
-        build_id,
-        root: PathBuf::from("/"),
-    }
+    common::module_desc(path)
 }
 
 fn desc_from_bytes(path: &str, data: Vec<u8>) -> ModuleDesc {

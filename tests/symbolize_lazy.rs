@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use object::{Object, ObjectSection, SectionKind};
-use profiler::bytes::Bytes;
 use profiler::symbolize::{ModuleDesc, SymFrame, Symbolizer};
 
 const UNIT_A: &str = r#"
@@ -58,14 +57,7 @@ fn build(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
 }
 
 fn desc(path: &Path) -> ModuleDesc {
-    let data = std::fs::read(path).unwrap();
-    let build_id = profiler::elf::facts(&data).and_then(|f| f.build_id);
-    ModuleDesc {
-        path: path.to_str().unwrap().to_string(),
-        data: Bytes::new(data),
-        build_id,
-        root: PathBuf::from("/"),
-    }
+    common::module_desc(path)
 }
 
 /// Addresses across the executable sections of `path`, at most about `max` of them.

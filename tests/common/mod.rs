@@ -25,6 +25,19 @@ pub fn fixtures_debug_dir() -> PathBuf {
     fixtures_bin_dir().join("debug")
 }
 
+/// A module to symbolize: the file at `path` as the target would map it, its build-id,
+/// the host's root.
+pub fn module_desc(path: &std::path::Path) -> profiler::symbolize::ModuleDesc {
+    let data = std::fs::read(path).unwrap();
+    let build_id = profiler::elf::facts(&data).and_then(|f| f.build_id);
+    profiler::symbolize::ModuleDesc {
+        path: path.to_string_lossy().into_owned(),
+        data: profiler::bytes::Bytes::new(data),
+        build_id,
+        root: PathBuf::from("/"),
+    }
+}
+
 /// Path of the fixture binary `name` (`fixtures/bin/<name>`).
 ///
 /// Panics with "run `make fixtures` first" when it has not been built.
