@@ -595,10 +595,6 @@ fn start_sentry(
     let mut ucfg = UploadConfig::new(sc.dsn.clone(), sc.output.clone(), sc.spool_dir.clone());
     ucfg.spool_max_bytes = sc.spool_max_bytes;
     ucfg.flush_timeout = sc.flush_timeout;
-    ucfg.reporter = std::sync::Arc::new(|level, msg: &str| match level {
-        sentry::Level::Warn => eprintln!("profiler: warning: {msg}"),
-        sentry::Level::Info => eprintln!("profiler: {msg}"),
-    });
     let handle = Uploader::spawn(ucfg, rx).map_err(|e| anyhow!("starting the uploader: {e}"))?;
     let exe = std::fs::read_link(proc::proc_dir(pid).join("exe"))
         .map(|p| {

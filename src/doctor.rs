@@ -191,6 +191,29 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
         },
         None,
     );
+    // The sampler's real-time priority, tried on a thread of its own as the sampler would.
+    let realtime = std::thread::spawn(crate::os::signals::raise_priority)
+        .join()
+        .unwrap_or(false);
+    if realtime {
+        r.push(
+            Level::Ok,
+            "sampler priority",
+            "real-time (SCHED_FIFO) granted".into(),
+            None,
+        );
+    } else {
+        r.push(
+            Level::Warn,
+            "sampler priority",
+            "no real-time priority (needs CAP_SYS_NICE or an RLIMIT_RTPRIO allowance): on a busy machine ticks run late, some are skipped, and samples lean towards system-call exits".into(),
+            Some(if me.in_container {
+                "start the container with --cap-add=SYS_NICE (Kubernetes: securityContext.capabilities.add: [SYS_NICE])".into()
+            } else {
+                "run as root, or with CAP_SYS_NICE granted".into()
+            }),
+        );
+    }
 
     // The target.
     if pid == std::process::id() as Pid {

@@ -24,3 +24,10 @@ pub mod sentry;
 pub mod symbolize;
 pub mod types;
 pub mod unwind;
+
+/// Write `text` to stderr, ignoring a stderr that went away (a closed pipe): a message must
+/// never make the agent fail, least of all while it holds a target traced.
+pub fn to_stderr(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}

@@ -1,5 +1,6 @@
 //! `profiler`: parse the command line, run, print the summary, choose the exit code.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -9,10 +10,22 @@ use profiler::cli::{Cli, Command};
 /// Keep only the capabilities the agent needs (see `os::permissions::KEEP`).
 fn drop_privileges(verbose: bool) {
     match profiler::os::permissions::drop_privileges() {
-        Ok(kept) if verbose => eprintln!("profiler: capabilities kept: {kept:?}"),
+        Ok(kept) if verbose => err(&format!("profiler: capabilities kept: {kept:?}\n")),
         Ok(_) => {}
-        Err(e) => eprintln!("profiler: warning: could not drop capabilities: {e}"),
+        Err(e) => err(&format!(
+            "profiler: warning: could not drop capabilities: {e}\n"
+        )),
     }
+}
+
+/// Write to stdout or stderr, ignoring a reader that went away (`profiler doctor | head`):
+/// the work must not fail, nor a traced target be left behind, over a closed pipe.
+fn out(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn err(text: &str) {
+    profiler::to_stderr(text);
 }
 
 fn main() -> ExitCode {
@@ -20,19 +33,19 @@ fn main() -> ExitCode {
     // SIGINT, SIGTERM, SIGHUP and SIGCHLD are taken synchronously by the sampler thread;
     // block them here so every thread inherits the mask.
     if let Err(e) = profiler::os::signals::block_agent_signals() {
-        eprintln!("profiler: cannot set up signal handling: {e}");
+        err(&format!("profiler: cannot set up signal handling: {e}\n"));
         return ExitCode::from(2);
     }
     let result = match cli.command {
         Command::Attach(args) => app::AttachConfig::from_args(&args).and_then(|mut cfg| {
             cfg.open_outputs()?;
             drop_privileges(cfg.verbose);
-            app::run_attach(&cfg, &mut |m| eprintln!("profiler: {m}"), &mut |s| {
-                eprint!("{s}")
+            app::run_attach(&cfg, &mut |m| err(&format!("profiler: {m}\n")), &mut |s| {
+                err(&s.to_string())
             })
         }),
         Command::Doctor(args) => profiler::doctor::run(args.pid, &args.debug_dir).map(|report| {
-            print!("{report}");
+            out(&report.to_string());
             if !report.can_attach() {
                 std::process::exit(1);
             }
@@ -41,7 +54,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("profiler: error: {e:#}");
+            err(&format!("profiler: error: {e:#}\n"));
             ExitCode::from(1)
         }
     }

@@ -200,3 +200,35 @@ fn agent_keeps_only_the_capabilities_it_needs() {
     assert_ne!(field("CapEff:") & (1 << 19), 0, "CAP_SYS_PTRACE kept");
     assert!(status.contains("NoNewPrivs:\t1"));
 }
+
+/// A reader that went away (`profiler doctor | head -1`, a log pipe that closed) makes
+/// writes fail with EPIPE: the agent ends normally, it does not panic, and it leaves the
+/// target untraced.
+#[test]
+fn closed_output_pipes_are_not_fatal() {
+    let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::spawn("c_workers", &[]);
+    let pid = fx.pid().to_string();
+    for args in [
+        vec!["doctor", "--pid", pid.as_str()],
+        vec!["attach", "--pid", pid.as_str(), "--duration", "0.5"],
+    ] {
+        // Both ends of a pipe, the reading one closed before the agent starts.
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let write2 = write.try_clone().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+            .args(&args)
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::from(write2))
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(101), "{args:?} panicked");
+        assert!(o.status.code().is_some(), "{args:?} killed: {:?}", o.status);
+        assert_eq!(
+            common::tracer_pid(fx.pid()),
+            Some(0),
+            "{args:?} left it traced"
+        );
+    }
+}

@@ -107,8 +107,8 @@ impl UploadConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             reporter: Arc::new(|level, msg| match level {
-                Level::Warn => eprintln!("profiler: warning: {msg}"),
-                Level::Info => eprintln!("profiler: {msg}"),
+                Level::Warn => crate::to_stderr(&format!("profiler: warning: {msg}\n")),
+                Level::Info => crate::to_stderr(&format!("profiler: {msg}\n")),
             }),
         }
     }
