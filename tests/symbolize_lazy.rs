@@ -90,11 +90,10 @@ fn compare(module: &ModuleDesc, addrs: &[u64]) -> Symbolizer {
         assert_eq!(l, w, "{} at {a:#x}", module.path);
         named += usize::from(l.iter().any(|f| f.line.is_some()));
     }
-    assert!(
-        named > 0 || addrs.is_empty(),
-        "{}: no line found",
-        module.path
-    );
+    // A module without DWARF (libc without its debug file) has names but no lines.
+    if lazy.debug_info(module).has_dwarf() {
+        assert!(named > 0, "{}: no line found", module.path);
+    }
     assert_eq!(lazy.stats().dwarf_errors, whole.stats().dwarf_errors);
     lazy
 }
