@@ -5,20 +5,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fixture_path;
+use common::{KillOnDrop, fixture_path};
 
 static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Kills a process that is not our child (the namespace's first process).
 struct KillPid(i32);

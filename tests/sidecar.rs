@@ -6,19 +6,11 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Fixture, fixture_path};
+use common::{Fixture, KillOnDrop, fixture_path};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn profiler(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_profiler"))

@@ -25,6 +25,16 @@ pub fn fixtures_debug_dir() -> PathBuf {
     fixtures_bin_dir().join("debug")
 }
 
+/// A child process killed and reaped when dropped (a test that fails does not leave it).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A module to symbolize: the file at `path` as the target would map it, its build-id,
 /// the host's root.
 pub fn module_desc(path: &std::path::Path) -> profiler::symbolize::ModuleDesc {
