@@ -36,6 +36,8 @@ fn main() -> ExitCode {
         err(&format!("profiler: cannot set up signal handling: {e}\n"));
         return ExitCode::from(2);
     }
+    // Two /proc files stay open per traced thread.
+    profiler::os::proc::raise_open_files_limit();
     let result = match cli.command {
         Command::Attach(args) => app::AttachConfig::from_args(&args).and_then(|mut cfg| {
             cfg.open_outputs()?;

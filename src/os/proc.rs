@@ -148,6 +148,19 @@ pub fn parse_syscall(text: &str) -> Option<(u64, u64)> {
     ))
 }
 
+/// Raise the agent's soft limit on open files to its hard limit, as far as allowed: the
+/// sampler keeps two `/proc` files open per traced thread, so a target with a few hundred
+/// threads would otherwise exhaust the usual soft limit of 1024. Returns the limit now in
+/// force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
 /// Read a small text file fully (sysctl values and the like).
 pub fn read_small(path: &str) -> Option<String> {
     let mut s = String::new();
@@ -185,6 +198,18 @@ mod tests {
         }
         tx.send(()).unwrap();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn open_files_limit_raised_to_the_hard_one() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        // Start below the hard limit (as a login shell's 1024 usually is).
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(512), hard).unwrap();
+        let limit = raise_open_files_limit().expect("getrlimit works");
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(limit, soft);
+        assert_eq!(soft, hard);
     }
 
     #[test]
