@@ -150,7 +150,14 @@ fn check_c_workers(
     let summary = stderr(&o);
     let stacks = read_folded(&folded);
     let n = total(&stacks);
-    assert!(n as f64 >= secs * hz as f64 * 0.9, "{n} samples\n{summary}");
+    // Every tick is taken or reported skipped, and the file holds every sample the summary
+    // counts. How many ticks a busy machine lets through is not asserted.
+    check_rate(&summary, hz as f64);
+    assert_eq!(
+        number_after(&summary, "samples: "),
+        Some(n as f64),
+        "{summary}"
+    );
     let reach_main = count_where(&stacks, |s| has(s, "main"));
     assert!(
         reach_main as f64 >= 0.99 * n as f64,
@@ -230,8 +237,7 @@ fn deep_recursion_is_complete() {
     let folded = dir.path().join("p.folded");
     let o = attach_for(&fx, 3.0, 100, &folded, &[]);
     let stacks = read_folded(&folded);
-    let n = total(&stacks);
-    assert!(n >= 250, "{n} samples\n{}", stderr(&o));
+    check_rate(&stderr(&o), 100.0);
     for (s, c) in &stacks {
         let depth = s.iter().filter(|f| f.as_str() == "deep").count();
         assert!(
@@ -577,7 +583,8 @@ fn sleeping_threads_that_wake_are_seen_running() {
         .cloned()
         .collect();
     let n = total(&duty);
-    assert!(n > 4000, "{n} duty samples\n{summary}");
+    check_rate(&summary, 1000.0);
+    assert!(n > 1000, "{n} duty samples\n{summary}");
     let spin = count_where(&duty, |s| has(s, "duty_spin")) as f64 / n as f64;
     let nap = count_where(&duty, |s| has(s, "duty_nap")) as f64 / n as f64;
     assert!(
