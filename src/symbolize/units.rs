@@ -64,8 +64,11 @@ pub(crate) enum Names {
 impl Names {
     /// The lookups over `sections` (plus a supplementary file's), lazy per unit when the
     /// units stand alone and `lazy` allows it. None when the DWARF cannot be read at all.
-    pub(crate) fn build(sections: Sections, sup: Option<Sections>, lazy: bool) -> Option<Names> {
-        let mut sections = sections;
+    pub(crate) fn build(
+        mut sections: Sections,
+        sup: Option<Sections>,
+        lazy: bool,
+    ) -> Option<Names> {
         if lazy && sup.is_none() && units_stand_alone(sections.get(SectionId::DebugAbbrev).clone())
         {
             match LazyUnits::index(sections) {
