@@ -10,9 +10,9 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use object::{Object, ObjectSymbol, SymbolKind};
-use profiler::bytes::Bytes;
 use profiler::symbolize::{ModuleDesc, Symbolizer};
 
 /// Addresses picked per module.
@@ -23,7 +23,7 @@ fn module(path: &Path) -> Option<(ModuleDesc, Vec<u64>)> {
     // SAFETY: the file is a read-only system or build file that nothing truncates while the
     // benchmark runs.
     let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-    let data = Bytes::new(map);
+    let data = Bytes::from_owner(map);
     let facts = profiler::elf::facts(&data)?;
     let obj = object::File::parse(&*data).ok()?;
     let mut funcs: Vec<(u64, u64)> = obj

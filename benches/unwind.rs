@@ -11,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use profiler::memory::StackSnapshot;
 use profiler::modules::ModuleMap;
 use profiler::os::ptrace::Tracer;
 use profiler::os::{proc, vm};
@@ -19,6 +18,7 @@ use profiler::processor::LiveSource;
 use profiler::procmaps;
 use profiler::types::{FrameAddr, Regs, StackEnd};
 use profiler::unwind::Unwinder;
+use profiler::unwind::memory::StackSnapshot;
 
 const MAX_FRAMES: usize = 4096;
 const MAX_STACK: u64 = 8 << 20;

@@ -14,9 +14,10 @@ use crate::os::{permissions, proc};
 use crate::output;
 use crate::processor::Processor;
 use crate::sampler::{Sampler, SamplerConfig, SamplerStats, StopReason};
-use crate::sentry::{self, ChunkMeta, Dsn, InAppRules, UploadConfig, UploadStats, Uploader};
-use crate::symbolize::Symbolizer;
+use crate::sink::sentry::{self, UploadConfig, UploadStats, Uploader};
 use crate::types::Pid;
+use profiler_sentry::{ChunkMeta, Dsn, InAppRules};
+use profiler_symbolize::Symbolizer;
 
 /// How the target is named.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -573,7 +574,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
 /// The Sentry side of a session: chunk maker, channel to the uploader, uploader.
 struct Upload {
     maker: ChunkMaker,
-    chunks: crossbeam_channel::Sender<sentry::ProfileChunk>,
+    chunks: crossbeam_channel::Sender<profiler_sentry::ProfileChunk>,
     handle: sentry::UploaderHandle,
     profiler_id: String,
     output: Option<PathBuf>,
@@ -585,7 +586,7 @@ fn start_sentry(
     wall0: std::time::SystemTime,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Upload> {
-    let profiler_id = sentry::new_profiler_id();
+    let profiler_id = profiler_sentry::new_profiler_id();
     progress(&format!("profiler_id {profiler_id}"));
     if let Some(f) = &sc.profiler_id_file {
         sentry::write_profiler_id(f, &profiler_id)

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use crate::processor::{Processor, TimedSample};
 use crate::profile::{MARKER, NO_MODULE};
-use crate::sentry::{ChunkBuilder, ChunkMeta, ImageInfo, InAppRules, ProfileChunk, ResolvedFrame};
-use crate::symbolize::Symbolizer;
+use profiler_sentry::{
+    ChunkBuilder, ChunkMeta, ImageInfo, InAppRules, ProfileChunk, ResolvedFrame,
+};
+use profiler_symbolize::Symbolizer;
 
 /// Builds chunks from windows of samples.
 pub struct ChunkMaker {

@@ -15,8 +15,8 @@ use crate::os::ptrace::Tracer;
 use crate::os::{proc, vm};
 use crate::processor::LiveSource;
 use crate::procmaps;
-use crate::symbolize::{DebugInfo, Symbolizer};
 use crate::types::Pid;
+use profiler_symbolize::{DebugInfo, Symbolizer};
 
 /// How a check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,12 +7,10 @@
 //! chunks (`sentry`). Only `os` talks to the kernel.
 
 pub mod app;
-pub mod bytes;
 pub mod chunks;
 pub mod cli;
 pub mod doctor;
 pub mod elf;
-pub mod memory;
 pub mod modules;
 pub mod os;
 pub mod output;
@@ -20,10 +18,12 @@ pub mod processor;
 pub mod procmaps;
 pub mod profile;
 pub mod sampler;
-pub mod sentry;
-pub mod symbolize;
+pub mod sink;
 pub mod types;
-pub mod unwind;
+
+pub use profiler_sentry as sentry_format;
+pub use profiler_symbolize as symbolize;
+pub use profiler_unwind as unwind;
 
 /// Write `text` to stderr, ignoring a stderr that went away (a closed pipe): a message must
 /// never make the agent fail, least of all while it holds a target traced.

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::bytes::Bytes;
 use crate::elf::{self, ElfFacts};
 use crate::procmaps::Mapping;
-use crate::symbolize::ModuleDesc;
-use crate::unwind::{ModuleRef, UnwindInfo, UnwindModules};
+use bytes::Bytes;
+use profiler_symbolize::ModuleDesc;
+use profiler_unwind::{ModuleRef, UnwindInfo, UnwindModules};
 
 /// One mapped ELF image.
 #[derive(Debug)]

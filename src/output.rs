@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::processor::Processor;
-use crate::symbolize::Symbolizer;
+use profiler_symbolize::Symbolizer;
 
 /// Output formats chosen by file name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use crate::bytes::Bytes;
 use crate::modules::{ModuleMap, ModuleSource};
 use crate::os::{files, proc};
 use crate::procmaps::{self, Mapping};
 use crate::profile::{FrameKey, NO_MODULE, Profile, StackId};
 use crate::sampler::Msg;
-use crate::symbolize::Symbolizer;
 use crate::types::{FrameAddr, Pid, StackEnd, Tid};
-use crate::unwind::Unwinder;
+use bytes::Bytes;
+use profiler_symbolize::Symbolizer;
+use profiler_unwind::Unwinder;
 
 /// How often the processor looks for new messages when the channel is empty.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);

@@ -13,9 +13,9 @@ use std::sync::OnceLock;
 use hostile_support::{
     OneModule, assert_no_panic, big_source, compile_source, config, section, with_section,
 };
-use profiler::memory::MemoryImage;
 use profiler::types::{FrameAddr, Regs, StackEnd};
 use profiler::unwind::Unwinder;
+use profiler::unwind::memory::MemoryImage;
 use proptest::prelude::*;
 
 const BIAS: u64 = 0x5555_0000_0000;

@@ -11,20 +11,20 @@ mod hostile_support;
 
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use hostile_support::{
     FakeSource, OneModule, assert_no_panic, config, program_debug_frame, program_eh_frame, section,
     symbol,
 };
 use object::read::elf::{FileHeader, SectionHeader};
 use object::{Endianness, elf};
-use profiler::bytes::Bytes;
 use profiler::elf::{facts, text_section};
-use profiler::memory::MemoryImage;
 use profiler::modules::ModuleMap;
 use profiler::procmaps::parse;
 use profiler::symbolize::{ModuleDesc, Symbolizer};
 use profiler::types::{FrameAddr, Regs, StackEnd};
 use profiler::unwind::Unwinder;
+use profiler::unwind::memory::MemoryImage;
 use proptest::prelude::*;
 
 /// Where the program is mapped in the synthetic address space.
@@ -114,7 +114,7 @@ fn exercise(label: &str, data: &[u8], pcs: &[u64], sym: &mut Symbolizer) {
         // The symbolizer.
         let desc = ModuleDesc {
             path: "/hostile/prog".into(),
-            data: Bytes::new(data.to_vec()),
+            data: Bytes::from_owner(data.to_vec()),
             build_id: f.as_ref().and_then(|f| f.build_id.clone()),
             root: PathBuf::from("/nonexistent-root"),
         };

@@ -9,11 +9,11 @@ mod hostile_support;
 use std::sync::OnceLock;
 
 use hostile_support::{DiskSource, assert_no_panic, config};
-use profiler::memory::{MemoryImage, StackSnapshot};
 use profiler::modules::ModuleMap;
 use profiler::procmaps::parse;
 use profiler::types::{FrameAddr, Regs, StackEnd};
 use profiler::unwind::Unwinder;
+use profiler::unwind::memory::{MemoryImage, StackSnapshot};
 use proptest::prelude::*;
 
 const MAX_FRAMES: usize = 128;

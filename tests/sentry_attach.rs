@@ -23,8 +23,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Fixture, fixture_path, tracer_pid};
-use profiler::sentry::envelope::parse_envelope;
-use profiler::sentry::validate::validate_item;
+use profiler_sentry::envelope::parse_envelope;
+use profiler_sentry::validate::validate_item;
 use sentry_server::{
     KEY, ServerState, TestServer, closed_port, dsn_for, reply_with, spool_chunk_id, spool_files,
     wait_for,

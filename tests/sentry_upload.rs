@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use profiler::sentry::envelope::parse_envelope;
-use profiler::sentry::validate::validate_item;
-use profiler::sentry::{
-    ChunkBuilder, ChunkMeta, Dsn, InAppRules, Level, ProfileChunk, ResolvedFrame, UploadConfig,
-    UploadStats, Uploader, UploaderHandle, new_profiler_id,
+use profiler::sink::sentry::{Level, UploadConfig, UploadStats, Uploader, UploaderHandle};
+use profiler_sentry::envelope::parse_envelope;
+use profiler_sentry::validate::validate_item;
+use profiler_sentry::{
+    ChunkBuilder, ChunkMeta, Dsn, InAppRules, ProfileChunk, ResolvedFrame, new_profiler_id,
 };
 use sentry_server::{
     Action, KEY, PROJECT, ServerState, TestServer, closed_port, reply, reply_with, spool_files,
@@ -426,8 +426,12 @@ fn sigkill_child() {
     wait_for("spooling", Duration::from_secs(10), || {
         up.stats().chunks_spooled == 3
     });
-    profiler::sentry::spool::write_atomic(Path::new(&ids), first.join("\n").as_bytes(), 0o600)
-        .unwrap();
+    profiler::sink::sentry::spool::write_atomic(
+        Path::new(&ids),
+        first.join("\n").as_bytes(),
+        0o600,
+    )
+    .unwrap();
     // Keep producing big chunks until killed.
     let m = meta();
     let mut i = 0.0;

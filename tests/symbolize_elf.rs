@@ -7,8 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use bytes::Bytes;
 use object::{Object, ObjectSection, ObjectSymbol};
-use profiler::bytes::Bytes;
 use profiler::symbolize::{DebugInfo, ModuleDesc, SymFrame, Symbolizer, looks_mangled};
 
 const C_SOURCE: &str = r#"#include <stdio.h>
@@ -119,7 +119,7 @@ fn desc(path: &Path) -> ModuleDesc {
 fn desc_from_bytes(path: &str, data: Vec<u8>) -> ModuleDesc {
     ModuleDesc {
         path: path.to_string(),
-        data: Bytes::new(data),
+        data: Bytes::from_owner(data),
         build_id: None,
         root: PathBuf::from("/"),
     }

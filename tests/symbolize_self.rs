@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use object::{Object, ObjectSymbol};
-use profiler::bytes::Bytes;
 use profiler::symbolize::{ModuleDesc, Symbolizer, looks_mangled};
 
 const KNOWN_FN_LINE: u32 = line!() + 2;
@@ -32,7 +32,7 @@ fn self_module() -> ModuleDesc {
             .unwrap()
             .to_string_lossy()
             .into_owned(),
-        data: Bytes::new(data),
+        data: Bytes::from_owner(data),
         build_id,
         root: PathBuf::from("/"),
     }
@@ -132,7 +132,7 @@ fn loaded_libc() -> Option<ModuleDesc> {
     let build_id = profiler::elf::facts(&data).and_then(|f| f.build_id);
     Some(ModuleDesc {
         path,
-        data: Bytes::new(data),
+        data: Bytes::from_owner(data),
         build_id,
         root: PathBuf::from("/"),
     })

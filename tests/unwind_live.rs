@@ -7,9 +7,9 @@ use std::arch::asm;
 use std::hint::black_box;
 use std::sync::Mutex;
 
-use profiler::bytes::Bytes;
-use profiler::memory::StackSnapshot;
+use bytes::Bytes;
 use profiler::types::{FrameAddr, Regs, StackEnd};
+use profiler::unwind::memory::StackSnapshot;
 use profiler::unwind::{ModuleRef, UnwindInfo, UnwindModules, Unwinder};
 
 /// One line of /proc/self/maps.
@@ -99,12 +99,12 @@ fn modules() -> Modules {
             let image = unsafe {
                 std::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize)
             };
-            Bytes::new(image.to_vec())
+            Bytes::from_owner(image.to_vec())
         } else if m.path.starts_with('/') {
             match infos.iter().find(|(p, _, _)| *p == m.path) {
                 Some((_, _, b)) => b.clone(),
                 None => match std::fs::read(&m.path) {
-                    Ok(b) => Bytes::new(b),
+                    Ok(b) => Bytes::from_owner(b),
                     Err(_) => continue,
                 },
             }
@@ -535,4 +535,32 @@ fn live_main_thread_reaches_start() {
         1,
         "{text}"
     );
+}
+
+/// The unwinder crate states the kernel's signal frame layout without libc; check it.
+#[test]
+fn sigcontext_layout_matches_libc() {
+    assert_eq!(
+        std::mem::offset_of!(libc::ucontext_t, uc_mcontext) as u64,
+        profiler::unwind::arch::x86_64::UC_MCONTEXT_GREGS
+    );
+    let order = [
+        (libc::REG_R8, 8),
+        (libc::REG_R15, 15),
+        (libc::REG_RDI, 5),
+        (libc::REG_RSI, 4),
+        (libc::REG_RBP, 6),
+        (libc::REG_RBX, 3),
+        (libc::REG_RDX, 1),
+        (libc::REG_RAX, 0),
+        (libc::REG_RCX, 2),
+        (libc::REG_RSP, 7),
+        (libc::REG_RIP, 16),
+    ];
+    for (greg, dwarf) in order {
+        assert_eq!(
+            profiler::unwind::arch::x86_64::SIGCONTEXT_ORDER[greg as usize],
+            dwarf
+        );
+    }
 }

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use memmap2::Mmap;
 
 use super::{proc, vm};
-use crate::bytes::Bytes;
 use crate::procmaps::Mapping;
 use crate::types::Pid;
+use bytes::Bytes;
 
 /// Where a module's bytes came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub fn map_file(file: &File) -> Option<Bytes> {
     // executables and libraries in use by the target, which the loader also maps and which
     // package managers replace by rename rather than in place.
     let map = unsafe { Mmap::map(file) }.ok()?;
-    Some(Bytes::new(map))
+    Some(Bytes::from_owner(map))
 }
 
 /// Open the file behind `mapping` of process `pid`.
@@ -64,5 +64,5 @@ pub fn read_mapping(pid: Pid, mapping: &Mapping) -> Option<Bytes> {
         return None;
     }
     let mut buf = vec![0u8; len];
-    (vm::read(pid, mapping.start, &mut buf) == len).then(|| Bytes::new(buf))
+    (vm::read(pid, mapping.start, &mut buf) == len).then(|| Bytes::from_owner(buf))
 }

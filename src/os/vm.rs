@@ -6,8 +6,8 @@ use std::io::IoSliceMut;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
 use nix::unistd::Pid as NixPid;
 
-use crate::memory::ReadMemory;
 use crate::types::Pid;
+use profiler_unwind::memory::ReadMemory;
 
 /// Read up to `buf.len()` bytes at `addr` of process (or thread) `pid`. Returns how many
 /// bytes were read; a read that runs into unmapped memory stops there.

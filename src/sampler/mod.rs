@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use nix::sys::signal::Signal;
 
-use crate::memory::StackSnapshot;
 use crate::os::proc::{self, ThreadWatch};
 use crate::os::ptrace::{AttachError, Event, Missed, Tracer};
 use crate::os::signals::{self, Wake};
 use crate::os::vm;
 use crate::procmaps::{self, Mapping};
 use crate::types::{Pid, Regs, Tid};
+use profiler_unwind::memory::StackSnapshot;
 use timer::Schedule;
 
 /// What the sampler sends to the processor, in order.

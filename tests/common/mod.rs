@@ -42,7 +42,7 @@ pub fn module_desc(path: &std::path::Path) -> profiler::symbolize::ModuleDesc {
     let build_id = profiler::elf::facts(&data).and_then(|f| f.build_id);
     profiler::symbolize::ModuleDesc {
         path: path.to_string_lossy().into_owned(),
-        data: profiler::bytes::Bytes::new(data),
+        data: bytes::Bytes::from_owner(data),
         build_id,
         root: PathBuf::from("/"),
     }

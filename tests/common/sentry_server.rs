@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use profiler::sentry::envelope::parse_envelope;
-use profiler::sentry::validate::validate_item;
+use profiler_sentry::envelope::parse_envelope;
+use profiler_sentry::validate::validate_item;
 
 /// The DSN public key the server expects (32 hex digits, like Relay requires).
 pub const KEY: &str = "e3b0c44298fc1c149afbf4c8996fb924";

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
+use bytes::Bytes;
 use object::{Object, ObjectSection, ObjectSymbol};
-use profiler::bytes::Bytes;
 use profiler::modules::ModuleSource;
 use profiler::procmaps::Mapping;
 use profiler::unwind::{ModuleRef, UnwindInfo, UnwindModules};
@@ -219,7 +219,7 @@ pub struct OneModule {
 impl OneModule {
     /// Tables of `elf`, mapped at `bias`, covering `[bias, bias + 16 MiB)`.
     pub fn new(elf: Vec<u8>, bias: u64) -> Option<OneModule> {
-        let info = UnwindInfo::from_elf(Bytes::new(elf)).ok()?;
+        let info = UnwindInfo::from_elf(Bytes::from_owner(elf)).ok()?;
         Some(OneModule {
             info,
             bias,
@@ -246,7 +246,7 @@ impl ModuleSource for FakeSource {
         self.0
             .iter()
             .find(|(p, _)| *p == mapping.path)
-            .map(|(_, d)| Bytes::new(d.clone()))
+            .map(|(_, d)| Bytes::from_owner(d.clone()))
     }
     fn memory(&self, _: &Mapping) -> Option<Bytes> {
         None
@@ -261,7 +261,9 @@ pub struct DiskSource;
 
 impl ModuleSource for DiskSource {
     fn file(&self, mapping: &Mapping) -> Option<Bytes> {
-        std::fs::read(Path::new(&mapping.path)).ok().map(Bytes::new)
+        std::fs::read(Path::new(&mapping.path))
+            .ok()
+            .map(Bytes::from_owner)
     }
     fn memory(&self, _: &Mapping) -> Option<Bytes> {
         None

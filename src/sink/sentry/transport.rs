@@ -7,7 +7,7 @@ use std::time::Duration;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-use super::dsn::Dsn;
+use profiler_sentry::Dsn;
 
 /// What came back from one POST.
 #[derive(Clone, Debug, PartialEq, Eq)]

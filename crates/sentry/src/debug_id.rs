@@ -2,7 +2,8 @@
 //! from the first page of `.text` when the image has no build-id. Matches what Sentry's
 //! `symbolic` library (and so `sentry-cli debug-files upload`) computes for the same file.
 
-use crate::elf;
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+use object::{Endianness, Object, ObjectSection};
 
 /// How many `.text` bytes the fallback hashes.
 const TEXT_FALLBACK_BYTES: usize = 4096;
@@ -55,18 +56,24 @@ pub struct ElfIds {
 /// Compute [`ElfIds`] from the bytes of an ELF file. None when `data` is not a 64-bit ELF
 /// or has neither a build-id nor a `.text` section.
 pub fn elf_ids(data: &[u8]) -> Option<ElfIds> {
-    let facts = elf::facts(data)?;
-    let first_vaddr = facts.first_vaddr();
-    match &facts.build_id {
+    let file = ElfFile64::<Endianness>::parse(data).ok()?;
+    let endian = file.endian();
+    let little_endian = file.elf_header().is_little_endian();
+    let first_vaddr = file
+        .elf_program_headers()
+        .iter()
+        .find(|ph| ph.p_type(endian) == object::elf::PT_LOAD)
+        .map_or(0, |ph| ph.p_vaddr(endian));
+    match file.build_id().ok().flatten() {
         Some(id) if !id.is_empty() => Some(ElfIds {
-            debug_id: debug_id_from_build_id(id, facts.little_endian),
-            code_id: Some(elf::hex(id)),
+            debug_id: debug_id_from_build_id(id, little_endian),
+            code_id: Some(id.iter().map(|b| format!("{b:02x}")).collect()),
             first_vaddr,
         }),
         _ => {
-            let text = elf::text_section(data)?;
+            let text = file.section_by_name(".text")?.data().ok()?;
             Some(ElfIds {
-                debug_id: debug_id_from_text(text, facts.little_endian),
+                debug_id: debug_id_from_text(text, little_endian),
                 code_id: None,
                 first_vaddr,
             })
@@ -139,16 +146,17 @@ mod tests {
     fn own_executable_ids() {
         let data = std::fs::read("/proc/self/exe").unwrap();
         let ids = elf_ids(&data).unwrap();
-        let facts = elf::facts(&data).unwrap();
-        match facts.build_id {
+        let file = object::File::parse(&*data).unwrap();
+        match file.build_id().unwrap() {
             Some(b) => {
-                assert_eq!(ids.code_id.as_deref(), Some(elf::hex(&b).as_str()));
-                assert_eq!(ids.debug_id, debug_id_from_build_id(&b, true));
+                let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                assert_eq!(ids.code_id.as_deref(), Some(hex.as_str()));
+                assert_eq!(ids.debug_id, debug_id_from_build_id(b, true));
             }
-            None => assert_eq!(
-                ids.debug_id,
-                debug_id_from_text(elf::text_section(&data).unwrap(), true)
-            ),
+            None => {
+                let text = file.section_by_name(".text").unwrap().data().unwrap();
+                assert_eq!(ids.debug_id, debug_id_from_text(text, true))
+            }
         }
         assert_eq!(ids.debug_id.len(), 36);
         assert!(elf_ids(b"not an elf").is_none());

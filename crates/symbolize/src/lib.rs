@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use object::Object;
 
-use crate::bytes::Bytes;
+use bytes::Bytes;
 pub use demangle::{demangle, looks_mangled};
 use dwarf::RawFrame;
 use symtab::{SymbolTable, Which};

@@ -8,8 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 use object::Object;
 
-use crate::bytes::Bytes;
-use crate::elf::hex;
+use bytes::Bytes;
 
 /// Map the file at `path` read-only. None when it cannot be opened, is empty or is not a
 /// regular file.
@@ -25,7 +24,7 @@ pub(crate) fn map_file(path: &Path) -> Option<Bytes> {
     // in practice (package managers replace them by rename, which keeps this inode), and
     // every parser reading them treats the contents as untrusted input.
     let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-    Some(Bytes::new(map))
+    Some(Bytes::from_owner(map))
 }
 
 /// `path` (absolute, as the target sees it) inside `root`. Absolute symlinks met on the
@@ -216,6 +215,11 @@ pub(crate) fn find_by_debuglink(
 /// `path` without its leading `/`.
 fn strip_root(path: &Path) -> &Path {
     path.strip_prefix("/").unwrap_or(path)
+}
+
+/// Lowercase hex of some bytes (a build-id in a debug file's name).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

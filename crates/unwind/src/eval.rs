@@ -6,8 +6,8 @@ use gimli::{
     Location, Piece, Reader, Value,
 };
 
+use crate::Regs;
 use crate::memory::ReadMemory;
-use crate::types::Regs;
 
 /// Upper bound on operations executed by one expression (loops with `DW_OP_skip`).
 pub(crate) const MAX_EXPR_STEPS: u32 = 1000;

@@ -27,12 +27,12 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender, never, select};
 use serde::Deserialize;
 
-use super::chunk::{ProfileChunk, SDK_NAME, SDK_VERSION};
-use super::dsn::Dsn;
-use super::envelope::envelope_bytes;
 use super::ratelimit::{PROFILE_CHUNK_CATEGORIES, RateLimits};
 use super::spool::{Spool, SpoolEntry, write_atomic};
 use super::transport::{HttpTransport, Response};
+use profiler_sentry::Dsn;
+use profiler_sentry::envelope::envelope_bytes;
+use profiler_sentry::{ProfileChunk, SDK_NAME, SDK_VERSION};
 
 /// Default bound of the spool directory.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 * 1024 * 1024;

@@ -12,7 +12,7 @@ use object::{CompressionFormat, Object, ObjectSection};
 
 use super::debugfile;
 use super::units::Sections;
-use crate::bytes::Bytes;
+use bytes::Bytes;
 
 /// Shared file bytes as a gimli reader backing store.
 #[derive(Clone)]
@@ -60,7 +60,7 @@ fn section_reader(
     name: &str,
     endian: RunTimeEndian,
 ) -> Reader {
-    let empty = || EndianReader::new(SharedBytes(Bytes::new(Vec::<u8>::new())), endian);
+    let empty = || EndianReader::new(SharedBytes(Bytes::from_owner(Vec::<u8>::new())), endian);
     let Some(section) = file.section_by_name(name) else {
         return empty();
     };
@@ -80,7 +80,7 @@ fn section_reader(
         return EndianReader::new(SharedBytes(data.clone()), endian).range(start..start + len);
     }
     match section.uncompressed_data() {
-        Ok(bytes) => EndianReader::new(SharedBytes(Bytes::new(bytes.into_owned())), endian),
+        Ok(bytes) => EndianReader::new(SharedBytes(Bytes::from_owner(bytes.into_owned())), endian),
         Err(_) => empty(),
     }
 }
@@ -98,7 +98,7 @@ fn load_sections(data: &Bytes, file: &object::File<'_>, dwo: bool) -> Sections {
     } else {
         RunTimeEndian::Big
     };
-    let empty = EndianReader::new(SharedBytes(Bytes::new(Vec::<u8>::new())), endian);
+    let empty = EndianReader::new(SharedBytes(Bytes::from_owner(Vec::<u8>::new())), endian);
     // Location lists, macros and type units are never read to name an address; skipping
     // them spares inflating megabytes (glibc's compressed .debug_loclists alone is 1.4 MiB).
     let wanted = [

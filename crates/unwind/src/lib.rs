@@ -35,23 +35,29 @@
 //! frame (or the stack pointer would not grow); [`StackEnd::MaxDepth`] at the frame
 //! limit.
 
+pub mod arch;
 mod cache;
 mod eval;
+mod frame;
 mod info;
+pub mod memory;
 mod rule;
 #[cfg(test)]
 mod tests;
 
 use gimli::UnwindContext;
 
+use self::arch::{CALLEE_SAVED, SIGCONTEXT_ORDER, UC_MCONTEXT_GREGS};
 use self::cache::{FrameRule, RuleCache};
 use self::eval::{EvalError, EvalRegs};
 use self::info::Found;
-use self::rule::{CALLEE_SAVED, CfaRule, CfiRule, ExprRef, NREGS, RegRule};
-use crate::memory::ReadMemory;
-use crate::types::{FrameAddr, Regs, StackEnd};
+use self::rule::{CfaRule, CfiRule, ExprRef, NREGS, RegRule};
 
+pub use self::arch::Regs;
+pub use self::frame::{FrameAddr, StackEnd};
 pub use self::info::UnwindInfo;
+pub use self::memory::{MemoryImage, ReadMemory, StackSnapshot};
+pub use bytes::Bytes;
 
 /// A module that covers an address, as given to the unwinder.
 #[derive(Clone, Copy, Debug)]
@@ -139,14 +145,6 @@ const CALL_PRESERVED: u32 = {
     }
     m
 };
-
-/// `struct ucontext` offset of `uc_mcontext.gregs` on x86_64 (after uc_flags, uc_link and
-/// the 24-byte `stack_t`).
-const UC_MCONTEXT_GREGS: u64 = 40;
-
-/// DWARF numbers of `gregs[0..17]` in x86_64 `struct sigcontext` order: r8..r15, rdi,
-/// rsi, rbp, rbx, rdx, rax, rcx, rsp, rip.
-const SIGCONTEXT_ORDER: [u16; 17] = [8, 9, 10, 11, 12, 13, 14, 15, 5, 4, 6, 3, 1, 0, 2, 7, 16];
 
 impl Unwinder {
     /// An unwinder that stops after `max_frames` frames.

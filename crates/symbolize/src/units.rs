@@ -313,12 +313,12 @@ fn units_stand_alone(mut abbrev: Reader) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bytes::Bytes;
-    use crate::symbolize::dwarf::SharedBytes;
+    use crate::dwarf::SharedBytes;
+    use bytes::Bytes;
     use gimli::{EndianReader, RunTimeEndian};
 
     fn reader(bytes: Vec<u8>) -> Reader {
-        EndianReader::new(SharedBytes(Bytes::new(bytes)), RunTimeEndian::Little)
+        EndianReader::new(SharedBytes(Bytes::from_owner(bytes)), RunTimeEndian::Little)
     }
 
     /// One abbreviation: code, tag and (attribute name, form) pairs, all one byte.

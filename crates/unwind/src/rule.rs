@@ -4,14 +4,11 @@
 
 use gimli::{CfaRule as GCfa, Register, RegisterRule as GReg, UnwindTableRow};
 
-use crate::types::Regs;
+use crate::Regs;
+use crate::arch::CALLEE_SAVED;
 
 /// Number of register columns kept (DWARF 0..=16, 16 being the return address).
 pub(crate) const NREGS: usize = Regs::COUNT;
-
-/// DWARF numbers of the registers the x86_64 SysV ABI preserves across calls
-/// (rbx, rbp, r12..r15). Without a rule they keep their value.
-pub(crate) const CALLEE_SAVED: [u16; 6] = [3, 6, 12, 13, 14, 15];
 
 /// Where a DWARF expression lives: `table` 0 is `.eh_frame`, `1 + i` the i-th
 /// `.debug_frame` table of the module.

@@ -36,12 +36,6 @@ pub fn new_profiler_id() -> String {
     new_id()
 }
 
-/// Write `profiler_id` (plus a newline) to `path`, atomically (temporary file + rename), so
-/// an application can read it and link its transactions to this session.
-pub fn write_profiler_id(path: &std::path::Path, profiler_id: &str) -> std::io::Result<()> {
-    super::spool::write_atomic(path, format!("{profiler_id}\n").as_bytes(), 0o644)
-}
-
 /// Per-session facts copied into every chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkMeta {
@@ -59,7 +53,7 @@ pub struct ChunkMeta {
 pub struct ResolvedFrame {
     /// Absolute runtime address: the PC for the leaf, the raw return address for callers.
     pub instruction_addr: u64,
-    /// Function name (demangled here if still mangled).
+    /// Function name, demangled.
     pub function: Option<Arc<str>>,
     /// Source file.
     pub file: Option<Arc<str>>,
@@ -298,20 +292,6 @@ pub struct ChunkBuilder {
     scratch: Vec<u32>,
 }
 
-/// Demangle a Rust (legacy or v0) or Itanium C++ symbol; other names are returned as is.
-pub fn demangle(name: &str) -> String {
-    if let Ok(d) = rustc_demangle::try_demangle(name) {
-        return format!("{d:#}");
-    }
-    if name.starts_with("_Z")
-        && let Ok(sym) = cpp_demangle::Symbol::new(name)
-        && let Ok(d) = sym.demangle()
-    {
-        return d;
-    }
-    name.to_string()
-}
-
 /// Round Unix seconds to microseconds.
 fn round_micros(t: f64) -> f64 {
     (t * 1e6).round() / 1e6
@@ -353,7 +333,7 @@ impl ChunkBuilder {
         if let Some(&i) = self.frame_index.get(f) {
             return i;
         }
-        let function = f.function.as_deref().map(demangle);
+        let function = f.function.as_deref().map(str::to_string);
         let package = f.module.as_deref().map(str::to_string);
         let in_app = self
             .rules
@@ -547,7 +527,7 @@ impl ChunkBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sentry::validate::validate;
+    use crate::validate::validate;
 
     const EXE: &str = "/usr/local/bin/demo";
     const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
@@ -737,27 +717,19 @@ mod tests {
     }
 
     #[test]
-    fn image_from_own_executable_and_profiler_id_file() {
+    fn image_from_own_executable_and_profiler_id() {
         let data = std::fs::read("/proc/self/exe").unwrap();
         let img =
             ImageInfo::from_elf("/proc/self/exe", &data, 0x5555_0000_0000, 0x10_0000).unwrap();
-        let ids = crate::sentry::debug_id::elf_ids(&data).unwrap();
+        let ids = crate::debug_id::elf_ids(&data).unwrap();
         assert_eq!(img.debug_id, ids.debug_id);
         assert_eq!(img.code_id, ids.code_id);
-        assert_eq!(
-            img.image_vmaddr,
-            crate::elf::facts(&data).unwrap().first_vaddr()
-        );
+        assert_eq!(img.image_vmaddr, ids.first_vaddr);
         assert!(img.contains(0x5555_0000_0000) && img.contains(0x5555_000f_ffff));
         assert!(!img.contains(0x5555_0010_0000) && !img.contains(0x5554_ffff_ffff));
         assert!(ImageInfo::from_elf("x", b"junk", 0, 1).is_none());
-
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("profiler_id");
         let id = new_profiler_id();
-        write_profiler_id(&path, &id).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{id}\n"));
-        assert!(!tmp.path().join("profiler_id.tmp").exists());
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 
     #[test]
@@ -785,18 +757,18 @@ mod tests {
     }
 
     #[test]
-    fn demangles_and_applies_user_rules() {
+    fn applies_user_rules() {
         let rules = InAppRules::new(&["*"], &["core::*"]);
         let mut b = ChunkBuilder::new(&meta(), &rules);
         let rust = ResolvedFrame {
             instruction_addr: 0x10,
-            function: Some("_ZN4core3fmt5write17h0123456789abcdefE".into()),
+            function: Some("core::fmt::write".into()),
             module: Some(LIBC.into()),
             ..Default::default()
         };
         let cpp = ResolvedFrame {
             instruction_addr: 0x20,
-            function: Some("_ZNSt6vectorIiSaIiEE9push_backERKi".into()),
+            function: Some("std::vector<int, std::allocator<int> >::push_back(int const&)".into()),
             module: Some(LIBC.into()),
             ..Default::default()
         };

@@ -1,13 +1,13 @@
 //! Format tests of the Sentry pieces against the reference data in `tests/data/sentry/`
-//! (copied from `shared/reference/`): Relay's own verdicts on 27 chunks, and the doc's
+//! (real payloads of Sentry's Python SDK and cases Sentry's ingestion accepts or rejects): Relay's own verdicts on 27 chunks, and the doc's
 //! example chunk/envelope reproduced with the chunk builder.
 
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
-use profiler::sentry::envelope::{envelope_bytes, parse_envelope};
-use profiler::sentry::validate::validate_item;
-use profiler::sentry::{
+use profiler_sentry::envelope::{envelope_bytes, parse_envelope};
+use profiler_sentry::validate::validate_item;
+use profiler_sentry::{
     ChunkBuilder, ChunkMeta, ImageInfo, InAppRules, ResolvedFrame, debug_id_from_build_id, validate,
 };
 
@@ -101,7 +101,7 @@ fn builder_reproduces_the_reference_example() {
     b.add_image(ImageInfo {
         code_file: exe.into(),
         debug_id: debug_id_from_build_id(&build_id, true),
-        code_id: Some(profiler::elf::hex(&build_id)),
+        code_id: Some("451caec77109ec4461b4b9baaa58833f530dec65".into()),
         image_addr: 0x5581a3c00000,
         image_size: 20480,
         image_vmaddr: 0,

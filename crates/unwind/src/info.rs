@@ -13,13 +13,10 @@ use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
 use object::{Endianness, Object, ObjectSection};
 
 use super::rule::{CfiRule, compact};
-use crate::bytes::Bytes;
-use crate::elf::LoadSegment;
+use crate::Bytes;
+use crate::arch::SIGRETURN_CODE;
 
 type Slice<'a> = EndianSlice<'a, LittleEndian>;
-
-/// x86_64 `mov $0xf,%rax; syscall`: the body of `__restore_rt` (rt_sigreturn).
-pub(crate) const SIGRETURN_CODE: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
 
 /// Bytes of one section: `bytes[range]`, loaded at `svma`.
 #[derive(Debug, Clone)]
@@ -112,7 +109,7 @@ fn debug_frame_of(file: &ElfFile64<'_, Endianness>, bytes: &Bytes) -> Option<Sec
             let data = sec.uncompressed_data().ok()?.into_owned();
             let len = data.len();
             (len > 0).then(|| SectionData {
-                bytes: Bytes::new(data),
+                bytes: Bytes::from_owner(data),
                 range: 0..len,
                 svma,
             })
@@ -121,6 +118,17 @@ fn debug_frame_of(file: &ElfFile64<'_, Endianness>, bytes: &Bytes) -> Option<Sec
 }
 
 /// Map an SVMA to a file offset through the load segments.
+/// A `PT_LOAD` segment: where the file says its bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LoadSegment {
+    /// File offset of the segment.
+    offset: u64,
+    /// Stated virtual address (SVMA) of the segment.
+    vaddr: u64,
+    /// Bytes in the file.
+    filesz: u64,
+}
+
 fn svma_to_offset(loads: &[LoadSegment], svma: u64) -> Option<(usize, u64)> {
     // Checked: the segment fields come from the file and may be anything.
     loads.iter().find_map(|l| {
@@ -160,7 +168,17 @@ impl UnwindInfo {
         if !file.elf_header().is_little_endian() {
             return Ok(info);
         }
-        info.loads = crate::elf::facts(&elf).map(|f| f.loads).unwrap_or_default();
+        let endian = file.endian();
+        info.loads = file
+            .elf_program_headers()
+            .iter()
+            .filter(|ph| ph.p_type(endian) == object::elf::PT_LOAD)
+            .map(|ph| LoadSegment {
+                offset: ph.p_offset(endian),
+                vaddr: ph.p_vaddr(endian),
+                filesz: ph.p_filesz(endian),
+            })
+            .collect();
 
         let mut bases = BaseAddresses::default();
         if let Some(text) = file.section_by_name(".text") {

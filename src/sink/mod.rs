@@ -1,0 +1,3 @@
+//! Where profiles go.
+
+pub mod sentry;
