@@ -17,20 +17,20 @@ fixtures:
 
 # Unit tests, then the live tests that attach to the fixtures.
 test: fixtures
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 
 fmt:
 	$(CARGO) fmt --all
 
 clippy:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 doc:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 check:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(MAKE) test
 
 # Start the C fixture, attach for a few seconds, write a flame graph and folded stacks,

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use profiler::modules::ModuleMap;
+use profiler::os::files::LiveFiles;
 use profiler::os::ptrace::Tracer;
 use profiler::os::{proc, vm};
-use profiler::processor::LiveSource;
 use profiler::procmaps;
 use profiler::types::{FrameAddr, Regs, StackEnd};
 use profiler::unwind::Unwinder;
@@ -72,7 +72,7 @@ fn capture(name: &str, args: &[&str], count: usize, spacing: Duration) -> Captur
 
     let maps = procmaps::parse(&proc::read_maps(pid).expect("maps"));
     let mut modules = ModuleMap::new();
-    modules.update(&maps, &LiveSource(pid));
+    modules.update(&maps, &LiveFiles(pid));
     let mut tracer = Tracer::attach(pid).expect("attach (ptrace allowed?)");
     let mut samples = Vec::new();
     for _ in 0..count {

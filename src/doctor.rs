@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::modules::ModuleMap;
+use crate::os::files::LiveFiles;
 use crate::os::permissions::{self, CAP_SYS_PTRACE, Privileges};
 use crate::os::ptrace::Tracer;
 use crate::os::{proc, vm};
-use crate::processor::LiveSource;
 use crate::procmaps;
 use crate::types::Pid;
 use profiler_symbolize::{DebugInfo, Symbolizer};
@@ -339,7 +339,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
             (n != 8).then(|| "the agent needs ptrace access to the target (see above)".into()),
         );
     }
-    let source = LiveSource(pid);
+    let source = LiveFiles(pid);
     let mut modules = ModuleMap::new();
     modules.update(&maps, &source);
     let mut sym = Symbolizer::new(debug_dirs.to_vec());

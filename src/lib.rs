@@ -1,24 +1,31 @@
 //! `profiler`: a sampling profiler agent for running Linux processes.
 //!
-//! Pipeline: the sampler stops each thread just long enough to read its registers and copy
-//! its stack (`os`, `sampler`); the processor unwinds those copies (`unwind`) against the
-//! target's modules (`modules`), names the frames (`symbolize`) and aggregates them
-//! (`profile`); outputs are folded stacks and flame graphs (`output`) and Sentry profile
-//! chunks (`sentry`). Only `os` talks to the kernel.
+//! ```text
+//! source ─▶ unwind ─▶ name + store ─▶ sinks
+//! ```
+//!
+//! A stack source (`source`; the ptrace sampler) emits neutral samples: registers and
+//! stack bytes per thread. The unwind stage (`pipeline::unwind`, over the
+//! `profiler-unwind` crate) keeps the target's modules (`modules`) and walks each stack;
+//! the naming stage (`pipeline::naming`, over `profiler-symbolize`) names each unique
+//! frame once into the store (`pipeline::profile`); sinks (`sink`) write folded stacks,
+//! flame graphs and Sentry chunks (`profiler-sentry`). `session` wires one session,
+//! `config` checks the command line, `summary` prints the end. Only `os` talks to the
+//! kernel.
 
-pub mod app;
-pub mod chunks;
 pub mod cli;
+pub mod config;
 pub mod doctor;
 pub mod elf;
 pub mod modules;
 pub mod os;
-pub mod output;
-pub mod processor;
+pub mod pipeline;
 pub mod procmaps;
-pub mod profile;
-pub mod sampler;
+pub mod session;
 pub mod sink;
+pub mod source;
+pub mod summary;
+pub mod target;
 pub mod types;
 
 pub use profiler_sentry as sentry_format;

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use profiler::app;
 use profiler::cli::{Cli, Command};
+use profiler::{config, session};
 
 /// Keep only the capabilities the agent needs (see `os::permissions::KEEP`).
 fn drop_privileges(verbose: bool) {
@@ -39,10 +39,10 @@ fn main() -> ExitCode {
     // Two /proc files stay open per traced thread.
     profiler::os::proc::raise_open_files_limit();
     let result = match cli.command {
-        Command::Attach(args) => app::AttachConfig::from_args(&args).and_then(|mut cfg| {
+        Command::Attach(args) => config::AttachConfig::from_args(&args).and_then(|mut cfg| {
             cfg.open_outputs()?;
             drop_privileges(cfg.verbose);
-            app::run_attach(&cfg, &mut |m| err(&format!("profiler: {m}\n")), &mut |s| {
+            session::run_attach(&cfg, &mut |m| err(&format!("profiler: {m}\n")), &mut |s| {
                 err(&s.to_string())
             })
         }),

@@ -224,3 +224,33 @@ fn closed_output_pipes_are_not_fatal() {
         );
     }
 }
+
+#[test]
+fn failing_setup_never_touches_the_target() {
+    let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::spawn("c_workers", &[]);
+    let pid = fx.pid().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let envelopes = format!("{}/env/", dir.path().display());
+    // The profiler-id file cannot be written (no directory can be made under /proc): the
+    // run must fail before it seizes anything, not after.
+    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+        .args([
+            "attach",
+            "--pid",
+            &pid,
+            "-d",
+            "2",
+            "-o",
+            &envelopes,
+            "--profiler-id-file",
+            "/proc/no-such-dir/profiler-id",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("profiler id"), "names the cause: {err}");
+    assert!(!err.contains("attached to"), "seized before failing: {err}");
+    assert_eq!(common::tracer_pid(fx.pid()), Some(0));
+}

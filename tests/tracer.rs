@@ -74,6 +74,19 @@ fn tracer_lifecycle() {
         "running after samples"
     );
 
+    // A capture that panics while the thread is stopped (between the register read and
+    // the resume) must not leave it stopped: the tracer resumes it on the way out.
+    for _ in 0..20 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _: Result<(), _> = tracer.sample(pid, |_| panic!("injected panic in a capture"));
+        }));
+        assert!(r.is_err(), "the injected panic reached the caller");
+        std::thread::sleep(Duration::from_millis(2));
+        let s = state(pid);
+        assert_ne!(s, 't', "thread left stopped after a panicking capture");
+    }
+    assert_eq!(wait_state(pid, &['R'], &mut tracer), 'R');
+
     // A signal meant for the target reaches it (its handler runs).
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),

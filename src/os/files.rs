@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use memmap2::Mmap;
 
 use super::{proc, vm};
+use crate::modules::ModuleSource;
 use crate::procmaps::Mapping;
 use crate::types::Pid;
 use bytes::Bytes;
@@ -65,4 +66,19 @@ pub fn read_mapping(pid: Pid, mapping: &Mapping) -> Option<Bytes> {
     }
     let mut buf = vec![0u8; len];
     (vm::read(pid, mapping.start, &mut buf) == len).then(|| Bytes::from_owner(buf))
+}
+
+/// The files of a live target, read through its root: the [`ModuleSource`] of a session.
+pub struct LiveFiles(pub Pid);
+
+impl ModuleSource for LiveFiles {
+    fn file(&self, mapping: &Mapping) -> Option<Bytes> {
+        open_mapping(self.0, mapping).map(|(b, _)| b)
+    }
+    fn memory(&self, mapping: &Mapping) -> Option<Bytes> {
+        read_mapping(self.0, mapping)
+    }
+    fn root(&self) -> PathBuf {
+        proc::root_dir(self.0)
+    }
 }

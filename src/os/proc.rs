@@ -66,22 +66,97 @@ pub fn tracer_pid(pid: Pid) -> Option<Pid> {
         .filter(|&p| p != 0)
 }
 
-/// True when `pid` is a kernel thread (PF_KTHREAD in `/proc/PID/stat` flags).
+/// The fields of `/proc/PID/stat` the agent uses. The command name is in parentheses and
+/// may itself hold spaces and `)`, so the fields are counted from the last `)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// `comm`, as the kernel shows it (at most 15 bytes).
+    pub comm: String,
+    /// One-letter state (`R`, `S`, `D`, `t`, `Z`, ...).
+    pub state: char,
+    /// The process flags (`PF_*`).
+    pub flags: u64,
+    /// Start time in clock ticks after boot: with the pid, a process's identity.
+    pub start_time: u64,
+}
+
+impl Stat {
+    /// Parse the text of a `stat` file; None when it does not have the expected shape.
+    pub fn parse(text: &str) -> Option<Stat> {
+        let open = text.find('(')?;
+        let close = text.rfind(')')?;
+        let comm = text.get(open + 1..close)?.to_string();
+        // After the comm: state(3) ppid pgrp session tty_nr tpgid flags(9) ... starttime(22).
+        let mut rest = text.get(close + 1..)?.split_ascii_whitespace();
+        let state = rest.next()?.chars().next()?;
+        let mut fields = rest;
+        let flags = fields.nth(5)?.parse().ok()?;
+        let start_time = fields.nth(12)?.parse().ok()?;
+        Some(Stat {
+            comm,
+            state,
+            flags,
+            start_time,
+        })
+    }
+
+    /// True for a kernel thread (`PF_KTHREAD`): it has no user-space stack.
+    pub fn is_kernel_thread(&self) -> bool {
+        const PF_KTHREAD: u64 = 0x0020_0000;
+        self.flags & PF_KTHREAD != 0
+    }
+}
+
+/// `/proc/PID/stat`, parsed.
+pub fn stat(pid: Pid) -> Option<Stat> {
+    Stat::parse(&std::fs::read_to_string(proc_dir(pid).join("stat")).ok()?)
+}
+
+/// `/proc/PID/task/TID/stat`, parsed.
+pub fn thread_stat(pid: Pid, tid: Tid) -> Option<Stat> {
+    Stat::parse(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?)
+}
+
+/// True when `pid` is a kernel thread.
 pub fn is_kernel_thread(pid: Pid) -> bool {
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    let Ok(stat) = std::fs::read_to_string(proc_dir(pid).join("stat")) else {
-        return false;
-    };
-    // Fields after the parenthesised comm, which may itself contain spaces or ')'.
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    // after = " S ppid pgrp session tty tpgid flags ..." : flags is the 7th field.
-    after
-        .split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+    stat(pid).is_some_and(|s| s.is_kernel_thread())
+}
+
+/// A process's start time (clock ticks since boot): with the pid, its identity.
+pub fn start_time(pid: Pid) -> Option<u64> {
+    stat(pid).map(|s| s.start_time)
+}
+
+/// Every process id listed in `/proc`.
+pub fn list_pids() -> Vec<Pid> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The file name of a process's executable (without a ` (deleted)` suffix).
+pub fn exe_name(pid: Pid) -> Option<String> {
+    let p = std::fs::read_link(proc_dir(pid).join("exe")).ok()?;
+    Some(
+        p.file_name()?
+            .to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string(),
+    )
+}
+
+/// The path of a process's executable as it sees it (without a ` (deleted)` suffix).
+pub fn exe_path(pid: Pid) -> Option<String> {
+    let p = std::fs::read_link(proc_dir(pid).join("exe")).ok()?;
+    Some(
+        p.to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string(),
+    )
 }
 
 /// Watches a thread without disturbing it, through files kept open and re-read in place:
@@ -171,6 +246,33 @@ pub fn read_small(path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_counted_from_the_last_paren() {
+        let line = "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 3 0 987654 1000 200 18446744073709551615";
+        let s = Stat::parse(line).unwrap();
+        assert_eq!(s.comm, "a (b) c");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.flags, 4194560);
+        assert_eq!(s.start_time, 987654);
+        assert!(!s.is_kernel_thread());
+        let k = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 2 0 0";
+        assert!(Stat::parse(k).unwrap().is_kernel_thread());
+        // Truncated or hostile text: None, never a panic.
+        for bad in [
+            "",
+            "(",
+            ")",
+            "1 (x)",
+            "1 (x) S",
+            "1 (x) S 1 2 3 4 5 6",
+            "1 x) S 1",
+        ] {
+            assert_eq!(Stat::parse(bad), None, "{bad:?}");
+        }
+        let me = stat(std::process::id() as Pid).unwrap();
+        assert_eq!(start_time(std::process::id() as Pid), Some(me.start_time));
+    }
 
     #[test]
     fn own_process_facts() {

@@ -68,8 +68,23 @@ pub struct Tracer {
     stop_request: Option<Signal>,
     process_exited: bool,
     pauses: Vec<Duration>,
+    /// Threads listed in the process that the kernel refused to let us seize, by error.
+    refused: HashMap<Tid, Errno>,
     /// How long to wait for an interrupted thread to stop.
     pub stop_timeout: Duration,
+}
+
+/// Resumes a thread stopped for its sample when dropped: the capture runs while the
+/// thread is stopped, and even a capture that panics must not leave it stopped.
+struct ResumeOnDrop {
+    tid: Tid,
+    sig: i32,
+}
+
+impl Drop for ResumeOnDrop {
+    fn drop(&mut self) {
+        let _ = resume(self.tid, self.sig);
+    }
 }
 
 const OPTIONS: Options = Options::PTRACE_O_TRACECLONE.union(Options::PTRACE_O_TRACEEXEC);
@@ -167,6 +182,7 @@ impl Tracer {
             stop_request: None,
             process_exited: false,
             pauses: Vec::new(),
+            refused: HashMap::new(),
             stop_timeout: Duration::from_millis(20),
         };
         loop {
@@ -191,10 +207,13 @@ impl Tracer {
                         if tracer.threads.is_empty() {
                             return Err(AttachError { errno });
                         }
-                        // A later thread failed: already traced by us via clone?
+                        // A later thread failed: it may already be ours through the
+                        // TRACECLONE of its parent (its first stop not yet seen); if it
+                        // never shows up as ours, `refused` reports it.
                         if errno != Errno::EPERM {
                             return Err(AttachError { errno });
                         }
+                        tracer.refused.insert(tid, errno);
                     }
                 }
             }
@@ -208,6 +227,19 @@ impl Tracer {
             });
         }
         Ok(tracer)
+    }
+
+    /// Threads of the process that could not be seized and never became ours (through the
+    /// TRACECLONE of a traced parent), with the kernel's error.
+    pub fn refused(&self) -> Vec<(Tid, Errno)> {
+        let mut v: Vec<(Tid, Errno)> = self
+            .refused
+            .iter()
+            .filter(|(tid, _)| !self.threads.contains_key(tid))
+            .map(|(&t, &e)| (t, e))
+            .collect();
+        v.sort_unstable_by_key(|&(t, _)| t);
+        v
     }
 
     /// The traced process.
@@ -325,6 +357,7 @@ impl Tracer {
             libc::PTRACE_EVENT_CLONE => {
                 if let Ok(new) = ptrace::getevent(npid(tid)) {
                     let new = new as Tid;
+                    self.refused.remove(&new);
                     if let std::collections::hash_map::Entry::Vacant(e) = self.threads.entry(new) {
                         e.insert(ThreadState::default());
                         self.events.push(Event::NewThread(new));
@@ -344,6 +377,7 @@ impl Tracer {
                 return self.resume_or_capture(tid);
             }
             libc::PTRACE_EVENT_STOP => {
+                self.refused.remove(&tid);
                 let state = self.threads.entry(tid).or_default();
                 if is_stop_signal(sig) {
                     // Group-stop: keep the thread stopped until SIGCONT. An interrupt sent
@@ -375,11 +409,12 @@ impl Tracer {
         on_stop: &mut impl FnMut(Tid, Result<&Regs, Missed>),
     ) {
         let stopped_at = Instant::now();
+        let guard = ResumeOnDrop { tid, sig };
         match ptrace::getregs(npid(tid)) {
             Ok(r) => on_stop(tid, Ok(&regs_from_user(&r))),
             Err(e) => on_stop(tid, Err(Missed::Error(e))),
         }
-        let _ = resume(tid, sig);
+        drop(guard);
         self.pauses.push(stopped_at.elapsed());
     }
 

@@ -1,5 +1,5 @@
 //! Local outputs: Brendan Gregg's folded stacks (`*.folded`) and flame graphs (`*.svg`,
-//! drawn by inferno), plus the numbers for the closing summary.
+//! drawn by inferno).
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::processor::Processor;
-use profiler_symbolize::Symbolizer;
+use rustc_hash::FxHashMap;
+
+use super::{SampleRef, Sink, SinkReport};
+use crate::pipeline::profile::{StackId, Store};
 
 /// Output formats chosen by file name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,27 +31,74 @@ pub fn format_of(path: &Path) -> Option<Format> {
     }
 }
 
-/// Folded stack lines, `thread;root;...;leaf count`, sorted, one per unique stack (threads
-/// with the same name share lines). Inlined functions are frames of their own.
-pub fn folded_lines(p: &mut Processor, sym: &mut Symbolizer) -> Vec<String> {
-    let mut agg: HashMap<String, u64> = HashMap::new();
-    let mut idx = Vec::new();
-    let counts: Vec<_> = p.profile.counts().iter().map(|(&k, &v)| (k, v)).collect();
-    for ((name, stack), count) in counts {
-        let mut line = clean(p.profile.thread_name(name));
-        p.profile.stack_frames(stack, &mut idx);
-        for &f in idx.iter().rev() {
-            let names = p.names(f, sym);
-            for n in names.iter().rev() {
-                line.push(';');
-                line.push_str(&clean(&n.function));
+/// The folded-stacks and flame-graph sink: counts samples by (thread name, stack) and
+/// writes every output file at the end of the session.
+pub struct FoldedSink {
+    outputs: std::sync::Arc<Vec<OutputFile>>,
+    title: String,
+    counts: FxHashMap<(u32, StackId), u64>,
+}
+
+impl FoldedSink {
+    /// A sink writing `outputs` (opened already) with `title` on flame graphs.
+    pub fn new(outputs: std::sync::Arc<Vec<OutputFile>>, title: String) -> Self {
+        FoldedSink {
+            outputs,
+            title,
+            counts: FxHashMap::default(),
+        }
+    }
+
+    /// Folded stack lines, `thread;root;...;leaf count`, sorted, one per unique stack
+    /// (threads with the same name share lines). Inlined functions are frames of their own.
+    pub fn lines(&self, store: &Store) -> Vec<String> {
+        let mut agg: HashMap<String, u64> = HashMap::new();
+        let mut idx = Vec::new();
+        for (&(name, stack), &count) in &self.counts {
+            let mut line = clean(store.thread_name(name));
+            store.stack_frames(stack, &mut idx);
+            for &f in idx.iter().rev() {
+                for n in store.names(f).iter().rev() {
+                    line.push(';');
+                    line.push_str(&clean(&n.label));
+                }
+            }
+            *agg.entry(line).or_default() += count;
+        }
+        let mut lines: Vec<String> = agg.into_iter().map(|(l, c)| format!("{l} {c}")).collect();
+        lines.sort();
+        lines
+    }
+}
+
+impl Sink for FoldedSink {
+    fn on_sample(&mut self, sample: &SampleRef, _store: &Store) {
+        if let Some(stack) = sample.stack {
+            *self.counts.entry((sample.thread, stack)).or_default() += 1;
+        }
+    }
+
+    fn keeps_stacks(&self) -> bool {
+        true
+    }
+
+    fn finish(self: Box<Self>, store: &Store) -> SinkReport {
+        let mut report = SinkReport::default();
+        if self.outputs.is_empty() {
+            return report;
+        }
+        let lines = self.lines(store);
+        for o in self.outputs.iter() {
+            match write_one(o, &lines, &self.title) {
+                Ok(()) => report.files.push(o.path.clone()),
+                Err(e) => report.failures.push(format!(
+                    "{}: {e:#}; nothing was written there",
+                    o.path.display()
+                )),
             }
         }
-        *agg.entry(line).or_default() += count;
+        report
     }
-    let mut lines: Vec<String> = agg.into_iter().map(|(l, c)| format!("{l} {c}")).collect();
-    lines.sort();
-    lines
 }
 
 /// A frame name made safe for the folded format (no `;`, no newline).
@@ -89,22 +138,27 @@ pub fn open_all(paths: &[PathBuf]) -> Result<Vec<OutputFile>> {
 /// Write `lines` to every output in the format its name asks for, replacing what an
 /// earlier session wrote.
 pub fn write_all(outputs: &[OutputFile], lines: &[String], title: &str) -> Result<()> {
-    use std::io::Seek;
     for o in outputs {
-        let mut f = o.file.lock().unwrap_or_else(|e| e.into_inner());
-        f.set_len(0)
-            .and_then(|_| f.rewind())
-            .with_context(|| format!("writing {}", o.path.display()))?;
-        let mut w = BufWriter::new(&mut *f);
-        match format_of(&o.path) {
-            Some(Format::Folded) => folded_to(&mut w, lines),
-            Some(Format::Svg) => svg_to(&mut w, lines, title),
-            None => bail!("unknown output format for {}", o.path.display()),
-        }
-        .and_then(|_| w.flush().map_err(Into::into))
-        .with_context(|| format!("writing {}", o.path.display()))?;
+        write_one(o, lines, title)?;
     }
     Ok(())
+}
+
+/// Write `lines` to one output, replacing what an earlier session wrote.
+fn write_one(o: &OutputFile, lines: &[String], title: &str) -> Result<()> {
+    use std::io::Seek;
+    let mut f = o.file.lock().unwrap_or_else(|e| e.into_inner());
+    f.set_len(0)
+        .and_then(|_| f.rewind())
+        .with_context(|| format!("writing {}", o.path.display()))?;
+    let mut w = BufWriter::new(&mut *f);
+    match format_of(&o.path) {
+        Some(Format::Folded) => folded_to(&mut w, lines),
+        Some(Format::Svg) => svg_to(&mut w, lines, title),
+        None => bail!("unknown output format for {}", o.path.display()),
+    }
+    .and_then(|_| w.flush().map_err(Into::into))
+    .with_context(|| format!("writing {}", o.path.display()))
 }
 
 fn create(path: &Path) -> Result<BufWriter<std::fs::File>> {
@@ -146,23 +200,6 @@ fn svg_to(w: &mut impl Write, lines: &[String], title: &str) -> Result<()> {
     Ok(())
 }
 
-/// Functions by self samples (the innermost named frame of each stack), most first.
-pub fn top_functions(lines: &[String], n: usize) -> Vec<(String, u64)> {
-    let mut by_fn: HashMap<&str, u64> = HashMap::new();
-    for l in lines {
-        let Some((stack, count)) = l.rsplit_once(' ') else {
-            continue;
-        };
-        let count: u64 = count.parse().unwrap_or(0);
-        let leaf = stack.rsplit(';').next().unwrap_or(stack);
-        *by_fn.entry(leaf).or_default() += count;
-    }
-    let mut v: Vec<(String, u64)> = by_fn.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    v.truncate(n);
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,17 +210,6 @@ mod tests {
         assert_eq!(format_of(Path::new("b.svg")), Some(Format::Svg));
         assert_eq!(format_of(Path::new("b.json")), None);
         assert_eq!(format_of(Path::new("b")), None);
-    }
-
-    #[test]
-    fn top_functions_by_leaf() {
-        let lines = vec![
-            "main;main;a 5".to_string(),
-            "main;main;b;a 3".to_string(),
-            "worker;start;b 4".to_string(),
-        ];
-        let top = top_functions(&lines, 2);
-        assert_eq!(top, vec![("a".to_string(), 8), ("b".to_string(), 4)]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! The sampling loop. It runs on its own thread, which is the tracer (ptrace is per thread).
-//! Each tick it stops each thread that may have run since its last sample, reads its
-//! registers, copies its used stack with `process_vm_readv` and resumes it at once;
-//! unwinding happens on the processor thread. Threads that did not run are not stopped:
+//! The ptrace stack source. It runs on its own thread, which is the tracer (ptrace is per
+//! thread). Each tick it stops each thread that may have run since its last sample, reads
+//! its registers, copies its used stack with `process_vm_readv` and resumes it at once;
+//! unwinding happens on the unwinder's thread. Threads that did not run are not stopped:
 //! their previous stack is reused. Signals for the target are passed on as they arrive.
 
 pub mod timer;
@@ -9,59 +9,15 @@ pub mod timer;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use nix::sys::signal::Signal;
-
+use super::{Captured, Outbox, RawSample, SourceEvent, SourceStats, StackSource, StopReason};
 use crate::os::proc::{self, ThreadWatch};
 use crate::os::ptrace::{AttachError, Event, Missed, Tracer};
 use crate::os::signals::{self, Wake};
 use crate::os::vm;
 use crate::procmaps::{self, Mapping};
 use crate::types::{Pid, Regs, Tid};
-use profiler_unwind::memory::StackSnapshot;
+use profiler_unwind::StackSnapshot;
 use timer::Schedule;
-
-/// What the sampler sends to the processor, in order.
-#[derive(Debug)]
-pub enum Msg {
-    /// The target's mappings changed (or are first known): the full maps text.
-    Maps(String),
-    /// A captured thread.
-    Sample {
-        /// Thread.
-        tid: Tid,
-        /// Nanoseconds since the session's start (monotonic).
-        time_ns: u64,
-        /// Registers at the stop.
-        regs: Regs,
-        /// The used part of the stack.
-        stack: StackSnapshot,
-    },
-    /// Threads that have not run since their last samples, at one tick: their last
-    /// stacks again.
-    Repeats {
-        /// Threads.
-        tids: Vec<Tid>,
-        /// Nanoseconds since the session's start.
-        time_ns: u64,
-    },
-    /// A thread that has not run since its last sample: its last stack again.
-    Repeat {
-        /// Thread.
-        tid: Tid,
-        /// Nanoseconds since the session's start.
-        time_ns: u64,
-    },
-    /// A thread's name (sent when first seen and when it changes).
-    ThreadName {
-        /// Thread.
-        tid: Tid,
-        /// Its `comm`.
-        name: String,
-    },
-    /// A thread exited.
-    ThreadExited(Tid),
-}
 
 /// Sampler settings.
 #[derive(Clone, Debug)]
@@ -76,87 +32,6 @@ pub struct SamplerConfig {
     pub max_stack_bytes: usize,
     /// Try to run the sampler thread at a real-time priority.
     pub realtime: bool,
-    /// Stack bytes sent and not yet unwound (shared with the processor, which subtracts
-    /// what it has handled). Bounds the agent's memory when the processor falls behind.
-    pub in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// Most stack bytes in flight between sampler and processor; beyond, samples are dropped
-/// (and counted) rather than queued.
-pub const MAX_IN_FLIGHT: usize = 16 << 20;
-
-/// Why sampling ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// `--duration` elapsed.
-    Duration,
-    /// SIGINT, SIGTERM or SIGHUP.
-    Signal(Signal),
-    /// The target exited.
-    TargetExited,
-    /// The processor hung up.
-    Aborted,
-}
-
-/// Counters from the sampler.
-#[derive(Clone, Debug, Default)]
-pub struct SamplerStats {
-    /// Ticks run.
-    pub ticks: u64,
-    /// Ticks skipped because the sampler fell behind.
-    pub ticks_skipped: u64,
-    /// Threads stopped and captured.
-    pub captured: u64,
-    /// Samples of threads that had not run (stack reused).
-    pub repeated: u64,
-    /// Samples missed: thread gone, did not stop in time, or the kernel refused.
-    pub missed: u64,
-    /// Samples dropped because the processor fell behind.
-    pub dropped: u64,
-    /// Samples of threads whose stop came after their tick (waiting for a CPU): they
-    /// reuse the stack captured at that stop.
-    pub deferred: u64,
-    /// Pause of the target thread per capture, in microseconds (histogram, 1 µs buckets).
-    pub pause_us: Vec<u32>,
-    /// Bytes of stack copied.
-    pub stack_bytes: u64,
-    /// Seconds from the first to the last tick.
-    pub elapsed: f64,
-    /// Threads seen in all.
-    pub threads_seen: u64,
-    /// Threads that exited before their first sample.
-    pub threads_unsampled: u64,
-    /// Why it stopped.
-    pub stop: Option<StopReason>,
-    /// True when the sampler ran at a real-time priority.
-    pub realtime: bool,
-}
-
-impl SamplerStats {
-    /// A percentile (0..=100) of the pause histogram, in microseconds.
-    pub fn pause_percentile(&self, p: f64) -> Option<u32> {
-        let total: u64 = self.pause_us.iter().map(|&c| c as u64).sum();
-        if total == 0 {
-            return None;
-        }
-        let want = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (us, &c) in self.pause_us.iter().enumerate() {
-            seen += c as u64;
-            if seen >= want {
-                return Some(us as u32);
-            }
-        }
-        Some(self.pause_us.len() as u32)
-    }
-
-    fn record_pause(&mut self, d: Duration) {
-        let us = (d.as_micros() as usize).min(9_999);
-        if self.pause_us.len() <= us {
-            self.pause_us.resize(us + 1, 0);
-        }
-        self.pause_us[us] += 1;
-    }
 }
 
 struct ThreadSlot {
@@ -182,8 +57,7 @@ struct ThreadSlot {
 pub struct Sampler {
     cfg: SamplerConfig,
     tracer: Tracer,
-    tx: Sender<Msg>,
-    pool: Receiver<Vec<u8>>,
+    out: Outbox,
     threads: HashMap<Tid, ThreadSlot>,
     maps: Vec<Mapping>,
     maps_text: String,
@@ -193,25 +67,18 @@ pub struct Sampler {
     /// the maps soon.
     maps_stale: bool,
     epoch: Instant,
-    stats: SamplerStats,
+    stats: SourceStats,
     tick_wait: Duration,
-    processor_gone: bool,
 }
 
 impl Sampler {
     /// Seize the target. Must be called on the thread that will run `run`.
-    pub fn attach(
-        cfg: SamplerConfig,
-        tx: Sender<Msg>,
-        pool: Receiver<Vec<u8>>,
-        epoch: Instant,
-    ) -> Result<Sampler, AttachError> {
+    pub fn attach(cfg: SamplerConfig, out: Outbox, epoch: Instant) -> Result<Sampler, AttachError> {
         let tracer = Tracer::attach(cfg.pid)?;
         let mut s = Sampler {
             cfg,
             tracer,
-            tx,
-            pool,
+            out,
             threads: HashMap::new(),
             maps: Vec::new(),
             maps_text: String::new(),
@@ -219,9 +86,11 @@ impl Sampler {
             maps_interval: MAPS_MIN_INTERVAL,
             maps_stale: false,
             epoch,
-            stats: SamplerStats::default(),
+            stats: SourceStats {
+                source: "ptrace",
+                ..SourceStats::default()
+            },
             tick_wait: Duration::from_millis(20),
-            processor_gone: false,
         };
         s.refresh_maps();
         for tid in s.tracer.threads() {
@@ -269,7 +138,7 @@ impl Sampler {
         if text != self.maps_text {
             self.maps = procmaps::parse(&text);
             self.maps_text = text.clone();
-            let _ = self.tx.send(Msg::Maps(text));
+            self.out.control(SourceEvent::Maps(text));
             for t in self.threads.values_mut() {
                 t.stack_range = None;
             }
@@ -316,7 +185,7 @@ impl Sampler {
             if !slot.captured {
                 self.stats.threads_unsampled += 1;
             }
-            let _ = self.tx.send(Msg::ThreadExited(tid));
+            self.out.control(SourceEvent::ThreadExited(tid));
         }
     }
 
@@ -343,7 +212,7 @@ impl Sampler {
 
     /// Run until the duration ends, a stop signal arrives or the target exits. Detaches
     /// from the target before returning.
-    pub fn run(mut self) -> SamplerStats {
+    pub fn run(mut self) -> SourceStats {
         signals::precise_timers();
         self.stats.realtime = self.cfg.realtime && signals::raise_priority();
         let start = self.now_ns();
@@ -399,6 +268,13 @@ impl Sampler {
             + schedule.period_ns() as f64 / 1e9;
         self.stats.stop = Some(stop);
         self.tracer.detach_all();
+        self.stats.threads_refused = self
+            .tracer
+            .refused()
+            .into_iter()
+            .map(|(tid, e)| (tid, e.desc().to_string()))
+            .collect();
+        self.out.flush();
         self.stats
     }
 
@@ -414,8 +290,7 @@ impl Sampler {
             tracer,
             threads,
             maps,
-            pool,
-            tx,
+            out,
             stats,
             cfg,
             epoch,
@@ -424,28 +299,22 @@ impl Sampler {
         let mut cap = Capture {
             threads,
             maps,
-            pool,
-            tx,
+            out,
             stats,
             max_stack: cfg.max_stack_bytes,
             epoch: *epoch,
-            in_flight: &cfg.in_flight,
-            alive: true,
             gone: Vec::new(),
             maps_miss: false,
         };
         f(tracer, &mut cap);
-        let (alive, gone) = (cap.alive, cap.gone);
+        let gone = cap.gone;
         self.maps_stale |= cap.maps_miss;
-        if !alive {
-            self.processor_gone = true;
-        }
         for tid in gone {
             self.forget(tid);
         }
     }
 
-    /// Sample every thread once. False when the processor is gone.
+    /// Sample every thread once. False when the stages after the source are gone.
     fn tick(&mut self) -> bool {
         let pid = self.cfg.pid;
         let now_ns = self.now_ns();
@@ -471,9 +340,7 @@ impl Sampler {
                     && slot.name.as_deref() != Some(n.as_str())
                 {
                     slot.name = Some(n.clone());
-                    if self.tx.send(Msg::ThreadName { tid, name: n }).is_err() {
-                        return false;
-                    }
+                    self.out.control(SourceEvent::ThreadName { tid, name: n });
                 }
             }
             if pending {
@@ -518,17 +385,8 @@ impl Sampler {
                 repeats.push(tid);
             }
         }
-        if !repeats.is_empty()
-            && !send(
-                &self.tx,
-                &mut self.stats,
-                Msg::Repeats {
-                    tids: repeats,
-                    time_ns: now_ns,
-                },
-            )
-        {
-            return false;
+        if !repeats.is_empty() {
+            self.out.repeat(repeats, now_ns, &mut self.stats);
         }
         let wait = self.tick_wait;
         self.with_capture(|tracer, cap| {
@@ -538,7 +396,17 @@ impl Sampler {
             let p = self.tracer.pauses()[i];
             self.stats.record_pause(p);
         }
-        !self.processor_gone
+        !self.out.closed()
+    }
+}
+
+impl StackSource for Sampler {
+    fn thread_count(&self) -> usize {
+        Sampler::thread_count(self)
+    }
+
+    fn run(self: Box<Self>) -> SourceStats {
+        Sampler::run(*self)
     }
 }
 
@@ -554,13 +422,10 @@ const MAX_WAITING: usize = 100_000;
 struct Capture<'a> {
     threads: &'a mut HashMap<Tid, ThreadSlot>,
     maps: &'a [Mapping],
-    pool: &'a Receiver<Vec<u8>>,
-    tx: &'a Sender<Msg>,
-    stats: &'a mut SamplerStats,
+    out: &'a mut Outbox,
+    stats: &'a mut SourceStats,
     max_stack: usize,
     epoch: Instant,
-    in_flight: &'a std::sync::atomic::AtomicUsize,
-    alive: bool,
     gone: Vec<Tid>,
     /// A stack pointer was found in no known mapping.
     maps_miss: bool,
@@ -582,7 +447,7 @@ impl Capture<'_> {
                 self.maps_miss |= range.is_none();
                 let top = range.map_or(sp.saturating_add(64 * 1024), |(_, hi)| hi);
                 let len = (top.saturating_sub(sp) as usize).min(self.max_stack);
-                let mut buf = self.pool.try_recv().unwrap_or_default();
+                let mut buf = self.out.buffer();
                 buf.resize(len, 0);
                 let n = vm::read(tid, sp, &mut buf);
                 buf.truncate(n);
@@ -601,32 +466,25 @@ impl Capture<'_> {
                     }
                     None => (now, Vec::new()),
                 };
-                use std::sync::atomic::Ordering;
-                if self.in_flight.load(Ordering::Relaxed) + n > MAX_IN_FLIGHT {
-                    // The processor is behind: drop rather than grow without bound.
-                    self.stats.dropped += 1 + waiting.len() as u64;
+                let sample = RawSample {
+                    tid,
+                    time_ns,
+                    captured: Captured::Stack {
+                        regs: *regs,
+                        stack: StackSnapshot {
+                            start: sp,
+                            bytes: buf,
+                        },
+                    },
+                };
+                if !self.out.sample(sample, waiting.len() as u64, self.stats) {
                     return;
                 }
-                self.in_flight.fetch_add(n, Ordering::Relaxed);
-                let stack = StackSnapshot {
-                    start: sp,
-                    bytes: buf,
-                };
-                self.alive &= send(
-                    self.tx,
-                    self.stats,
-                    Msg::Sample {
-                        tid,
-                        time_ns,
-                        regs: *regs,
-                        stack,
-                    },
-                );
                 // Ticks that passed while the stop was on its way: the thread did not run
                 // in between, so they share this stack.
                 self.stats.deferred += waiting.len() as u64;
                 for t in waiting {
-                    self.alive &= send(self.tx, self.stats, Msg::Repeat { tid, time_ns: t });
+                    self.out.repeat(vec![tid], t, self.stats);
                 }
             }
             Err(m) => {
@@ -641,21 +499,5 @@ impl Capture<'_> {
                 }
             }
         }
-    }
-}
-
-/// Send without blocking; a full channel drops the message (counted). False when the
-/// processor is gone.
-fn send(tx: &Sender<Msg>, stats: &mut SamplerStats, msg: Msg) -> bool {
-    match tx.try_send(msg) {
-        Ok(()) => true,
-        Err(TrySendError::Full(msg)) => {
-            stats.dropped += match msg {
-                Msg::Repeats { tids, .. } => tids.len() as u64,
-                _ => 1,
-            };
-            true
-        }
-        Err(TrySendError::Disconnected(_)) => false,
     }
 }

@@ -1,0 +1,193 @@
+//! `profiler attach`'s settings: the command line checked and turned into what a session
+//! needs, and the outputs opened before the agent gives up its privileges.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::cli::AttachArgs;
+use crate::sink::folded;
+use crate::types::Pid;
+use profiler_sentry::Dsn;
+
+/// How the target is named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A pid.
+    Pid(Pid),
+    /// A file holding the pid.
+    PidFile(PathBuf),
+    /// A process name.
+    Name(String),
+}
+
+/// Validated settings of `profiler attach`.
+#[derive(Clone, Debug)]
+pub struct AttachConfig {
+    /// How the target is named.
+    pub target: Target,
+    /// The target of the current session.
+    pub pid: Pid,
+    /// Ticks per second.
+    pub frequency: f64,
+    /// How long to sample.
+    pub duration: Option<Duration>,
+    /// Output files, opened by `open_outputs`.
+    pub outputs: Vec<PathBuf>,
+    /// The opened outputs.
+    pub files: std::sync::Arc<Vec<folded::OutputFile>>,
+    /// Extra debug file directories.
+    pub debug_dirs: Vec<PathBuf>,
+    /// Stack copy limit.
+    pub max_stack_bytes: usize,
+    /// Frame limit.
+    pub max_frames: usize,
+    /// Progress and counters.
+    pub verbose: bool,
+    /// Real-time priority for the sampler thread when permitted.
+    pub realtime: bool,
+    /// Sentry chunks, when a DSN or an envelope output is given.
+    pub sentry: Option<SentryConfig>,
+}
+
+/// Settings of the Sentry side.
+#[derive(Clone, Debug)]
+pub struct SentryConfig {
+    /// Where to send, or None to write files.
+    pub dsn: Option<Dsn>,
+    /// Directory or `*.envelope` file when there is no DSN.
+    pub output: Option<PathBuf>,
+    /// Release.
+    pub release: Option<String>,
+    /// Environment.
+    pub environment: Option<String>,
+    /// Window length.
+    pub chunk_seconds: f64,
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// Spool bound.
+    pub spool_max_bytes: u64,
+    /// Shutdown flush time.
+    pub flush_timeout: Duration,
+    /// File to write the profiler_id to.
+    pub profiler_id_file: Option<PathBuf>,
+    /// `--in-app` patterns.
+    pub in_app: Vec<String>,
+    /// `--not-in-app` patterns.
+    pub not_in_app: Vec<String>,
+}
+
+/// True for an output that asks for Sentry envelopes: `*.envelope` or a directory.
+pub fn is_envelope_output(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "envelope")
+        || p.as_os_str().to_string_lossy().ends_with('/')
+        || p.is_dir()
+}
+
+impl AttachConfig {
+    /// Open the output files and create the Sentry directories now: before the agent
+    /// gives up its privileges, and so that a path that cannot be written is found before
+    /// an hour of sampling rather than after.
+    pub fn open_outputs(&mut self) -> Result<()> {
+        self.files = std::sync::Arc::new(folded::open_all(&self.outputs)?);
+        if let Some(sc) = &self.sentry {
+            if let Some(o) = sc
+                .output
+                .as_ref()
+                .filter(|o| !o.to_string_lossy().ends_with(".envelope"))
+            {
+                std::fs::create_dir_all(o).with_context(|| format!("creating {}", o.display()))?;
+            }
+            if sc.dsn.is_some() {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&sc.spool_dir)
+                    .with_context(|| format!("creating the spool {}", sc.spool_dir.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the arguments.
+    pub fn from_args(a: &AttachArgs) -> Result<AttachConfig> {
+        if !(a.frequency.is_finite() && a.frequency >= 1.0 && a.frequency <= 20_000.0) {
+            bail!(
+                "--frequency must be between 1 and 20000 Hz (got {})",
+                a.frequency
+            );
+        }
+        let duration = match a.duration {
+            Some(d) if !(d.is_finite() && d > 0.0) => {
+                bail!("--duration must be positive (got {d})")
+            }
+            Some(d) => Some(Duration::from_secs_f64(d)),
+            None => None,
+        };
+        let mut envelope_out = None;
+        let mut outputs = Vec::new();
+        for o in &a.output {
+            if is_envelope_output(o) {
+                if envelope_out.replace(o.clone()).is_some() {
+                    bail!("--output: give at most one envelope file or directory");
+                }
+            } else if folded::format_of(o).is_some() {
+                outputs.push(o.clone());
+            } else {
+                bail!(
+                    "--output {}: unknown format; use a name ending in .folded, .svg or \
+                     .envelope, or a directory ending in /",
+                    o.display()
+                );
+            }
+        }
+        let dsn = match a.dsn.as_deref().filter(|d| !d.trim().is_empty()) {
+            Some(d) => Some(d.trim().parse::<Dsn>().map_err(|e| anyhow!("--dsn: {e}"))?),
+            None => None,
+        };
+        if !(a.chunk_seconds.is_finite() && a.chunk_seconds >= 1.0 && a.chunk_seconds <= 65.0) {
+            bail!("--chunk-seconds must be between 1 and 65 (Sentry rejects chunks over 66 s)");
+        }
+        if !(a.flush_timeout.is_finite() && a.flush_timeout >= 0.0) {
+            bail!("--flush-timeout must be zero or more seconds");
+        }
+        let sentry = (dsn.is_some() || envelope_out.is_some()).then(|| SentryConfig {
+            dsn,
+            output: envelope_out,
+            release: a.release.clone().filter(|r| !r.is_empty()),
+            environment: a.environment.clone().filter(|e| !e.is_empty()),
+            chunk_seconds: a.chunk_seconds,
+            spool_dir: a.spool_dir.clone(),
+            spool_max_bytes: a.spool_max_bytes,
+            flush_timeout: Duration::from_secs_f64(a.flush_timeout),
+            profiler_id_file: a.profiler_id_file.clone(),
+            in_app: a.in_app.clone(),
+            not_in_app: a.not_in_app.clone(),
+        });
+        if a.max_frames < 2 {
+            bail!("--max-frames must be at least 2");
+        }
+        let target = match (&a.pid, &a.pid_file, &a.process_name) {
+            (Some(p), _, _) => Target::Pid(*p),
+            (_, Some(f), _) => Target::PidFile(f.clone()),
+            (_, _, Some(n)) if !n.is_empty() => Target::Name(n.clone()),
+            _ => bail!("give --pid, --pid-file or --process-name"),
+        };
+        Ok(AttachConfig {
+            pid: a.pid.unwrap_or(0),
+            target,
+            frequency: a.frequency,
+            duration,
+            outputs,
+            files: Default::default(),
+            debug_dirs: a.debug_dir.clone(),
+            max_stack_bytes: a.max_stack_bytes.max(4096),
+            max_frames: a.max_frames,
+            verbose: a.verbose,
+            realtime: !a.no_realtime,
+            sentry,
+        })
+    }
+}

@@ -1,0 +1,292 @@
+//! The naming stage: owns the symbolizer and the one name cache (a name per interned
+//! frame, in the [`Store`]), and hands every sample to the sinks. Frames are named when
+//! they are first seen, while the target's files can still be opened, and each unique
+//! frame only once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use rustc_hash::FxHashMap;
+
+use super::profile::{StackId, Store};
+use super::{FrameKey, NO_MODULE, Unwound};
+use crate::modules::Module;
+use crate::sink::{SampleRef, Sink, SinkReport};
+use crate::types::{StackEnd, Tid};
+use profiler_symbolize::{Symbolizer, SymbolizerStats};
+
+/// What a named frame stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// Machine code of the target (named or not).
+    Native,
+    /// Not a frame but the reason a stack ended before its root (`[truncated]`,
+    /// `[unknown]`, `[max depth]`), standing at the root side of the stack.
+    Marker(StackEnd),
+}
+
+/// One frame with its name: the vocabulary every sink uses. An address inside inlined
+/// code yields several, innermost first, all with the same address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NamedFrame {
+    /// What it is.
+    pub kind: FrameKind,
+    /// Absolute address in the target: the pc for a leaf or a signal-interrupted frame,
+    /// the return address for a caller (0 for a marker).
+    pub addr: u64,
+    /// Path of the module the address is in, as the target sees it.
+    pub module: Option<Arc<str>>,
+    /// Function name (demangled), when something names it.
+    pub function: Option<Arc<str>>,
+    /// Source file.
+    pub file: Option<Arc<str>>,
+    /// Source line.
+    pub line: Option<u32>,
+    /// True when inlined into the next frame of its list.
+    pub inlined: bool,
+    /// What to show: the function, else `module+0xOFFSET` or `[unknown]+0xADDR`, or the
+    /// marker's name.
+    pub label: Arc<str>,
+}
+
+impl NamedFrame {
+    /// The marker frame of a stack that ended early.
+    pub fn marker(end: StackEnd) -> NamedFrame {
+        let label = match end {
+            StackEnd::Root => "[root]",
+            StackEnd::Truncated => "[truncated]",
+            StackEnd::Unknown => "[unknown]",
+            StackEnd::MaxDepth => "[max depth]",
+        };
+        NamedFrame {
+            kind: FrameKind::Marker(end),
+            addr: 0,
+            module: None,
+            function: None,
+            file: None,
+            line: None,
+            inlined: false,
+            label: label.into(),
+        }
+    }
+
+    fn unnamed(addr: u64, module: Option<Arc<str>>, label: String) -> NamedFrame {
+        NamedFrame {
+            kind: FrameKind::Native,
+            addr,
+            module,
+            function: None,
+            file: None,
+            line: None,
+            inlined: false,
+            label: label.into(),
+        }
+    }
+}
+
+/// Names frames through a [`Symbolizer`], knowing the session's modules.
+pub struct Namer {
+    symbolizer: Symbolizer,
+    /// Module paths as shared strings, by module id.
+    paths: Vec<Option<Arc<str>>>,
+}
+
+impl Namer {
+    /// A namer over `symbolizer`.
+    pub fn new(symbolizer: Symbolizer) -> Self {
+        Namer {
+            symbolizer,
+            paths: Vec::new(),
+        }
+    }
+
+    /// The symbolizer's counters.
+    pub fn stats(&self) -> SymbolizerStats {
+        self.symbolizer.stats()
+    }
+
+    /// DWARF units indexed and parsed so far.
+    pub fn lazy_units(&self) -> (usize, usize) {
+        self.symbolizer.lazy_units()
+    }
+
+    /// Name one frame, innermost inlined frame first; never empty.
+    pub fn name(&mut self, key: &FrameKey, modules: &[Arc<Module>]) -> Vec<NamedFrame> {
+        let Some(module) = (key.module != NO_MODULE)
+            .then(|| modules.get(key.module as usize))
+            .flatten()
+        else {
+            return vec![NamedFrame::unnamed(
+                key.addr,
+                None,
+                format!("[unknown]+{:#x}", key.addr),
+            )];
+        };
+        let i = module.id as usize;
+        if self.paths.len() <= i {
+            self.paths.resize(i + 1, None);
+        }
+        let path = self.paths[i]
+            .get_or_insert_with(|| Arc::from(module.path.as_str()))
+            .clone();
+        let offset_label = || {
+            format!(
+                "{}+{:#x}",
+                module.short_name(),
+                key.addr.wrapping_sub(module.bias)
+            )
+        };
+        if let Some(desc) = &module.desc {
+            let svma = key.lookup_addr().wrapping_sub(module.bias);
+            let frames = self.symbolizer.symbolize(desc, svma);
+            if frames.iter().any(|f| f.function.is_some()) {
+                return frames
+                    .into_iter()
+                    .map(|f| {
+                        let function: Option<Arc<str>> = f.function.map(Arc::from);
+                        NamedFrame {
+                            kind: FrameKind::Native,
+                            addr: key.addr,
+                            module: Some(path.clone()),
+                            label: function.clone().unwrap_or_else(|| offset_label().into()),
+                            function,
+                            file: f.file.map(Arc::from),
+                            line: f.line,
+                            inlined: f.inlined,
+                        }
+                    })
+                    .collect();
+            }
+        }
+        vec![NamedFrame::unnamed(key.addr, Some(path), offset_label())]
+    }
+}
+
+/// How often the stage looks for new events when its channel is empty.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// The naming stage with the store and the sinks.
+pub struct NamingStage {
+    namer: Namer,
+    store: Store,
+    sinks: Vec<Box<dyn Sink>>,
+    /// Each thread's last stack, for repeats.
+    last: FxHashMap<Tid, (Option<StackId>, StackEnd)>,
+    /// Start the interning afresh past this many unique frames, when no sink keeps
+    /// stack ids (runs of days with Sentry only).
+    max_frames: Option<usize>,
+}
+
+impl NamingStage {
+    /// A stage naming through `namer` for `sinks`. With `max_frames`, memory stays bounded
+    /// in long runs where no sink keeps stack ids.
+    pub fn new(namer: Namer, sinks: Vec<Box<dyn Sink>>, max_frames: Option<usize>) -> Self {
+        let keeps = sinks.iter().any(|s| s.keeps_stacks());
+        NamingStage {
+            namer,
+            store: Store::new(),
+            sinks,
+            last: FxHashMap::default(),
+            max_frames: max_frames.filter(|_| !keeps),
+        }
+    }
+
+    /// The store, read-only.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Handle events until the unwind stage hangs up, calling `on_sample` with the store
+    /// and the time of each sample.
+    pub fn run(&mut self, rx: &Receiver<Unwound>, mut on_sample: impl FnMut(&Store, u64)) {
+        loop {
+            match rx.try_recv() {
+                Ok(ev) => {
+                    if let Some(t) = self.handle(ev) {
+                        on_sample(&self.store, t);
+                    }
+                }
+                Err(TryRecvError::Empty) => std::thread::sleep(POLL_INTERVAL),
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Handle one event; returns the sample time for samples.
+    pub fn handle(&mut self, ev: Unwound) -> Option<u64> {
+        match ev {
+            Unwound::Module(m) => {
+                self.store.add_module(m);
+                None
+            }
+            Unwound::ThreadName { tid, name } => {
+                self.store.set_thread_name(tid, &name);
+                None
+            }
+            Unwound::ThreadExited(tid) => {
+                self.last.remove(&tid);
+                self.store.retire_thread(tid);
+                None
+            }
+            Unwound::Repeat { tids, time_ns } => {
+                for tid in tids {
+                    if let Some(&(stack, end)) = self.last.get(&tid) {
+                        self.record(tid, time_ns, stack, end);
+                    }
+                }
+                Some(time_ns)
+            }
+            Unwound::Sample {
+                tid,
+                time_ns,
+                stack,
+            } => {
+                if self
+                    .max_frames
+                    .is_some_and(|max| self.store.frame_count() > max)
+                {
+                    self.store.reset_interning();
+                    self.last.clear();
+                    for s in &mut self.sinks {
+                        s.on_reset();
+                    }
+                }
+                let namer = &mut self.namer;
+                let id = self.store.intern(&stack.frames, stack.end, |key, modules| {
+                    namer.name(key, modules)
+                });
+                self.last.insert(tid, (id, stack.end));
+                self.record(tid, time_ns, id, stack.end);
+                Some(time_ns)
+            }
+        }
+    }
+
+    fn record(&mut self, tid: Tid, time_ns: u64, stack: Option<StackId>, end: StackEnd) {
+        let thread = self.store.add_sample(tid, stack, end);
+        let sample = SampleRef {
+            tid,
+            thread,
+            time_ns,
+            stack,
+            end,
+        };
+        for s in &mut self.sinks {
+            s.on_sample(&sample, &self.store);
+        }
+    }
+
+    /// End of the session: every sink writes out. Returns the store, the sinks' reports
+    /// and the namer (for its counters).
+    pub fn finish(self) -> (Store, Vec<SinkReport>, Namer) {
+        let NamingStage {
+            namer,
+            store,
+            sinks,
+            ..
+        } = self;
+        let reports = sinks.into_iter().map(|s| s.finish(&store)).collect();
+        (store, reports, namer)
+    }
+}

@@ -1,0 +1,362 @@
+//! The store: frames and stacks interned once (stacks as a prefix tree of (parent, frame)
+//! nodes, root first), the names of every interned frame, the session's modules,
+//! per-thread facts and the functions seen at the top of stacks. Sinks read it; only the
+//! naming stage writes it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+// Keys made of our own small ids, hashed once per sample, use Fx (several times cheaper than
+// SipHash); keys the target chooses (addresses, thread names) keep SipHash, so a hostile
+// target cannot make lookups collide.
+use rustc_hash::FxHashMap;
+
+use super::{FrameKey, NamedFrame};
+use crate::modules::Module;
+use crate::types::{StackEnd, Tid};
+
+/// Index of an interned stack (its leaf node).
+pub type StackId = u32;
+
+/// Module id of the marker frames that end an incomplete stack.
+const MARKER: u32 = u32::MAX - 1;
+const ROOT: u32 = u32::MAX;
+
+fn marker_key(end: StackEnd) -> Option<FrameKey> {
+    let addr = match end {
+        StackEnd::Root => return None,
+        StackEnd::Truncated => 0,
+        StackEnd::Unknown => 1,
+        StackEnd::MaxDepth => 2,
+    };
+    Some(FrameKey {
+        module: MARKER,
+        addr,
+        is_return: false,
+    })
+}
+
+/// Per-thread facts.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadStats {
+    /// Latest name.
+    pub name: String,
+    /// Samples taken.
+    pub samples: u64,
+    /// Samples whose stack reached the thread's root.
+    pub complete: u64,
+    /// The name id samples are counted under, once known (reset when the name changes).
+    name_id: Option<u32>,
+}
+
+/// Interned frames (with their names) and stacks, threads and modules of a session.
+#[derive(Default)]
+pub struct Store {
+    frames: Vec<FrameKey>,
+    names: Vec<Arc<[NamedFrame]>>,
+    frame_index: HashMap<FrameKey, u32>,
+    nodes: Vec<(u32, u32)>,
+    node_index: FxHashMap<(u32, u32), u32>,
+    thread_names: Vec<String>,
+    thread_name_index: HashMap<String, u32>,
+    threads: BTreeMap<Tid, ThreadStats>,
+    retired: ThreadStats,
+    retired_threads: u64,
+    modules: Vec<Arc<Module>>,
+    /// Samples by the innermost function of their leaf frame.
+    top: HashMap<Arc<str>, u64>,
+    /// How stacks ended, over all samples.
+    pub ends: FxHashMap<StackEnd, u64>,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forget interned frames and stacks (and their names), keeping the per-thread totals
+    /// and the top functions. Stack ids handed out before are invalid afterwards.
+    pub fn reset_interning(&mut self) {
+        self.frames.clear();
+        self.names.clear();
+        self.frame_index.clear();
+        self.nodes.clear();
+        self.node_index.clear();
+    }
+
+    /// A module first seen (they arrive in id order).
+    pub fn add_module(&mut self, m: Arc<Module>) {
+        let i = m.id as usize;
+        if i == self.modules.len() {
+            self.modules.push(m);
+        } else if i < self.modules.len() {
+            self.modules[i] = m;
+        }
+    }
+
+    /// A module by id.
+    pub fn module(&self, id: u32) -> Option<&Arc<Module>> {
+        self.modules.get(id as usize)
+    }
+
+    /// Every module seen, by id.
+    pub fn modules(&self) -> &[Arc<Module>] {
+        &self.modules
+    }
+
+    /// Unique frames interned now.
+    pub fn frame_count(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Intern a stack given leaf first, naming each frame not seen before with `name`; an
+    /// incomplete stack gets its marker frame at the root. None for an empty stack.
+    pub fn intern(
+        &mut self,
+        leaf_first: &[FrameKey],
+        end: StackEnd,
+        mut name: impl FnMut(&FrameKey, &[Arc<Module>]) -> Vec<NamedFrame>,
+    ) -> Option<StackId> {
+        let mut node = ROOT;
+        let marker = marker_key(end);
+        for key in marker.iter().chain(leaf_first.iter().rev()) {
+            let f = match self.frame_index.get(key) {
+                Some(&i) => i,
+                None => {
+                    let i = self.frames.len() as u32;
+                    let named: Arc<[NamedFrame]> = if key.module == MARKER {
+                        Arc::new([NamedFrame::marker(end)])
+                    } else {
+                        name(key, &self.modules).into()
+                    };
+                    self.frames.push(*key);
+                    self.names.push(named);
+                    self.frame_index.insert(*key, i);
+                    i
+                }
+            };
+            node = match self.node_index.get(&(node, f)) {
+                Some(&n) => n,
+                None => {
+                    let n = self.nodes.len() as u32;
+                    self.nodes.push((node, f));
+                    self.node_index.insert((node, f), n);
+                    n
+                }
+            };
+        }
+        (node != ROOT).then_some(node)
+    }
+
+    /// Frame indexes of a stack, leaf first.
+    pub fn stack_frames(&self, stack: StackId, out: &mut Vec<u32>) {
+        out.clear();
+        let mut node = stack;
+        while node != ROOT {
+            let (parent, frame) = self.nodes[node as usize];
+            out.push(frame);
+            node = parent;
+        }
+    }
+
+    /// The key of interned frame `index`.
+    pub fn frame_key(&self, index: u32) -> FrameKey {
+        self.frames[index as usize]
+    }
+
+    /// The names of interned frame `index`, innermost first (never empty).
+    pub fn names(&self, index: u32) -> &Arc<[NamedFrame]> {
+        &self.names[index as usize]
+    }
+
+    /// Count one sample of `tid`; returns the id of the thread name it counts under.
+    pub fn add_sample(&mut self, tid: Tid, stack: Option<StackId>, end: StackEnd) -> u32 {
+        let t = self.threads.entry(tid).or_default();
+        let name_id = match t.name_id {
+            Some(i) => i,
+            None => {
+                let name = if t.name.is_empty() {
+                    format!("tid-{tid}")
+                } else {
+                    t.name.clone()
+                };
+                let i = match self.thread_name_index.get(&name) {
+                    Some(&i) => i,
+                    None => {
+                        let i = self.thread_names.len() as u32;
+                        self.thread_names.push(name.clone());
+                        self.thread_name_index.insert(name, i);
+                        i
+                    }
+                };
+                t.name_id = Some(i);
+                i
+            }
+        };
+        let Some(stack) = stack else {
+            return name_id;
+        };
+        t.samples += 1;
+        if end.is_complete() {
+            t.complete += 1;
+        }
+        *self.ends.entry(end).or_default() += 1;
+        let (_, leaf) = self.nodes[stack as usize];
+        let label = &self.names[leaf as usize][0].label;
+        match self.top.get_mut(label) {
+            Some(n) => *n += 1,
+            None => {
+                self.top.insert(label.clone(), 1);
+            }
+        }
+        name_id
+    }
+
+    /// Set a thread's name.
+    pub fn set_thread_name(&mut self, tid: Tid, name: &str) {
+        let t = self.threads.entry(tid).or_default();
+        if t.name != name {
+            t.name = name.to_string();
+            t.name_id = None;
+        }
+    }
+
+    /// Per-thread facts of the threads not retired.
+    pub fn threads(&self) -> &BTreeMap<Tid, ThreadStats> {
+        &self.threads
+    }
+
+    /// A thread's current name ("" when unknown).
+    pub fn thread_name_of(&self, tid: Tid) -> &str {
+        self.threads.get(&tid).map_or("", |t| t.name.as_str())
+    }
+
+    /// A thread that exited: fold its totals into the retired ones, so a target that
+    /// creates threads all day does not grow the table.
+    pub fn retire_thread(&mut self, tid: Tid) {
+        if let Some(t) = self.threads.remove(&tid) {
+            self.retired.samples += t.samples;
+            self.retired.complete += t.complete;
+            self.retired_threads += 1;
+        }
+    }
+
+    /// Threads retired so far and their samples.
+    pub fn retired(&self) -> (u64, u64) {
+        (self.retired_threads, self.retired.samples)
+    }
+
+    /// The thread name behind a name id.
+    pub fn thread_name(&self, id: u32) -> &str {
+        self.thread_names
+            .get(id as usize)
+            .map_or("?", String::as_str)
+    }
+
+    /// All samples with a stack.
+    pub fn total_samples(&self) -> u64 {
+        self.retired.samples + self.threads.values().map(|t| t.samples).sum::<u64>()
+    }
+
+    /// Samples whose stack reached the root.
+    pub fn complete_samples(&self) -> u64 {
+        self.retired.complete + self.threads.values().map(|t| t.complete).sum::<u64>()
+    }
+
+    /// The `n` functions most often innermost (self samples), most first, with their
+    /// counts; the shares are of [`Store::total_samples`].
+    pub fn top_functions(&self, n: usize) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self.top.iter().map(|(k, &v)| (k.to_string(), v)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(addr: u64) -> FrameKey {
+        FrameKey {
+            module: 0,
+            addr,
+            is_return: true,
+        }
+    }
+
+    fn label(key: &FrameKey, _: &[Arc<Module>]) -> Vec<NamedFrame> {
+        let mut n = NamedFrame::marker(StackEnd::Unknown);
+        n.kind = crate::pipeline::FrameKind::Native;
+        n.addr = key.addr;
+        n.label = format!("f{}", key.addr).into();
+        vec![n]
+    }
+
+    #[test]
+    fn stacks_share_prefixes_and_round_trip() {
+        let mut p = Store::new();
+        let a = p
+            .intern(&[f(3), f(2), f(1)], StackEnd::Root, label)
+            .unwrap();
+        let b = p
+            .intern(&[f(4), f(2), f(1)], StackEnd::Root, label)
+            .unwrap();
+        let a2 = p
+            .intern(&[f(3), f(2), f(1)], StackEnd::Root, label)
+            .unwrap();
+        assert_eq!(a, a2);
+        assert_ne!(a, b);
+        assert_eq!(p.frame_count(), 4);
+        let mut out = Vec::new();
+        p.stack_frames(b, &mut out);
+        let addrs: Vec<u64> = out.iter().map(|&i| p.frame_key(i).addr).collect();
+        assert_eq!(addrs, vec![4, 2, 1]);
+        assert_eq!(&*p.names(out[0])[0].label, "f4");
+    }
+
+    #[test]
+    fn each_frame_named_once() {
+        let mut p = Store::new();
+        let mut calls = 0;
+        for _ in 0..3 {
+            p.intern(&[f(3), f(2)], StackEnd::Root, |k, m| {
+                calls += 1;
+                label(k, m)
+            });
+        }
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn incomplete_stacks_carry_a_marker_and_top_counts_leaves() {
+        let mut p = Store::new();
+        let s = p.intern(&[f(9)], StackEnd::Truncated, label).unwrap();
+        let mut out = Vec::new();
+        p.stack_frames(s, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(&*p.names(out[1])[0].label, "[truncated]");
+        p.set_thread_name(5, "worker");
+        let id = p.add_sample(5, Some(s), StackEnd::Truncated);
+        p.add_sample(5, Some(s), StackEnd::Truncated);
+        assert_eq!(p.thread_name(id), "worker");
+        assert_eq!(p.total_samples(), 2);
+        assert_eq!(p.complete_samples(), 0);
+        assert_eq!(p.top_functions(5), vec![("f9".to_string(), 2)]);
+        // A retired thread keeps its samples in the totals.
+        p.retire_thread(5);
+        assert!(p.threads().is_empty());
+        assert_eq!(p.total_samples(), 2);
+        assert_eq!(p.retired(), (1, 2));
+        assert!(p.intern(&[], StackEnd::Root, label).is_none());
+        // After a reset the totals and the top functions stay.
+        p.reset_interning();
+        assert_eq!(p.frame_count(), 0);
+        let t = p.intern(&[f(7)], StackEnd::Root, label).unwrap();
+        p.add_sample(6, Some(t), StackEnd::Root);
+        assert_eq!(p.total_samples(), 3);
+        let top = p.top_functions(5);
+        assert_eq!(top.iter().map(|(_, n)| n).sum::<u64>(), p.total_samples());
+    }
+}

@@ -1,0 +1,277 @@
+//! One profiling session, wired: the stack source on its own thread, the unwind stage on
+//! another, and the naming stage with the sinks on the calling thread.
+//!
+//! ```text
+//! source ─▶ unwind ─▶ name + store ─▶ sinks (folded/SVG, Sentry)
+//! ```
+//!
+//! Everything that can fail is done before the first `PTRACE_SEIZE`, so a refusal never
+//! leaves a target half-profiled.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use crossbeam_channel::bounded;
+
+use crate::config::{AttachConfig, Target};
+use crate::os::files::LiveFiles;
+use crate::os::{permissions, proc};
+use crate::pipeline::naming::{Namer, NamingStage};
+use crate::pipeline::unwind::UnwindStage;
+use crate::sink::folded::FoldedSink;
+use crate::sink::{Sink, sentry};
+use crate::source::ptrace::{Sampler, SamplerConfig};
+use crate::source::{Outbox, StackSource, StopReason};
+use crate::summary::Summary;
+use crate::target::{check_target, wait_for_target};
+use crate::types::Pid;
+use profiler_symbolize::Symbolizer;
+
+/// Unique frames kept in a session without local outputs before the interning tables
+/// start afresh (memory stays bounded in runs of days).
+const MAX_FRAMES_KEPT: usize = 200_000;
+
+fn agent_cpu_seconds() -> f64 {
+    let r = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF);
+    r.map_or(0.0, |r| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(r.user_time()) + t(r.system_time())
+    })
+}
+
+/// CLOCK_MONOTONIC now, in seconds (the clock `time.monotonic()` and others read).
+fn monotonic_seconds() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+}
+
+/// Run one session against `cfg.pid`. `progress` receives one-line progress messages.
+pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summary> {
+    check_target(cfg.pid)?;
+    let name = proc::process_name(cfg.pid).unwrap_or_default();
+    let wall0 = std::time::SystemTime::now();
+    let epoch = Instant::now();
+
+    // The sinks first: their setup (profiler-id file, uploader) can fail, and must do so
+    // before the target is touched.
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if !cfg.files.is_empty() {
+        sinks.push(Box::new(FoldedSink::new(
+            cfg.files.clone(),
+            format!("profiler: {name} ({})", cfg.pid),
+        )));
+    }
+    if let Some(sc) = &cfg.sentry {
+        sinks.push(Box::new(sentry::start(sc, cfg.pid, wall0, progress)?));
+    }
+    let bounded_memory = cfg.files.is_empty().then_some(MAX_FRAMES_KEPT);
+    let naming = NamingStage::new(
+        Namer::new(Symbolizer::new(cfg.debug_dirs.clone())),
+        sinks,
+        bounded_memory,
+    );
+
+    let (src_tx, src_rx) = bounded(8192);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (pool_tx, pool_rx) = bounded(256);
+    let (init_tx, init_rx) = bounded(1);
+    let scfg = SamplerConfig {
+        pid: cfg.pid,
+        frequency: cfg.frequency,
+        duration: cfg.duration,
+        max_stack_bytes: cfg.max_stack_bytes,
+        realtime: cfg.realtime,
+    };
+    let outbox = Outbox::new(src_tx, pool_rx, in_flight.clone());
+    let source = std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || match Sampler::attach(scfg, outbox, epoch) {
+            Ok(s) => {
+                let s: Box<dyn StackSource> = Box::new(s);
+                let _ = init_tx.send(Ok(s.thread_count()));
+                Some(s.run())
+            }
+            Err(e) => {
+                let _ = init_tx.send(Err(e.errno));
+                None
+            }
+        })
+        .context("starting the sampler thread")?;
+    let threads = match init_rx.recv() {
+        Ok(Ok(n)) => n,
+        Ok(Err(errno)) => {
+            let _ = source.join();
+            return Err(anyhow!(permissions::explain(cfg.pid, errno)));
+        }
+        Err(_) => {
+            let _ = source.join();
+            bail!("the sampler thread failed to start");
+        }
+    };
+    progress(&format!(
+        "attached to {} ({name}): {threads} threads, sampling at {} Hz{}; Ctrl-C to stop",
+        cfg.pid,
+        cfg.frequency,
+        cfg.duration
+            .map(|d| format!(" for {:.1} s", d.as_secs_f64()))
+            .unwrap_or_default()
+    ));
+
+    let (un_tx, un_rx) = bounded(4096);
+    let pid = cfg.pid;
+    let stage = UnwindStage::new(LiveFiles(pid), cfg.max_frames, pool_tx, in_flight)
+        .with_reread(move || proc::read_maps(pid).ok());
+    let unwinder = std::thread::Builder::new()
+        .name("unwinder".into())
+        .spawn(move || stage.run(&src_rx, &un_tx))
+        .context("starting the unwinder thread")?;
+
+    let mut naming = naming;
+    let mut next_report = 10_000_000_000u64;
+    let mut first_sample = cfg.verbose;
+    naming.run(&un_rx, |store, t| {
+        if first_sample && store.total_samples() > 0 {
+            // For benchmarks: the launch-to-first-sample time, on a clock other processes share.
+            first_sample = false;
+            progress(&format!(
+                "first sample unwound {:.1} ms after start (CLOCK_MONOTONIC {:.6} s)",
+                epoch.elapsed().as_secs_f64() * 1e3,
+                monotonic_seconds()
+            ));
+        }
+        if t >= next_report {
+            next_report += 10_000_000_000;
+            progress(&format!(
+                "{:.0} s: {} samples, {:.1}% complete stacks",
+                t as f64 / 1e9,
+                store.total_samples(),
+                100.0 * store.complete_samples() as f64 / store.total_samples().max(1) as f64
+            ));
+        }
+    });
+    let sampler_stats = source
+        .join()
+        .map_err(|_| anyhow!("the sampler thread panicked"))?
+        .unwrap_or_default();
+    let unwind_stats = unwinder
+        .join()
+        .map_err(|_| anyhow!("the unwinder thread panicked"))?;
+    let stop = sampler_stats.stop.unwrap_or(StopReason::Aborted);
+    if stop == StopReason::TargetExited {
+        progress(&format!(
+            "target {} exited; writing what was collected",
+            cfg.pid
+        ));
+    }
+
+    let (store, reports, namer) = naming.finish();
+    let mut sentry_lines = Vec::new();
+    let mut files = Vec::new();
+    let mut failures = Vec::new();
+    for r in reports {
+        sentry_lines.extend(r.lines);
+        files.extend(r.files);
+        failures.extend(r.failures);
+    }
+    let threads = store
+        .threads()
+        .iter()
+        .map(|(tid, t)| (*tid, t.name.clone(), t.samples, t.complete))
+        .collect();
+    let mut details = Vec::new();
+    if cfg.verbose {
+        let ps = &unwind_stats;
+        details.push(format!(
+            "unwinds {} ({} frames, {:.1} µs each), maps re-read {}, modules {}, captured {}, reused {}, ticks {} (skipped {}), stack bytes {}, realtime {}",
+            ps.unwinds,
+            ps.frames,
+            ps.unwind_time.as_secs_f64() * 1e6 / ps.unwinds.max(1) as f64,
+            ps.maps_rereads,
+            ps.modules,
+            sampler_stats.captured,
+            sampler_stats.repeated,
+            sampler_stats.ticks,
+            sampler_stats.ticks_skipped,
+            sampler_stats.stack_bytes,
+            sampler_stats.realtime
+        ));
+        let st = namer.stats();
+        let (units, parsed) = namer.lazy_units();
+        details.push(format!(
+            "symbolizer: {} lookups ({} cached), {} modules loaded, {} DWARF errors; DWARF units parsed on demand: {parsed} of {units}",
+            st.lookups, st.cache_hits, st.modules_loaded, st.dwarf_errors
+        ));
+        for (path, e) in &ps.module_errors {
+            details.push(format!("module {path}: {e}"));
+        }
+    }
+    Ok(Summary {
+        pid: cfg.pid,
+        name,
+        stop,
+        samples: store.total_samples(),
+        complete: store.complete_samples(),
+        threads,
+        frequency: cfg.frequency,
+        top: store.top_functions(10),
+        files,
+        agent_cpu: agent_cpu_seconds(),
+        sampler: sampler_stats,
+        details,
+        sentry: sentry_lines,
+        retired: store.retired(),
+        failures,
+    })
+}
+
+/// Run `profiler attach`: once for `--pid`; for `--pid-file` and `--process-name`, wait for
+/// the target, profile it until it exits, and wait for the next one, until stopped.
+/// `on_summary` gets each session's summary. A session whose outputs could not be written
+/// makes the run fail (after its summary).
+pub fn run_attach(
+    cfg: &AttachConfig,
+    progress: &mut dyn FnMut(&str),
+    on_summary: &mut dyn FnMut(&Summary),
+) -> Result<()> {
+    let check = |s: &Summary| -> Result<()> {
+        if s.failures.is_empty() {
+            Ok(())
+        } else {
+            bail!(
+                "{} output(s) not written: {}",
+                s.failures.len(),
+                s.failures.join("; ")
+            )
+        }
+    };
+    if let Target::Pid(pid) = cfg.target {
+        let mut c = cfg.clone();
+        c.pid = pid;
+        let s = attach(&c, progress)?;
+        on_summary(&s);
+        return check(&s);
+    }
+    let mut last: Option<(Pid, u64)> = None;
+    loop {
+        let Some(pid) = wait_for_target(&cfg.target, last, progress) else {
+            return Ok(());
+        };
+        last = Some((pid, proc::start_time(pid).unwrap_or(0)));
+        let mut c = cfg.clone();
+        c.pid = pid;
+        match attach(&c, progress) {
+            Ok(s) => {
+                on_summary(&s);
+                check(&s)?;
+                if s.stop != StopReason::TargetExited {
+                    return Ok(());
+                }
+            }
+            // It exited between being found and being seized: look again.
+            Err(e) if !proc::proc_dir(pid).exists() => progress(&format!("{e:#}; waiting again")),
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Stack sources: where samples come from. A source watches one process and emits
+//! [`SourceEvent`]s in order: the process's memory map, thread names and exits, and
+//! samples of threads as captured registers plus stack bytes (or, for a source that walks
+//! stacks itself, frames). The ptrace sampler ([`ptrace`]) is one source; every later
+//! stage sees only these events, so another source plugs in without touching them.
+//!
+//! A source must never block on the stages after it: [`Outbox`] drops samples (counted)
+//! when they fall behind and holds the few control events until there is room.
+
+pub mod ptrace;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use nix::sys::signal::Signal;
+
+use crate::types::{FrameAddr, Regs, StackEnd, Tid};
+use profiler_unwind::StackSnapshot;
+
+/// What a thread's sample carries.
+#[derive(Debug)]
+pub enum Captured {
+    /// Registers and the used part of the stack, to be unwound.
+    Stack {
+        /// Registers at the moment of the sample.
+        regs: Regs,
+        /// The copied stack.
+        stack: StackSnapshot,
+    },
+    /// A stack the source walked itself, leaf first.
+    Frames {
+        /// Frames, leaf first.
+        frames: Vec<FrameAddr>,
+        /// How the walk ended.
+        end: StackEnd,
+    },
+}
+
+/// One sample of one thread.
+#[derive(Debug)]
+pub struct RawSample {
+    /// Thread.
+    pub tid: Tid,
+    /// Nanoseconds since the session's start (monotonic).
+    pub time_ns: u64,
+    /// What was captured.
+    pub captured: Captured,
+}
+
+impl RawSample {
+    /// Stack bytes this sample holds (what counts against the in-flight bound).
+    pub fn stack_bytes(&self) -> usize {
+        match &self.captured {
+            Captured::Stack { stack, .. } => stack.bytes.len(),
+            Captured::Frames { .. } => 0,
+        }
+    }
+}
+
+/// What a source emits, in order.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// The process's mappings changed (or are first known): the text of its maps.
+    Maps(String),
+    /// A sample.
+    Sample(RawSample),
+    /// Threads known not to have run since their last samples: each one's last stack
+    /// again, at this time.
+    Repeat {
+        /// Threads.
+        tids: Vec<Tid>,
+        /// Nanoseconds since the session's start.
+        time_ns: u64,
+    },
+    /// A thread's name (when first seen and when it changes).
+    ThreadName {
+        /// Thread.
+        tid: Tid,
+        /// Its `comm`.
+        name: String,
+    },
+    /// A thread exited.
+    ThreadExited(Tid),
+}
+
+/// Why a source stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// `--duration` elapsed.
+    Duration,
+    /// SIGINT, SIGTERM or SIGHUP.
+    Signal(Signal),
+    /// The target exited.
+    TargetExited,
+    /// The stages after the source went away.
+    Aborted,
+}
+
+/// Counters from a source.
+#[derive(Clone, Debug, Default)]
+pub struct SourceStats {
+    /// Which source ran (`ptrace`).
+    pub source: &'static str,
+    /// Ticks run.
+    pub ticks: u64,
+    /// Ticks skipped because the source fell behind.
+    pub ticks_skipped: u64,
+    /// Threads stopped and captured.
+    pub captured: u64,
+    /// Samples of threads that had not run (stack reused).
+    pub repeated: u64,
+    /// Samples missed: thread gone, did not stop in time, or the kernel refused.
+    pub missed: u64,
+    /// Samples dropped because the later stages fell behind.
+    pub dropped: u64,
+    /// Samples of threads whose stop came after their tick (waiting for a CPU): they
+    /// reuse the stack captured at that stop.
+    pub deferred: u64,
+    /// Pause of the target thread per capture, in microseconds (histogram, 1 µs buckets).
+    pub pause_us: Vec<u32>,
+    /// Bytes of stack copied.
+    pub stack_bytes: u64,
+    /// Seconds from the first to the last tick.
+    pub elapsed: f64,
+    /// Threads seen in all.
+    pub threads_seen: u64,
+    /// Threads that exited before their first sample.
+    pub threads_unsampled: u64,
+    /// Threads the kernel refused to let the agent trace, with the reason.
+    pub threads_refused: Vec<(Tid, String)>,
+    /// Why it stopped.
+    pub stop: Option<StopReason>,
+    /// True when the source ran at a real-time priority.
+    pub realtime: bool,
+}
+
+impl SourceStats {
+    /// A percentile (0..=100) of the pause histogram, in microseconds.
+    pub fn pause_percentile(&self, p: f64) -> Option<u32> {
+        let total: u64 = self.pause_us.iter().map(|&c| c as u64).sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (us, &c) in self.pause_us.iter().enumerate() {
+            seen += c as u64;
+            if seen >= want {
+                return Some(us as u32);
+            }
+        }
+        Some(self.pause_us.len() as u32)
+    }
+
+    /// Count one pause.
+    pub fn record_pause(&mut self, d: std::time::Duration) {
+        let us = (d.as_micros() as usize).min(9_999);
+        if self.pause_us.len() <= us {
+            self.pause_us.resize(us + 1, 0);
+        }
+        self.pause_us[us] += 1;
+    }
+}
+
+/// A stack source: seized or opened on the thread that runs it, then run there until it
+/// stops.
+pub trait StackSource {
+    /// Threads of the target known at start.
+    fn thread_count(&self) -> usize;
+    /// Sample until the duration ends, a stop signal arrives or the target exits; leave
+    /// the target as it was found.
+    fn run(self: Box<Self>) -> SourceStats;
+}
+
+/// Most stack bytes in flight between a source and the unwinder; beyond, samples are
+/// dropped (and counted) rather than queued.
+pub const MAX_IN_FLIGHT: usize = 16 << 20;
+
+/// Most control events (maps, names, exits) held while the channel is full.
+const MAX_HELD: usize = 65_536;
+
+/// The sending end of a source: never blocks. A sample that finds the channel full, or
+/// the in-flight bytes at their bound, is dropped and counted, and its buffer kept for
+/// reuse; control events wait in order in a small queue until there is room.
+pub struct Outbox {
+    tx: Sender<SourceEvent>,
+    /// Stack buffers handed back by the unwinder.
+    pool: Receiver<Vec<u8>>,
+    /// Buffers of samples that were dropped.
+    spare: Vec<Vec<u8>>,
+    /// Stack bytes sent and not yet unwound (the unwinder subtracts what it handled).
+    in_flight: Arc<AtomicUsize>,
+    held: VecDeque<SourceEvent>,
+    closed: bool,
+}
+
+impl Outbox {
+    /// An outbox sending on `tx`; buffers come back through `pool`.
+    pub fn new(
+        tx: Sender<SourceEvent>,
+        pool: Receiver<Vec<u8>>,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Self {
+        Outbox {
+            tx,
+            pool,
+            spare: Vec::new(),
+            in_flight,
+            held: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    /// A buffer for a stack copy.
+    pub fn buffer(&mut self) -> Vec<u8> {
+        self.spare
+            .pop()
+            .or_else(|| self.pool.try_recv().ok())
+            .unwrap_or_default()
+    }
+
+    /// True when the receiving side went away.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Stack bytes in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Send held control events while there is room.
+    pub fn flush(&mut self) {
+        while let Some(ev) = self.held.pop_front() {
+            match self.tx.try_send(ev) {
+                Ok(()) => {}
+                Err(TrySendError::Full(ev)) => {
+                    self.held.push_front(ev);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.closed = true;
+                    self.held.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Send a sample, or drop it (counted in `stats.dropped`, its buffer kept) when the
+    /// channel is full or the in-flight bytes would pass their bound. `extra` samples
+    /// that stand on this one (repeats of it) are counted with it when it is dropped.
+    pub fn sample(&mut self, s: RawSample, extra: u64, stats: &mut SourceStats) -> bool {
+        self.flush();
+        let n = s.stack_bytes();
+        if !self.held.is_empty() || self.in_flight() + n > MAX_IN_FLIGHT {
+            stats.dropped += 1 + extra;
+            self.recycle(s);
+            return false;
+        }
+        self.in_flight.fetch_add(n, Ordering::Relaxed);
+        match self.tx.try_send(SourceEvent::Sample(s)) {
+            Ok(()) => true,
+            Err(e) => {
+                if matches!(e, TrySendError::Disconnected(_)) {
+                    self.closed = true;
+                }
+                self.in_flight.fetch_sub(n, Ordering::Relaxed);
+                stats.dropped += 1 + extra;
+                if let SourceEvent::Sample(s) = e.into_inner() {
+                    self.recycle(s);
+                }
+                false
+            }
+        }
+    }
+
+    /// Send repeats of the threads' last stacks, or drop them (counted).
+    pub fn repeat(&mut self, tids: Vec<Tid>, time_ns: u64, stats: &mut SourceStats) {
+        self.flush();
+        let n = tids.len() as u64;
+        if !self.held.is_empty() {
+            stats.dropped += n;
+            return;
+        }
+        match self.tx.try_send(SourceEvent::Repeat { tids, time_ns }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => stats.dropped += n,
+            Err(TrySendError::Disconnected(_)) => self.closed = true,
+        }
+    }
+
+    /// Send a control event (maps, a name, an exit), or hold it until there is room: the
+    /// stages after the source need every one of them, in order. Past 65,536 held
+    /// events the oldest name is given up (a later one replaces it).
+    pub fn control(&mut self, ev: SourceEvent) {
+        self.flush();
+        if self.closed {
+            return;
+        }
+        if self.held.is_empty() {
+            match self.tx.try_send(ev) {
+                Ok(()) => return,
+                Err(TrySendError::Full(ev)) => self.held.push_back(ev),
+                Err(TrySendError::Disconnected(_)) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        } else {
+            self.held.push_back(ev);
+        }
+        if self.held.len() > MAX_HELD
+            && let Some(i) = self
+                .held
+                .iter()
+                .position(|e| matches!(e, SourceEvent::ThreadName { .. }))
+        {
+            self.held.remove(i);
+        }
+    }
+
+    fn recycle(&mut self, s: RawSample) {
+        if let Captured::Stack { stack, .. } = s.captured
+            && self.spare.len() < 64
+        {
+            self.spare.push(stack.bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::bounded;
+
+    fn sample(tid: Tid, len: usize) -> RawSample {
+        RawSample {
+            tid,
+            time_ns: 0,
+            captured: Captured::Stack {
+                regs: Regs::default(),
+                stack: StackSnapshot {
+                    start: 0x1000,
+                    bytes: vec![0; len],
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn dropped_samples_leave_nothing_in_flight_and_keep_their_buffers() {
+        let (tx, rx) = bounded(1);
+        let (_pool_tx, pool_rx) = bounded(4);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let mut out = Outbox::new(tx, pool_rx, in_flight.clone());
+        let mut stats = SourceStats::default();
+        assert!(out.sample(sample(1, 1 << 20), 0, &mut stats));
+        // The channel is full from here on: every later sample is dropped, and none of
+        // them may count against the bound, or the source would refuse samples for good.
+        for _ in 0..40 {
+            assert!(!out.sample(sample(1, 1 << 20), 2, &mut stats));
+        }
+        assert_eq!(stats.dropped, 40 * 3);
+        assert_eq!(in_flight.load(Ordering::Relaxed), 1 << 20);
+        assert_eq!(
+            out.buffer().len(),
+            1 << 20,
+            "a dropped sample's buffer is reused"
+        );
+        // The unwinder takes the first one: room again.
+        let Ok(SourceEvent::Sample(s)) = rx.try_recv() else {
+            panic!("the first sample was sent")
+        };
+        in_flight.fetch_sub(s.stack_bytes(), Ordering::Relaxed);
+        assert!(out.sample(sample(1, 1 << 20), 0, &mut stats));
+    }
+
+    #[test]
+    fn control_events_wait_in_order_and_never_block() {
+        let (tx, rx) = bounded(2);
+        let (_pool_tx, pool_rx) = bounded(1);
+        let mut out = Outbox::new(tx, pool_rx, Arc::default());
+        let mut stats = SourceStats::default();
+        out.control(SourceEvent::Maps("a".into()));
+        assert!(out.sample(sample(1, 16), 0, &mut stats));
+        // Full: these are held, not lost, and the call returns at once.
+        out.control(SourceEvent::ThreadName {
+            tid: 1,
+            name: "x".into(),
+        });
+        out.control(SourceEvent::ThreadExited(1));
+        // A sample behind held control events is dropped (it would overtake them).
+        assert!(!out.sample(sample(1, 16), 0, &mut stats));
+        out.repeat(vec![1, 2], 5, &mut stats);
+        assert_eq!(stats.dropped, 3);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            while let Ok(ev) = rx.try_recv() {
+                seen.push(match ev {
+                    SourceEvent::Maps(_) => "maps",
+                    SourceEvent::Sample(_) => "sample",
+                    SourceEvent::ThreadName { .. } => "name",
+                    SourceEvent::ThreadExited(_) => "exit",
+                    SourceEvent::Repeat { .. } => "repeat",
+                });
+            }
+            out.flush();
+        }
+        assert_eq!(seen, ["maps", "sample", "name", "exit"]);
+        drop(rx);
+        out.control(SourceEvent::ThreadExited(2));
+        assert!(out.closed());
+    }
+}
