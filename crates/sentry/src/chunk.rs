@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::envelope;
 use super::inapp::InAppRules;
 
-/// Platform of every chunk: the one Sentry symbolicates as native code (doc section 1).
+/// Platform of every chunk: the one Sentry symbolicates as native code (see
+/// `docs/sentry-format.md`, section "Chunk payload").
 pub const PLATFORM: &str = "rust";
 /// `client_sdk.name`, the `sentry_client` of the auth header and the User-Agent product.
 pub const SDK_NAME: &str = "profiler";
