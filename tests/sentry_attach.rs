@@ -667,9 +667,9 @@ fn readelf_build_id(path: &Path) -> String {
         .to_string()
 }
 
-/// Sentry's debug_id of a little-endian ELF from its build-id (doc section 6.1), written
-/// out: the first 16 bytes (zero-padded), bytes 0-3 reversed, 4-5 swapped, 6-7 swapped,
-/// formatted 8-4-4-4-12.
+/// Sentry's debug_id of a little-endian ELF from its build-id (`docs/sentry-format.md`,
+/// section "Debug ids"), written out: the first 16 bytes (zero-padded), bytes 0-3
+/// reversed, 4-5 swapped, 6-7 swapped, formatted 8-4-4-4-12.
 fn expected_debug_id(build_id_hex: &str) -> String {
     let mut b = [0u8; 16];
     for (i, slot) in b.iter_mut().enumerate() {
@@ -694,7 +694,8 @@ fn expected_debug_id(build_id_hex: &str) -> String {
 
 #[test]
 fn debug_id_algorithm_matches_the_doc_examples() {
-    // Worked examples of doc section 6.1 (checked there against Sentry's `symbolic`).
+    // Worked examples of `docs/sentry-format.md`, section "Debug ids" (the ids Sentry's
+    // tools compute).
     assert_eq!(
         expected_debug_id("451caec77109ec4461b4b9baaa58833f530dec65"),
         "c7ae1c45-0971-44ec-61b4-b9baaa58833f"

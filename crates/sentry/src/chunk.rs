@@ -1,10 +1,11 @@
 //! Sample format v2 chunks: the serde model of a `profile_chunk` payload and the
 //! [`ChunkBuilder`] that turns unwound, symbolized samples into one chunk per window.
 //!
-//! Every chunk the builder emits passes [`super::validate::validate`]: threads with fewer
-//! than two non-empty samples are dropped (no chunk at all when none is left), all indexes are
-//! in bounds, the spread of sample timestamps is at most [`MAX_CHUNK_SPAN_SECS`] (the builder
-//! refuses a sample that would stretch it further), and every field has the type Relay wants.
+//! Every chunk the builder emits passes `validate::validate` (feature `validate`): threads
+//! with fewer than two non-empty samples are dropped (no chunk at all when none is left), all
+//! indexes are in bounds, the spread of sample timestamps is at most [`MAX_CHUNK_SPAN_SECS`]
+//! (the builder refuses a sample that would stretch it further), and every field has the
+//! type Relay wants.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::envelope;
 use super::inapp::InAppRules;
 
-/// Platform of every chunk: the one Sentry symbolicates as native code (doc section 1).
+/// Platform of every chunk: the one Sentry symbolicates as native code (see
+/// `docs/sentry-format.md`, section "Chunk payload").
 pub const PLATFORM: &str = "rust";
 /// `client_sdk.name`, the `sentry_client` of the auth header and the User-Agent product.
 pub const SDK_NAME: &str = "profiler";

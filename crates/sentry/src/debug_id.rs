@@ -1,6 +1,7 @@
-//! Sentry `debug_id`s for ELF images (doc section 6.1): derived from the GNU build-id, or
-//! from the first page of `.text` when the image has no build-id. Matches what Sentry's
-//! `symbolic` library (and so `sentry-cli debug-files upload`) computes for the same file.
+//! Sentry `debug_id`s for ELF images: derived from the GNU build-id, or from the first page
+//! of `.text` when the image has no build-id. Matches what Sentry's `symbolic` library (and
+//! so `sentry-cli debug-files upload`) computes for the same file. The byte-order rule and
+//! worked examples are in `docs/sentry-format.md`, section "Debug ids".
 
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
 use object::{Endianness, Object, ObjectSection};

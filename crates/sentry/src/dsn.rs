@@ -1,6 +1,7 @@
 //! Sentry DSN parsing, the envelope endpoint URL and the `X-Sentry-Auth` header.
 //!
-//! Grammar (doc section 2): `{scheme}://{public_key}[:{secret}]@{host}[:{port}]{path_prefix}/{project_id}`.
+//! Grammar: `{scheme}://{public_key}[:{secret}]@{host}[:{port}]{path_prefix}/{project_id}`
+//! (`docs/sentry-format.md`, section "Endpoint and authentication").
 //! The public key is a credential: [`Dsn`]'s `Display` and `Debug` show only its first four
 //! characters followed by `…`, and [`Dsn::redact`] removes it (and the secret) from any text
 //! before that text is reported.

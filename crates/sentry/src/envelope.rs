@@ -1,5 +1,6 @@
-//! Sentry envelopes (doc section 3): writing the one-chunk envelope this agent sends, and a
-//! strict parser with Relay's framing rules (used by tests and the test server).
+//! Sentry envelopes (`docs/sentry-format.md`, section "Envelope"): writing the one-chunk
+//! envelope this agent sends, and a strict parser with Relay's framing rules (used by tests
+//! and the test server).
 //!
 //! Layout written: `{"sent_at":"…","sdk":{"name":…,"version":…}}\n`
 //! `{"type":"profile_chunk","platform":"rust","content_type":"application/json","length":N}\n`

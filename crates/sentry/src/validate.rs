@@ -1,5 +1,6 @@
-//! A re-implementation of what Relay (26.9) does to a `profile_chunk` payload (doc section 4.3),
-//! used to check the chunks this agent builds and by the test server.
+//! A re-implementation of what Relay (26.9) does to a `profile_chunk` payload, used to check
+//! the chunks this agent builds and by the test server. The step numbers in the comments
+//! below are those of `docs/sentry-format.md`, section "Checks on arrival".
 //!
 //! Steps: route by `platform`/`version`; strict typed deserialization with Relay's field
 //! types and aliases (`profiling_invalid_json`); item header platform must equal the payload
@@ -290,7 +291,8 @@ pub fn validate_item(
     }
     let p = &mut chunk.profile;
 
-    // a. Drop threads with <= 1 non-empty sample (samples with a bad stack id do not count).
+    // Step 5: drop threads with <= 1 non-empty sample (a sample with a bad stack id does not
+    // count).
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for s in &p.samples {
         if p.stacks.get(s.stack_id).is_some_and(|st| !st.is_empty()) {
@@ -303,11 +305,11 @@ pub fn validate_item(
         .map(|(t, _)| t.to_string())
         .collect();
     p.samples.retain(|s| keep.contains(&s.thread_id));
-    // b.
+    // Step 6: no sample left.
     if p.samples.is_empty() {
         return Err("profiling_not_enough_samples: no thread has two non-empty samples".into());
     }
-    // c.
+    // Step 7: a sample's stack out of range.
     if let Some(s) = p.samples.iter().find(|s| s.stack_id >= p.stacks.len()) {
         return Err(format!(
             "profiling_malformed_samples: stack_id {} >= {} stacks",
@@ -315,7 +317,7 @@ pub fn validate_item(
             p.stacks.len()
         ));
     }
-    // d.
+    // Step 8: a stack's frame out of range, in any stack.
     for (i, st) in p.stacks.iter().enumerate() {
         if let Some(f) = st.iter().find(|&&f| f >= p.frames.len()) {
             return Err(format!(
@@ -324,7 +326,7 @@ pub fn validate_item(
             ));
         }
     }
-    // e, f.
+    // Step 9: sort by time, then the span.
     p.samples
         .sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
     let span = p.samples.last().map_or(0.0, |l| l.timestamp) - p.samples[0].timestamp;
@@ -333,7 +335,7 @@ pub fn validate_item(
             "profiling_duration_is_too_long: samples span {span:.3} s > 66 s"
         ));
     }
-    // h.
+    // Step 10: thread_metadata of threads without samples.
     let used: std::collections::HashSet<&str> =
         p.samples.iter().map(|s| s.thread_id.as_str()).collect();
     let unused: Vec<String> = p
@@ -345,7 +347,7 @@ pub fn validate_item(
     for k in unused {
         p.thread_metadata.remove(&k);
     }
-    // 7.
+    // Step 11: the size of the re-serialized chunk.
     let size = serde_json::to_vec(&chunk).map_err(invalid_json)?.len();
     if size > RELAY_MAX_CHUNK_BYTES {
         return Err(format!("profiling_exceed_size_limit: {size} bytes"));

@@ -1,6 +1,7 @@
-//! Format tests of the Sentry pieces against the reference data in `tests/data/sentry/`
-//! (real payloads of Sentry's Python SDK and cases Sentry's ingestion accepts or rejects): Relay's own verdicts on 27 chunks, and the doc's
-//! example chunk/envelope reproduced with the chunk builder.
+//! Format tests of the Sentry pieces against the reference data in `tests/data/sentry/`:
+//! the validator against Relay's own verdicts on 27 accept/reject cases, and the example
+//! chunk and envelope of `docs/sentry-format.md` (section "Example") reproduced with the
+//! chunk builder.
 
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
@@ -74,7 +75,8 @@ fn item_platform_must_match_payload() {
     assert!(e.starts_with("profiling_invalid_profile_type:"), "{e}");
 }
 
-/// Build the doc's section 7 example with the builder and compare it with the reference.
+/// Build the example of `docs/sentry-format.md` (section "Example") with the builder and
+/// compare it with the reference.
 #[test]
 fn builder_reproduces_the_reference_example() {
     let reference = std::fs::read(data("native-example-profile-chunk.envelope")).unwrap();

@@ -1,9 +1,8 @@
-//! Naming addresses: function, file and line with inlined frames (addr2line), falling back
-//! to `.symtab` then `.dynsym`; separate debug files found by build-id and
-//! `.gnu_debuglink` (and DWARF supplementary files by `.gnu_debugaltlink`); C++ and Rust
-//! demangling. Reads ELF files by path; never reads target memory.
+#![doc = include_str!("../README.md")]
 //!
-//! Layout: `demangle` (names), `debugfile` (finding and mapping debug files), `dwarf`
+//! ## Layout
+//!
+//! `demangle` (names), `debugfile` (finding and mapping debug files), `dwarf`
 //! (gimli readers and addr2line lookups), `symtab` (ELF symbol tables); this file holds the
 //! [`Symbolizer`] with its module and address caches.
 

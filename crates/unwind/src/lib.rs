@@ -1,8 +1,6 @@
-//! Stack unwinding over captured registers and memory: DWARF CFI (`.eh_frame` through
-//! `.eh_frame_hdr`, `.debug_frame`) through gimli, signal trampolines, and frame pointers
-//! where no CFI covers an address. Pure code: it never opens a file or touches a process.
+#![doc = include_str!("../README.md")]
 //!
-//! # Address vocabulary
+//! ## Address vocabulary
 //!
 //! - **AVMA** (actual virtual memory address): an address in the target process, as found
 //!   in registers, on the stack and in [`FrameAddr`]s.
@@ -17,7 +15,7 @@
 //! SVMA of the byte being read, so the section addresses (`sh_addr`, not file offsets)
 //! are handed to gimli's `BaseAddresses` together with `.text` and `.got`.
 //!
-//! # The walk
+//! ## The walk
 //!
 //! Frame 0 is the exact instruction pointer; every caller is a return address looked up
 //! at `addr - 1`, except a frame interrupted by a signal, which is exact again. For each

@@ -1,5 +1,6 @@
-//! Sentry rate limits (doc section 10): the `X-Sentry-Rate-Limits` and `Retry-After` headers
-//! and the per-category "blocked until" state of one DSN.
+//! Sentry rate limits (`docs/sentry-format.md`, section "Responses, retries and rate
+//! limits"): the `X-Sentry-Rate-Limits` and `Retry-After` headers and the per-category
+//! "blocked until" state of one DSN.
 //!
 //! Grammar: `limit *( "," limit )`, `limit = retry_after ":" categories ":" scope [ ":" reason
 //! [ ":" namespaces ] ] *( ":" ignored )`; `retry_after` integer or float seconds;
