@@ -254,3 +254,40 @@ fn failing_setup_never_touches_the_target() {
     assert!(!err.contains("attached to"), "seized before failing: {err}");
     assert_eq!(common::tracer_pid(fx.pid()), Some(0));
 }
+
+#[test]
+fn threads_the_kernel_refuses_are_reported() {
+    let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if !nix::unistd::geteuid().is_root()
+        || Command::new("setpriv").arg("--version").output().is_err()
+    {
+        eprintln!("skipped threads_the_kernel_refuses_are_reported: needs root and setpriv");
+        return;
+    }
+    let mut fx = Fixture::spawn("other_uid_thread", &[]);
+    let other = fx
+        .threads()
+        .into_iter()
+        .map(|(tid, _)| tid)
+        .find(|&tid| tid != fx.pid())
+        .expect("the second thread");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.folded");
+    // Root without CAP_SYS_PTRACE: it may trace the threads of its own uid only.
+    let o = Command::new("setpriv")
+        .args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", "--"])
+        .arg(env!("CARGO_BIN_EXE_profiler"))
+        .args(["attach", "--pid", &fx.pid().to_string(), "-d", "1", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("threads the kernel would not let the agent trace, left out: 1")
+            && err.contains(&format!("{other} (")),
+        "the refused thread is named: {err}"
+    );
+    assert!(fx.try_exit_status().is_none(), "the target runs on");
+    assert_eq!(common::tracer_pid(fx.pid()), Some(0));
+}
