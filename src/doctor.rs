@@ -103,10 +103,6 @@ impl fmt::Display for Report {
     }
 }
 
-fn ns(pid: &str, kind: &str) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()
-}
-
 /// Run every check against `pid`.
 pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
     let mut r = Report {
@@ -261,7 +257,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
     let me_s = std::process::id().to_string();
     let p_s = pid.to_string();
     for (kind, label) in [("pid", "PID namespace"), ("mnt", "mount namespace")] {
-        match (ns(&me_s, kind), ns(&p_s, kind)) {
+        match (proc::namespace(&me_s, kind), proc::namespace(&p_s, kind)) {
             (Some(a), Some(b)) if a == b => {
                 r.push(Level::Ok, label, "shared with the agent".into(), None)
             }

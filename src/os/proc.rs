@@ -127,6 +127,12 @@ pub fn start_time(pid: Pid) -> Option<u64> {
     stat(pid).map(|s| s.start_time)
 }
 
+/// The namespace a process is in (`/proc/PID/ns/KIND`, e.g. `pid`, `mnt`), as the link
+/// target that identifies it; `pid` may be `self`.
+pub fn namespace(pid: &str, kind: &str) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()
+}
+
 /// Every process id listed in `/proc`.
 pub fn list_pids() -> Vec<Pid> {
     std::fs::read_dir("/proc")
