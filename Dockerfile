@@ -2,7 +2,9 @@
 #
 # Container image of the profiler agent: the `profiler` binary on Debian bookworm-slim.
 #
-# Build (BuildKit, the default builder since Docker 23; Podman/Buildah work too):
+# Without a registry, `make image` builds the same image from this machine's files
+# (scripts/agent-image.sh). With one (BuildKit, the default builder since Docker 23;
+# Podman/Buildah work too):
 #
 #   docker build -t profiler .
 #   docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) -t profiler .
@@ -10,6 +12,7 @@
 # Profile the running container `myservice` for 60 s and write a flame graph to ./profiles
 # (the agent joins myservice's PID namespace; SYS_PTRACE lets it attach):
 #
+#   (the agent runs as uid 10001: `chown 10001 profiles` first)
 #   docker run --rm --pid=container:myservice --cap-add=SYS_PTRACE -v $PWD/profiles:/profiles \
 #     profiler attach --process-name myservice --output /profiles/myservice.svg --duration 60
 #
@@ -51,22 +54,24 @@ LABEL org.opencontainers.image.title="profiler" \
 
 COPY --from=build /out/profiler /usr/local/bin/profiler
 
-# /var/tmp/profiler/spool: default --spool-dir (chunks not yet accepted by Sentry; mount a
-# volume there to keep them across restarts). /profiles: conventional place for --output.
-RUN mkdir -p -m 0700 /var/tmp/profiler/spool \
- && mkdir -p -m 0755 /profiles
-
-# The agent runs as root, on purpose. Attaching to another container's process (often itself
-# root, with more capabilities than the agent keeps) needs CAP_SYS_PTRACE in the *effective*
-# set. Docker and Kubernetes give added capabilities to a non-root user's process only through
-# file capabilities, which no-new-privileges (allowPrivilegeEscalation: false) disables, and
-# they set no ambient capabilities; so a non-root agent could attach only to processes of its
-# own uid, and not at all under Yama ptrace_scope >= 1 (the default on Ubuntu nodes).
-# Root here is a weak root: run the container with every other capability dropped
-# (--cap-drop=ALL --cap-add=SYS_PTRACE, or the Kubernetes example), and the agent itself
-# drops all but CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH and CAP_SYS_NICE at start.
-# hadolint ignore=DL3002
-USER 0:0
+# Non-root (uid 10001), as `make image` builds it. The binary carries the capabilities the
+# agent may use as *permitted* file capabilities: the container's bounding set decides which
+# it really gets (only SYS_PTRACE with --cap-add=SYS_PTRACE), the agent raises those into its
+# effective set at start and drops everything else. No-new-privileges
+# (allowPrivilegeEscalation: false) switches file capabilities off: run as root there
+# (--user 0, runAsUser: 0), as deploy/kubernetes/profiler-sidecar.yaml does.
+# /var/lib/profiler: the user's home, where the spool lives (mount a volume to keep unsent
+# chunks across restarts). /profiles: a place for --output.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libcap2-bin \
+ && setcap cap_sys_ptrace,cap_dac_read_search,cap_sys_nice,cap_checkpoint_restore+p /usr/local/bin/profiler \
+ && apt-get purge -y libcap2-bin && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
+ && groupadd -g 10001 profiler \
+ && useradd -u 10001 -g 10001 -d /var/lib/profiler -M -s /usr/sbin/nologin profiler \
+ && install -d -m 0700 -o 10001 -g 10001 /var/lib/profiler \
+ && install -d -m 0755 -o 10001 -g 10001 /profiles
+ENV HOME=/var/lib/profiler
+USER 10001:10001
 
 # The agent detaches from the target and flushes its outputs on SIGTERM (docker stop,
 # pod termination); give it time to do so (--flush-timeout, 10 s by default):

@@ -3,7 +3,7 @@ CARGO ?= cargo
 DEMO_SECONDS ?= 5
 DEMO_DIR ?= demo-output
 
-.PHONY: all build release fixtures test check fmt clippy doc demo bench bench-quick soak fuzz clean
+.PHONY: all build release fixtures test check fmt clippy doc demo bench bench-quick soak fuzz image clean
 
 all: build
 
@@ -32,6 +32,14 @@ check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(MAKE) test
+
+# The agent's container image from this machine's files (no registry): non-root, file
+# capabilities, needs only --cap-add=SYS_PTRACE. The Dockerfile builds the same from a
+# registry base. IMAGE=name:tag to choose the tag.
+IMAGE ?= profiler:latest
+image: build
+	./scripts/agent-image.sh target/release/profiler $(IMAGE)
+	@docker image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "image $(IMAGE): %.1f MB\n", $$1/1e6}'
 
 # Start the C fixture, attach for a few seconds, write a flame graph and folded stacks,
 # print the top functions.

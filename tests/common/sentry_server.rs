@@ -139,9 +139,14 @@ impl TestServer {
     /// Listen on 127.0.0.1:`port` (0 = any; a given port is retried for 5 s while it is
     /// still taken); returns the server and its port.
     pub fn start(port: u16, state: Arc<ServerState>) -> (TestServer, u16) {
+        Self::start_on("127.0.0.1", port, state)
+    }
+
+    /// Listen on `ip`:`port` (e.g. a Docker network's gateway, for agents in containers).
+    pub fn start_on(ip: &str, port: u16, state: Arc<ServerState>) -> (TestServer, u16) {
         let deadline = Instant::now() + Duration::from_secs(5);
         let listener = loop {
-            match TcpListener::bind(("127.0.0.1", port)) {
+            match TcpListener::bind((ip, port)) {
                 Ok(l) => break l,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("bind {port}: {e}, retrying");

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The agent's container image, built from this machine's files (no registry needed):
+# the binary and the libraries it links, a non-root user (10001) whose home
+# /var/lib/profiler holds the spool, and file capabilities in the *permitted* set only
+# (the agent raises what it needs into its effective set and drops everything else), so
+# the image runs as non-root and works with only `--cap-add=SYS_PTRACE`.
+#
+#   scripts/agent-image.sh [BINARY] [TAG]    (defaults: target/release/profiler profiler:latest)
+#
+# `make image` runs it. The Dockerfile builds the same image from a registry base.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bin="${1:-$here/../target/release/profiler}"
+tag="${2:-profiler:latest}"
+exec "$here/rootfs-image.sh" \
+  --user 10001:10001 \
+  --home /var/lib/profiler \
+  --caps cap_sys_ptrace,cap_dac_read_search,cap_sys_nice,cap_checkpoint_restore+p \
+  --entrypoint /usr/local/bin/profiler \
+  --cmd '["attach","--help"]' \
+  "$tag" "$bin:/usr/local/bin/profiler"
