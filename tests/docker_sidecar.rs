@@ -548,6 +548,110 @@ fn a_stopped_agent_leaves_the_target_running_and_the_next_one_sends_the_spool() 
     }
 }
 
+/// A CPython service image: Debian's interpreter with its standard library, running
+/// `fixtures/py/docker_service.py` as uid 1000. None without /usr/bin/python3.
+fn python_image() -> Option<&'static str> {
+    static IMAGE: OnceLock<Option<String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let python = std::fs::canonicalize("/usr/bin/python3").ok()?;
+            let version = python.file_name()?.to_string_lossy().to_string();
+            let stdlib = PathBuf::from("/usr/lib").join(&version);
+            if !stdlib.is_dir() {
+                return None;
+            }
+            let script = repo().join("fixtures/py/docker_service.py");
+            let tag = image_tag("python", &[&python, &script]);
+            if image_exists(&tag) {
+                return Some(tag);
+            }
+            Some(build_image(&[
+                "--user".into(),
+                "1000:1000".into(),
+                "--dir".into(),
+                format!("{}:{}", stdlib.display(), stdlib.display()),
+                "--entrypoint".into(),
+                "/usr/bin/python3".into(),
+                "--cmd".into(),
+                "[\"/app/service.py\"]".into(),
+                tag,
+                format!("{}:/usr/bin/python3", python.display()),
+                format!("{}:/app/service.py", script.display()),
+            ]))
+        })
+        .as_deref()
+}
+
+#[test]
+fn sidecar_profiles_a_python_service() {
+    if !docker_available("sidecar_profiles_a_python_service") {
+        return;
+    }
+    let Some(image) = python_image() else {
+        println!(
+            "SKIPPED sidecar_profiles_a_python_service: no /usr/bin/python3 with its standard library"
+        );
+        return;
+    };
+    let _l = DOCKER.lock().unwrap_or_else(|e| e.into_inner());
+    let target = Container::run(&unique("py"), &[image]);
+    wait_for("the service to start", Duration::from_secs(20), || {
+        target.logs().contains("ready")
+    });
+    let out = agent_dir();
+    let volume = format!("{}:/out", out.path().display());
+    let o = docker(&[
+        "run",
+        "--rm",
+        "--pid",
+        &format!("container:{}", target.0),
+        "--cap-add",
+        "SYS_PTRACE",
+        "-v",
+        &volume,
+        agent_image(),
+        "attach",
+        "--pid",
+        "1",
+        "-d",
+        "2",
+        "-o",
+        "/out/p.folded",
+        "-o",
+        "/out/env/",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let folded = std::fs::read_to_string(out.path().join("p.folded")).unwrap();
+    let count = |l: &str| -> u64 {
+        l.rsplit_once(' ')
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let total: u64 = folded.lines().map(count).sum();
+    let incomplete: u64 = folded
+        .lines()
+        .filter(|l| l.contains("[unknown]") || l.contains("[truncated]"))
+        .map(count)
+        .sum();
+    assert!(total >= 200, "{total} samples:\n{folded}");
+    assert!(
+        incomplete * 100 <= total,
+        "{incomplete} of {total} incomplete:\n{folded}"
+    );
+    // The interpreter's own frames, named from the symbols in the service's image, under
+    // the worker thread's root.
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.contains("__clone") && l.contains("_PyEval_EvalFrameDefault")),
+        "{folded}"
+    );
+    let envelopes = std::fs::read_dir(out.path().join("env")).unwrap().count();
+    assert!(envelopes >= 1, "a chunk envelope written");
+    assert_eq!(tracer_of(target.host_pid()), 0);
+}
+
 /// A container that only holds a PID namespace for others to join, as the pause container
 /// of a Kubernetes pod does (`shareProcessNamespace: true`).
 fn pod_image() -> &'static str {

@@ -404,10 +404,23 @@ fn caller_regs<M: ReadMemory>(
         let value = match rule.regs[i] {
             RegRule::Unknown | RegRule::Undefined => None,
             RegRule::SameValue => (valid & (1 << i) != 0).then_some(regs.0[i]),
-            RegRule::Offset(n) => Some(read(cfa.wrapping_add(n as i64 as u64))?),
+            // A callee-saved register whose save slot cannot be read (below the captured
+            // bytes, as in an epilogue that already popped it) is unknown in the caller;
+            // only the return address must be readable to go on.
+            RegRule::Offset(n) if i == usize::from(Regs::RIP) => {
+                Some(read(cfa.wrapping_add(n as i64 as u64))?)
+            }
+            RegRule::Offset(n) => mem.read_u64(cfa.wrapping_add(n as i64 as u64)),
             RegRule::ValOffset(n) => Some(cfa.wrapping_add(n as i64 as u64)),
             RegRule::Register(s) => (valid & (1 << s) != 0).then_some(regs.0[usize::from(s)]),
-            RegRule::Expr(e) => Some(read(eval_expr(m, stats, e, Some(cfa), regs, valid, mem)?)?),
+            RegRule::Expr(e) => {
+                let addr = eval_expr(m, stats, e, Some(cfa), regs, valid, mem)?;
+                if i == usize::from(Regs::RIP) {
+                    Some(read(addr)?)
+                } else {
+                    mem.read_u64(addr)
+                }
+            }
             RegRule::ValExpr(e) => Some(eval_expr(m, stats, e, Some(cfa), regs, valid, mem)?),
         };
         match value {

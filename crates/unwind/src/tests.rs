@@ -754,6 +754,30 @@ fn truncated_stack() {
 }
 
 #[test]
+fn unreadable_save_slot_of_a_callee_saved_register_does_not_end_the_walk() {
+    // In F_BP past its prologue the CFI says: CFA = rbp+16, rbp saved at CFA-16, rbx at
+    // CFA-24. With rbp = STACK the rbx slot lies 8 bytes below the captured bytes (as the
+    // slots of registers an epilogue already popped lie below the stack pointer): rbx is
+    // unknown in the caller, but the walk goes on with the return address.
+    let m = OneModule(module_info(Tables::Hdr));
+    let mut u = Unwinder::new(64);
+    let mut s = Stack::new(0x20);
+    s.put(0x0, 0).put(0x8, avma(F_ROOT + 0x50));
+    let r = regs(avma(F_BP + 0x20), STACK, STACK, 0);
+    let (frames, end) = run(&mut u, &m, &r, &s.image());
+    assert_eq!(
+        (frames, end),
+        (
+            vec![
+                FrameAddr::ip(avma(F_BP + 0x20)),
+                FrameAddr::ret(avma(F_ROOT + 0x50))
+            ],
+            StackEnd::Root
+        )
+    );
+}
+
+#[test]
 fn max_frames_zero_and_one() {
     let m = OneModule(module_info(Tables::Hdr));
     let (r, mem) = chain_stack();

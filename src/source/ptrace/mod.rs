@@ -415,6 +415,10 @@ const MAPS_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// ...and after a stack outside the known mappings, at most this often.
 const MAPS_STALE_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Bytes below the stack pointer copied with each stack: the x86_64 ABI's red zone, which
+/// leaf functions may use and epilogues leave saved registers in.
+const RED_ZONE: u64 = 128;
+
 /// Most tick times remembered for a thread whose stop is late.
 const MAX_WAITING: usize = 100_000;
 
@@ -446,10 +450,15 @@ impl Capture<'_> {
                     .or_else(|| procmaps::find(self.maps, sp).map(|m| (m.start, m.end)));
                 self.maps_miss |= range.is_none();
                 let top = range.map_or(sp.saturating_add(64 * 1024), |(_, hi)| hi);
-                let len = (top.saturating_sub(sp) as usize).min(self.max_stack);
+                // The red zone below the stack pointer too: a function in its epilogue has
+                // popped registers whose CFI still points at their (intact) save slots there.
+                let start = range.map_or(sp.saturating_sub(RED_ZONE), |(lo, _)| {
+                    sp.saturating_sub(RED_ZONE).max(lo)
+                });
+                let len = (top.saturating_sub(start) as usize).min(self.max_stack);
                 let mut buf = self.out.buffer();
                 buf.resize(len, 0);
-                let n = vm::read(tid, sp, &mut buf);
+                let n = vm::read(tid, start, &mut buf);
                 buf.truncate(n);
                 self.stats.captured += 1;
                 self.stats.stack_bytes += n as u64;
@@ -471,10 +480,7 @@ impl Capture<'_> {
                     time_ns,
                     captured: Captured::Stack {
                         regs: *regs,
-                        stack: StackSnapshot {
-                            start: sp,
-                            bytes: buf,
-                        },
+                        stack: StackSnapshot { start, bytes: buf },
                     },
                 };
                 if !self.out.sample(sample, waiting.len() as u64, self.stats) {
