@@ -56,6 +56,12 @@ fn docker_available(test: &str) -> bool {
     ok
 }
 
+/// The start of every test: None (the test is skipped, with a line saying why) when no
+/// Docker daemon answers; else the lock that keeps this binary's tests one at a time.
+fn begin(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    docker_available(test).then(|| DOCKER.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// A unique name for this test process's containers and networks.
 fn unique(what: &str) -> String {
     format!("profiler-test-{what}-{}", std::process::id())
@@ -283,10 +289,10 @@ fn state_of(pid: i32) -> char {
 
 #[test]
 fn sidecar_names_the_target_and_delivers_chunks_over_a_docker_network() {
-    if !docker_available("sidecar_names_the_target_and_delivers_chunks_over_a_docker_network") {
+    let Some(_l) = begin("sidecar_names_the_target_and_delivers_chunks_over_a_docker_network")
+    else {
         return;
-    }
-    let _l = DOCKER.lock().unwrap_or_else(|e| e.into_inner());
+    };
     let net = Network::create(&unique("net"));
     let state = Arc::new(ServerState::default());
     let (_server, port) = TestServer::start_on(&net.gateway, 0, Arc::clone(&state));
@@ -408,10 +414,9 @@ fn sidecar_names_the_target_and_delivers_chunks_over_a_docker_network() {
 
 #[test]
 fn without_sys_ptrace_the_refusal_names_the_flag() {
-    if !docker_available("without_sys_ptrace_the_refusal_names_the_flag") {
+    let Some(_l) = begin("without_sys_ptrace_the_refusal_names_the_flag") else {
         return;
-    }
-    let _l = DOCKER.lock().unwrap_or_else(|e| e.into_inner());
+    };
     let target = Container::run(&unique("t2"), &[target_image()]);
     let pid_ns = format!("container:{}", target.0);
     let o = docker(&[
@@ -453,12 +458,11 @@ fn without_sys_ptrace_the_refusal_names_the_flag() {
 
 #[test]
 fn a_stopped_agent_leaves_the_target_running_and_the_next_one_sends_the_spool() {
-    if !docker_available(
-        "a_stopped_agent_leaves_the_target_running_and_the_next_one_sends_the_spool",
-    ) {
+    let Some(_l) =
+        begin("a_stopped_agent_leaves_the_target_running_and_the_next_one_sends_the_spool")
+    else {
         return;
-    }
-    let _l = DOCKER.lock().unwrap_or_else(|e| e.into_inner());
+    };
     let net = Network::create(&unique("net3"));
     let target = Container::run(&unique("t3"), &[target_image()]);
     let host_pid = target.host_pid();
@@ -584,16 +588,15 @@ fn python_image() -> Option<&'static str> {
 
 #[test]
 fn sidecar_profiles_a_python_service() {
-    if !docker_available("sidecar_profiles_a_python_service") {
+    let Some(_l) = begin("sidecar_profiles_a_python_service") else {
         return;
-    }
+    };
     let Some(image) = python_image() else {
         println!(
             "SKIPPED sidecar_profiles_a_python_service: no /usr/bin/python3 with its standard library"
         );
         return;
     };
-    let _l = DOCKER.lock().unwrap_or_else(|e| e.into_inner());
     let target = Container::run(&unique("py"), &[image]);
     wait_for("the service to start", Duration::from_secs(20), || {
         target.logs().contains("ready")
@@ -684,10 +687,9 @@ fn which(name: &str) -> PathBuf {
 
 #[test]
 fn process_name_follows_a_restarted_target() {
-    if !docker_available("process_name_follows_a_restarted_target") {
+    let Some(_l) = begin("process_name_follows_a_restarted_target") else {
         return;
-    }
-    let _l = DOCKER.lock().unwrap_or_else(|e| e.into_inner());
+    };
     // Target and agent share the pod's PID namespace, so the target can restart (get a new
     // pid) while the agent runs on.
     let pod = Container::run(&unique("pod"), &[pod_image()]);
