@@ -131,14 +131,17 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
     let mut naming = naming;
     let mut next_report = 10_000_000_000u64;
     let mut first_sample = cfg.verbose;
-    naming.run(&un_rx, |store, t| {
-        if first_sample && store.total_samples() > 0 {
-            // For benchmarks: the launch-to-first-sample time, on a clock other processes share.
+    naming.run(&un_rx, |stage, t| {
+        let store = stage.store();
+        if first_sample && let Some(at) = stage.first_sample() {
+            // For benchmarks: the launch-to-first-sample time (unwound, before naming), on a
+            // clock other processes share.
             first_sample = false;
+            let ago = at.elapsed().as_secs_f64();
             progress(&format!(
                 "first sample unwound {:.1} ms after start (CLOCK_MONOTONIC {:.6} s)",
-                epoch.elapsed().as_secs_f64() * 1e3,
-                monotonic_seconds()
+                (at - epoch).as_secs_f64() * 1e3,
+                monotonic_seconds() - ago
             ));
         }
         if t >= next_report {

@@ -176,6 +176,8 @@ pub struct NamingStage {
     /// Start the interning afresh past this many unique frames, when no sink keeps
     /// stack ids (runs of days with Sentry only).
     max_frames: Option<usize>,
+    /// When the first unwound sample arrived (before it was named).
+    first_sample: Option<std::time::Instant>,
 }
 
 impl NamingStage {
@@ -189,7 +191,13 @@ impl NamingStage {
             sinks,
             last: FxHashMap::default(),
             max_frames: max_frames.filter(|_| !keeps),
+            first_sample: None,
         }
+    }
+
+    /// When the first unwound sample reached this stage, before naming it.
+    pub fn first_sample(&self) -> Option<std::time::Instant> {
+        self.first_sample
     }
 
     /// The store, read-only.
@@ -197,14 +205,14 @@ impl NamingStage {
         &self.store
     }
 
-    /// Handle events until the unwind stage hangs up, calling `on_sample` with the store
+    /// Handle events until the unwind stage hangs up, calling `on_sample` with the stage
     /// and the time of each sample.
-    pub fn run(&mut self, rx: &Receiver<Unwound>, mut on_sample: impl FnMut(&Store, u64)) {
+    pub fn run(&mut self, rx: &Receiver<Unwound>, mut on_sample: impl FnMut(&NamingStage, u64)) {
         loop {
             match rx.try_recv() {
                 Ok(ev) => {
                     if let Some(t) = self.handle(ev) {
-                        on_sample(&self.store, t);
+                        on_sample(self, t);
                     }
                 }
                 Err(TryRecvError::Empty) => std::thread::sleep(POLL_INTERVAL),
@@ -242,6 +250,8 @@ impl NamingStage {
                 time_ns,
                 stack,
             } => {
+                self.first_sample
+                    .get_or_insert_with(std::time::Instant::now);
                 if self
                     .max_frames
                     .is_some_and(|max| self.store.frame_count() > max)
