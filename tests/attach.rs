@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Fixture, fixture_path, tracer_pid};
+use common::{Fixture, fixture_path, skip, tracer_pid};
 
 /// Live tests run one at a time: each keeps CPU-bound fixtures busy, and a machine with
 /// more busy threads than cores measures the machine rather than the profiler.
@@ -464,6 +464,18 @@ fn signals_app_passes_its_self_check_at_1000hz() {
     );
 }
 
+/// `kthreadd` (pid 2 outside a PID namespace) is a kernel thread; this process is not.
+#[test]
+fn kernel_threads_are_recognised() {
+    use profiler::os::proc::is_kernel_thread;
+    assert!(!is_kernel_thread(std::process::id() as i32));
+    if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
+        assert!(is_kernel_thread(2));
+    } else {
+        skip("pid 2 is not kthreadd (inside a PID namespace): no kernel thread to check");
+    }
+}
+
 #[test]
 fn clear_errors() {
     let _live = live();
@@ -487,6 +499,8 @@ fn clear_errors() {
         let o = run(&["attach", "--pid", "2"]);
         assert!(!o.status.success());
         assert!(stderr(&o).contains("kernel thread"), "{}", stderr(&o));
+    } else {
+        skip("kernel-thread refusal not checked: pid 2 is not kthreadd (inside a PID namespace)");
     }
 
     // Already traced by another profiler.
@@ -531,7 +545,7 @@ fn permission_denied_names_the_cause() {
     if !nix::unistd::geteuid().is_root()
         || Command::new("setpriv").arg("--version").output().is_err()
     {
-        eprintln!("skipped: needs root and setpriv");
+        skip("needs root and setpriv");
         return;
     }
     let fx = Fixture::spawn("c_workers", &[]);
@@ -551,7 +565,7 @@ fn permission_denied_names_the_cause() {
     assert!(!o.status.success());
     let e = stderr(&o);
     if e.contains("Permission denied") && e.contains("execute") {
-        eprintln!("skipped: the test binary is not executable by nobody");
+        skip("the profiler binary is not executable by nobody (uid 65534)");
         return;
     }
     assert!(e.contains("permission denied"), "{e}");
