@@ -439,28 +439,84 @@ fn stops_cleanly_four_ways() {
     );
 }
 
+/// Whether `pid` is traced by a thread of process `agent` (`TracerPid` names the tracing
+/// thread).
+fn traced_by(pid: i32, agent: u32) -> bool {
+    tracer_pid(pid)
+        .is_some_and(|t| t != 0 && Path::new(&format!("/proc/{agent}/task/{t}")).exists())
+}
+
+/// State letter of `pid` (`R`, `S`, `t`, `Z`...), None once it is gone.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// The program's signal semantics stay intact while it is sampled at 1000 Hz: its self-check
+/// starts only once it is traced (`--wait-traced`), runs 4 s, and the agent is its tracer
+/// the whole time and samples it throughout.
 #[test]
 fn signals_app_passes_its_self_check_at_1000hz() {
     let _live = live();
-    let mut fx = Fixture::spawn("signals_app", &["--seconds", "4"]);
+    let mut fx = Fixture::spawn("signals_app", &["--seconds", "4", "--wait-traced"]);
     let pid = fx.pid().to_string();
-    let o = run(&[
-        "attach",
-        "--pid",
-        &pid,
-        "--frequency",
-        "1000",
-        "--output",
-        "/dev/null.folded",
-    ]);
-    let _ = o;
+    let dir = tmp();
+    let folded = dir.path().join("p.folded");
+    let agent = profiler()
+        .args(["attach", "--pid", &pid, "--frequency", "1000", "--output"])
+        .arg(&folded)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let agent_pid = agent.id();
+    // Who traces the target, polled until it exits: the agent, from its attach on.
+    let (mut traced, mut untraced) = (0u32, 0u32);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let by_agent = traced_by(fx.pid(), agent_pid);
+        match proc_state(fx.pid()) {
+            None | Some('Z' | 'X') => break,
+            Some(_) if by_agent => traced += 1,
+            Some(_) if traced > 0 => untraced += 1,
+            Some(_) => {}
+        }
+        if fx.try_exit_status().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = wait_output(agent, Duration::from_secs(60));
+    let summary = stderr(&o);
+    assert!(o.status.success(), "agent: {:?}\n{summary}", o.status);
+    // 4 s polled every 20 ms: about 200 looks, each finding the agent as the tracer.
+    assert!(
+        traced >= 50 && untraced == 0,
+        "traced by the agent at {traced} looks, untraced at {untraced} after that\n{summary}"
+    );
+    assert!(summary.contains("target exited"), "{summary}");
     let line = fx
         .wait_for_line("selfcheck", Duration::from_secs(10))
         .expect("self-check line");
-    assert_eq!(line.trim(), "selfcheck ok");
+    assert_eq!(line.trim(), "selfcheck ok", "{summary}");
     assert!(
         fx.wait_exit(Duration::from_secs(5))
             .is_some_and(|s| s.success())
+    );
+    // One thread for 4 s at 1000 Hz: about 4000 samples, all in the file.
+    check_rate(&summary, 1000.0);
+    let stacks = read_folded(&folded);
+    let n = total(&stacks);
+    assert!(n >= 2000, "{n} samples\n{summary}");
+    assert_eq!(
+        number_after(&summary, "samples: "),
+        Some(n as f64),
+        "{summary}"
+    );
+    let in_main = count_where(&stacks, |s| has(s, "main"));
+    assert!(
+        in_main as f64 >= 0.9 * n as f64,
+        "{in_main}/{n} samples reach main\n{summary}"
     );
 }
 
