@@ -94,21 +94,43 @@ fn number_before(summary: &str, key: &str) -> Option<f64> {
     summary[..at].split_whitespace().last()?.parse().ok()
 }
 
-/// Every tick of the schedule is either taken or reported as skipped (the sampler was late,
-/// e.g. without real-time priority on a busy machine): taken + skipped spans the run at the
-/// asked rate, and ticks are never bunched above it. How many are skipped depends on the
-/// machine, so only a gross shortfall fails.
+/// The 1-minute load average and the number of CPUs.
+fn machine_load() -> (f64, usize) {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (load, cpus)
+}
+
+/// The sampler kept the asked rate: ticks are never bunched above it, and at most 10% of
+/// the schedule's ticks were skipped (the sampler more than 4 periods late). (Every tick is
+/// either taken or skipped by construction of the schedule, so the skipped count is the
+/// measure.) A machine whose 1-minute load average is above its CPU count delays the sampler
+/// for reasons of its own: there the floor is relaxed to half the asked rate, and the load
+/// is printed.
 fn check_rate(summary: &str, hz: f64) {
     let rate = number_after(summary, "; rate ").expect("summary has a rate");
     let secs = number_after(summary, ") for ").expect("summary has a duration");
     let skipped = number_before(summary, "ticks skipped").unwrap_or(0.0);
-    let scheduled = (rate * secs + skipped) / secs;
-    assert!(
-        (scheduled - hz).abs() <= 0.02 * hz,
-        "taken + skipped {scheduled:.1}/s vs {hz}\n{summary}"
-    );
+    let taken = rate * secs;
+    let skipped_share = skipped / (taken + skipped).max(1.0);
     assert!(rate <= 1.02 * hz, "rate {rate} above {hz}\n{summary}");
-    assert!(rate >= 0.5 * hz, "rate {rate} far below {hz}\n{summary}");
+    let (load, cpus) = machine_load();
+    let context = format!(
+        "{skipped} of {:.0} ticks skipped ({:.1}%), 1-minute load {load:.2} on {cpus} CPUs\n{summary}",
+        taken + skipped,
+        100.0 * skipped_share
+    );
+    if load <= cpus as f64 {
+        assert!(skipped_share <= 0.10, "{context}");
+    } else {
+        if skipped_share > 0.10 {
+            eprintln!("machine loaded, skipped-tick floor relaxed: {context}");
+        }
+        assert!(rate >= 0.5 * hz, "rate {rate} far below {hz}: {context}");
+    }
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -237,7 +259,16 @@ fn deep_recursion_is_complete() {
     let folded = dir.path().join("p.folded");
     let o = attach_for(&fx, 3.0, 100, &folded, &[]);
     let stacks = read_folded(&folded);
-    check_rate(&stderr(&o), 100.0);
+    let summary = stderr(&o);
+    check_rate(&summary, 100.0);
+    // One thread, 3 s at 100 Hz: about 300 samples, every one of them checked below.
+    let n = total(&stacks);
+    assert!(n >= 150, "{n} samples of the recursion\n{summary}");
+    assert_eq!(
+        number_after(&summary, "samples: "),
+        Some(n as f64),
+        "{summary}"
+    );
     for (s, c) in &stacks {
         let depth = s.iter().filter(|f| f.as_str() == "deep").count();
         assert!(
