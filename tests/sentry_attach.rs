@@ -1150,6 +1150,7 @@ fn server_down_then_up_every_chunk_once() {
 }
 
 /// Issue 3, "Done when" 3a as written: two minutes down (backoff reaches its 60 s cap).
+/// Not run by CI: `make test-long`.
 #[test]
 #[ignore = "takes about 4 minutes"]
 fn server_down_two_minutes_then_up() {
