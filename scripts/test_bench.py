@@ -121,9 +121,17 @@ class ReadmeTest(unittest.TestCase):
         self.assertIn("perf measures 1.3%", text)
         self.assertIn("23 / 73 µs", text)
         self.assertIn("kernel's part of the stop", text)
-        self.assertIn("worst run over all fixtures and attach tests: 109.4 MiB (attach to big)", text)
+        self.assertIn("Largest peak RSS of the agent in the report (fixtures and attach tests): "
+                      "109.4 MiB (attach to big), over the 40 MiB budget", text)
         self.assertIn("Budgets not met in this run: profiler peak RSS", text)
         self.assertIn("big (296 MiB of DWARF): 17.6 (20.8) ms", text)
+
+    def test_block_leaves_out_columns_the_report_lacks(self):
+        old = REPORT.replace(" ticks skipped |", "").replace(" 0.0% (0) |", "").replace(" 7.7% (618) |", "")
+        old = old.replace("|---|---|---|---|---|---|---|---|---|---|---|---|---|", "|---|---|---|---|---|---|---|---|---|---|---|---|")
+        text = "\n".join(bench.readme_block(old, "docs/r.md"))
+        self.assertNotIn("ticks skipped", text.split("\n- ")[0])
+        self.assertIn("| busy_threads: 2 busy + 100 idle | profiler 1000 Hz | +45.2% | 923 | 100.0% |", text)
 
     def test_update_readme_keeps_the_rest(self):
         import tempfile
