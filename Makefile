@@ -3,7 +3,7 @@ CARGO ?= cargo
 DEMO_SECONDS ?= 5
 DEMO_DIR ?= demo-output
 
-.PHONY: all build release fixtures test check fmt clippy doc demo bench bench-quick soak fuzz image clean
+.PHONY: all build release fixtures test test-long check fmt clippy doc demo bench bench-quick soak fuzz image clean
 
 all: build
 
@@ -18,6 +18,19 @@ fixtures:
 # Unit tests, then the live tests that attach to the fixtures.
 test: fixtures
 	$(CARGO) test --workspace --all-targets
+
+# The #[ignore]d upload tests, which CI does not run: two minutes of Sentry outage, long
+# enough for the retry backoff to reach its 60 s cap, through the uploader and through the
+# agent (about 7 minutes); and, when SENTRY_TEST_DSN names a real Sentry project, one chunk
+# sent to it over https.
+test-long: fixtures
+	$(CARGO) test --test sentry_upload -- --ignored --exact server_down_two_minutes_then_up
+	$(CARGO) test --test sentry_attach -- --ignored --exact server_down_two_minutes_then_up
+	@if [ -n "$$SENTRY_TEST_DSN" ]; then \
+	  $(CARGO) test --test sentry_upload -- --ignored --exact real_sentry_accepts_a_chunk; \
+	else \
+	  echo "test-long: real_sentry_accepts_a_chunk NOT run: set SENTRY_TEST_DSN to a project's DSN"; \
+	fi
 
 fmt:
 	$(CARGO) fmt --all
@@ -52,8 +65,9 @@ demo: build fixtures
 	  status=$$?; kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; \
 	  echo "flame graph: $(DEMO_DIR)/c_workers.svg"; exit $$status
 
+# Writes the report to docs/benchmark-report.md and the README's figures from it.
 bench: build fixtures
-	./scripts/bench.sh
+	./scripts/bench.sh --output docs/benchmark-report.md --readme README.md
 
 # The short version CI runs: it prints the numbers and never fails on them.
 bench-quick: build fixtures

@@ -42,7 +42,9 @@ from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "bin"
-PROFILER = ROOT / "target" / "release" / "profiler"
+# cargo's target directory: CARGO_TARGET_DIR when set (relative to the repository), as for cargo.
+TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
+PROFILER = TARGET / "release" / "profiler"
 
 # Outermost frames that mean "the walk reached the thread's root" in perf's output.
 PERF_ROOTS = {"_start", "clone", "clone3", "__clone", "__clone3", "__GI___clone", "__GI___clone3"}
@@ -472,10 +474,16 @@ class Result:
     p99: Optional[float] = None
     first_ms: Optional[float] = None
     realtime: Optional[bool] = None
+    skipped: Optional[int] = None  # ticks of the schedule skipped (the sampler was late)
+    skipped_share: Optional[float] = None  # skipped / (taken + skipped)
     error: Optional[str] = None
 
 
-SUMMARY_RATE = re.compile(r"rate ([\d.]+) Hz \(asked [\d.]+ Hz\); ([\d.]+)% of stacks reached their root")
+# `rate 922.8 Hz (asked 1000 Hz); ...` or, when the sampler fell behind,
+# `rate 922.8 Hz (asked 1000 Hz; 618 ticks skipped: sampler late, <why>); ...`.
+SUMMARY_RATE = re.compile(
+    r"rate ([\d.]+) Hz \(asked [\d.]+ Hz(?:; (\d+) ticks skipped[^)]*)?\); ([\d.]+)% of stacks reached their root")
+SUMMARY_SECONDS = re.compile(r"^profiled .* for ([\d.]+) s:", re.M)
 SUMMARY_PAUSE = re.compile(r"target pause per sample: p50 (\d+) µs, p99 (\d+) µs")
 SUMMARY_FIRST = re.compile(r"first sample unwound [\d.]+ ms after start \(CLOCK_MONOTONIC ([\d.]+) s\)")
 SUMMARY_RT = re.compile(r"realtime (true|false)")
@@ -485,7 +493,11 @@ def parse_summary(text: str, res: Result, launched: float):
     """Numbers from the agent's closing summary (stderr)."""
     if m := SUMMARY_RATE.search(text):
         res.rate = float(m.group(1))
-        res.root = float(m.group(2)) / 100.0
+        res.skipped = int(m.group(2) or 0)
+        res.root = float(m.group(3)) / 100.0
+        if s := SUMMARY_SECONDS.search(text):
+            scheduled = res.rate * float(s.group(1)) + res.skipped
+            res.skipped_share = res.skipped / scheduled if scheduled > 0 else None
     if m := SUMMARY_PAUSE.search(text):
         res.p50, res.p99 = float(m.group(1)), float(m.group(2))
     if m := SUMMARY_FIRST.search(text):
@@ -643,6 +655,19 @@ class Row:
 
     def syscall_share(self) -> Optional[float]:
         return median([share_with(r.stacks, self.scenario.syscalls) for r in self.results if r.stacks])
+
+    def max_rss_kib(self) -> Optional[int]:
+        """The largest peak RSS of any run (the worst case, which budgets are judged on)."""
+        xs = [r.agent_rss_kib for r in self.results if r.error is None and r.agent_rss_kib]
+        return max(xs) if xs else None
+
+    def skipped_cell(self) -> str:
+        """Median share of the schedule's ticks skipped, with the median count: `—` for
+        perf and unprofiled runs (no schedule)."""
+        share = self.med("skipped_share")
+        if share is None:
+            return "—"
+        return f"{share:.1%} ({self.med('skipped'):.0f})"
 
     def cpu_per_s(self) -> Optional[float]:
         return median([
@@ -892,7 +917,7 @@ def run_micro(quick: bool, log) -> tuple[list[tuple[str, float, Optional[str]]],
     log(f"  done in {time.monotonic() - t0:.0f} s")
     if r.returncode != 0:
         return [], "cargo bench failed: " + " / ".join(r.stdout.strip().splitlines()[-5:])
-    return read_criterion(ROOT / "target" / "criterion"), None
+    return read_criterion(TARGET / "criterion"), None
 
 
 def read_criterion(base: Path) -> list[tuple[str, float, Optional[str]]]:
@@ -927,8 +952,8 @@ def fmt(x: Optional[float], spec: str, scale: float = 1.0, suffix: str = "") -> 
 
 def main_table(rows: list[Row]) -> list[str]:
     out = [
-        "| fixture | configuration | wall s (median) | slowdown | target CPU slowdown | rate Hz | stacks to root | attribution error (TVD) | profiler CPU s/s | profiler peak RSS MiB | pause p50 / p99 µs | first sample ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| fixture | configuration | wall s (median) | slowdown | target CPU slowdown | rate Hz | ticks skipped | stacks to root | attribution error (TVD) | profiler CPU s/s | profiler peak RSS MiB (worst run) | pause p50 / p99 µs | first sample ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_sc: dict[str, list[Row]] = {}
     for r in rows:
@@ -943,12 +968,13 @@ def main_table(rows: list[Row]) -> list[str]:
             slow_cpu = (None if (cpu is None or base_cpu is None or r.config.tool == "none")
                         else cpu / base_cpu - 1)
             pause = "—" if r.med("p50") is None else f"{r.med('p50'):.0f} / {r.med('p99'):.0f}"
-            rss = r.med("agent_rss_kib")
+            rss = r.max_rss_kib()
             errs = r.errors()
             name = r.config.name() + (f" ({len(errs)} failed: {errs[0][:80]})" if errs else "")
             out.append(
                 f"| {title} | {name} | {fmt(wall, '.3f')} | {fmt(slow, '+.1%')} | {fmt(slow_cpu, '+.1%')} "
-                f"| {fmt(r.med('rate'), '.0f')} | {fmt(r.med('root'), '.1%')} | {fmt(r.tvd(), '.3f')} "
+                f"| {fmt(r.med('rate'), '.0f')} | {r.skipped_cell()} | {fmt(r.med('root'), '.1%')} "
+                f"| {fmt(r.tvd(), '.3f')} "
                 f"| {fmt(r.cpu_per_s(), '.3f')} | {fmt(rss, '.1f', 1 / 1024)} | {pause} "
                 f"| {fmt(r.med('first_ms'), '.1f')} |"
             )
@@ -957,8 +983,8 @@ def main_table(rows: list[Row]) -> list[str]:
 
 def over_table(rows: list[Row]) -> list[str]:
     out = [
-        "| load | configuration | attribution error (TVD) | samples in clock_gettime | vs truth | rate Hz | profiler CPU s/s | pause p50 / p99 µs | sampler real-time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| load | configuration | attribution error (TVD) | samples in clock_gettime | vs truth | rate Hz | ticks skipped | profiler CPU s/s | pause p50 / p99 µs | sampler real-time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     # The truth for the share of samples in the system call: perf's cpu-clock samples (CPU
     # time, kernel included) without hogs.
@@ -974,7 +1000,7 @@ def over_table(rows: list[Row]) -> list[str]:
         out.append(
             f"| {load} | {name} | {fmt(r.tvd(), '.3f')} | {fmt(r.syscall_share(), '.1%')} "
             f"| {fmt(None if truth is None or r.syscall_share() is None else r.syscall_share() - truth, '+.1%')} "
-            f"| {fmt(r.med('rate'), '.0f')} | {fmt(r.cpu_per_s(), '.3f')} | {pause} | {rt} |"
+            f"| {fmt(r.med('rate'), '.0f')} | {r.skipped_cell()} | {fmt(r.cpu_per_s(), '.3f')} | {pause} | {rt} |"
         )
     return out
 
@@ -1026,14 +1052,18 @@ def budgets(rows: list[Row], over: list[Row], attach: list[AttachResult], quiet:
     if r and r.cpu_per_s() is not None:
         line("profiler CPU ≤ 0.15 s per s (c_workers, 1000 Hz, naming included)",
              f"{r.cpu_per_s():.3f} s/s", r.cpu_per_s() <= 0.15)
-    if r and r.med("agent_rss_kib"):
-        line("profiler peak RSS ≤ 40 MiB (c_workers, 1000 Hz)", f"{r.med('agent_rss_kib') / 1024:.1f} MiB",
-             r.med("agent_rss_kib") / 1024 <= 40)
-    worst_rss = max((x.med("agent_rss_kib") or 0 for x in rows if x.config.tool == "ours"), default=0)
-    if worst_rss:
-        worst = max((x for x in rows if x.config.tool == "ours"), key=lambda x: x.med("agent_rss_kib") or 0)
-        line("profiler peak RSS ≤ 40 MiB (largest over all fixtures)",
-             f"{worst_rss / 1024:.1f} MiB ({worst.scenario.binary}, {worst.config.name()})", worst_rss / 1024 <= 40)
+    if r and r.max_rss_kib():
+        line(f"profiler peak RSS ≤ {RSS_BUDGET_MIB} MiB (c_workers, 1000 Hz, worst run)",
+             f"{r.max_rss_kib() / 1024:.1f} MiB", r.max_rss_kib() / 1024 <= RSS_BUDGET_MIB)
+    # The worst single run of the agent anywhere: every fixture, the oversubscribed runs and
+    # the attach tests (the large-DWARF target included).
+    peaks = [(x.max_rss_kib(), f"{x.scenario.binary}, {x.config.name()}")
+             for x in rows + over if x.config.tool == "ours" and x.max_rss_kib()]
+    peaks += [(max(a.rss_kib), f"attach to {a.target}") for a in attach if a.rss_kib]
+    if peaks:
+        worst_rss, where = max(peaks)
+        line(f"profiler peak RSS ≤ {RSS_BUDGET_MIB} MiB (worst run over all fixtures and attach tests)",
+             f"{worst_rss / 1024:.1f} MiB ({where})", worst_rss / 1024 <= RSS_BUDGET_MIB)
     for a in attach:
         if a.first_ms:
             m = statistics.median(a.first_ms)
@@ -1045,6 +1075,29 @@ def budgets(rows: list[Row], over: list[Row], attach: list[AttachResult], quiet:
     if o and o.tvd() is not None:
         line("oversubscribed attribution error ≤ 0.05 (1000 Hz, default settings)", f"{o.tvd():.3f}", o.tvd() <= 0.05)
     return out
+
+
+RSS_BUDGET_MIB = 40
+
+PAUSE_NOTE = ("Pause: the sampler's own measurement, from the moment it learns that a thread has "
+              "stopped to the thread's resume (register read and stack copy). It leaves out the "
+              "kernel's part of the stop (the interrupt, entering and leaving the stop, the wake-up), "
+              "which the wall slowdown includes.")
+
+
+def git_revision() -> str:
+    """`git describe`-like revision of the tree the report was made from (`-dirty` when it
+    has uncommitted changes), or `?`."""
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        # Documents (this report, the README it feeds) do not change what was measured.
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", ":(exclude)*.md"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
 
 
 def machine_note(load_before, load_after, perf_note: str) -> list[str]:
@@ -1060,11 +1113,178 @@ def machine_note(load_before, load_after, perf_note: str) -> list[str]:
     lines = [
         f"Machine: {os.cpu_count()} CPUs ({cpu}), Linux {kernel}. "
         f"1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
-        f"(5-min {load_after[1]:.2f}).",
+        f"(5-min {load_after[1]:.2f}). Revision {git_revision()}.",
     ]
     if perf_note:
         lines.append(f"perf: {perf_note}")
     return lines
+
+
+# --------------------------------------------------------------------------------------
+# README figures, generated from a report file
+# --------------------------------------------------------------------------------------
+
+README_BEGIN = "<!-- bench:begin: generated by `python3 scripts/bench.py --readme README.md --from-report {report}`; do not edit by hand -->"
+README_END = "<!-- bench:end -->"
+
+
+def parse_report(text: str) -> dict[str, list[dict[str, str]]]:
+    """The markdown tables of a report, by the `###` heading above each: rows as dicts from
+    column header to cell. The run's `Machine:`/`Mode:` lines are under the key `_notes`."""
+    tables: dict[str, list[dict[str, str]]] = {}
+    notes: list[dict[str, str]] = []
+    heading = ""
+    header: Optional[list[str]] = None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            heading, header = line[4:].strip(), None
+            continue
+        if line.startswith(("Machine:", "Mode:")):
+            notes.append({"text": line.strip()})
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+            tables[heading] = []
+        elif all(set(c) <= set("-:") for c in cells):
+            continue
+        else:
+            tables[heading].append(dict(zip(header, cells)))
+    tables["_notes"] = notes
+    return tables
+
+
+def cell_number(cell: Optional[str]) -> Optional[float]:
+    """The first number of a cell (`+5.9%` -> 5.9, `0.124` -> 0.124, `—` -> None)."""
+    if not cell:
+        return None
+    m = re.search(r"[-+−]?\d+(?:\.\d+)?", cell)
+    return float(m.group(0).replace("−", "-")) if m else None
+
+
+def readme_block(report: str, report_name: str) -> list[str]:
+    """The README's benchmark figures, every one taken from the report text: a table of the
+    main rows and the facts the README's comparison with perf rests on."""
+    t = parse_report(report)
+    fixtures = next((v for k, v in t.items() if k.startswith("Fixtures")), [])
+    over = next((v for k, v in t.items() if k.startswith("Oversubscribed")), [])
+    attach = next((v for k, v in t.items() if k.startswith("Attach")), [])
+    budgets = t.get("Budgets", [])
+    out = [README_BEGIN.format(report=report_name), ""]
+    notes = " ".join(n["text"] for n in t["_notes"])
+    out += [f"From `{report_name}` (its opening lines name the command that wrote it). {notes}", ""]
+
+    def col(row, prefix):
+        return next((v for k, v in (row or {}).items() if k.startswith(prefix)), "—")
+
+    # The report's columns (those it has), under shorter names.
+    columns = [("slowdown", "wall slowdown"), ("rate", "rate Hz"), ("ticks skipped", "ticks skipped"),
+               ("stacks to root", "stacks to root"), ("attribution error", "attribution error"),
+               ("profiler CPU", "agent CPU s/s"), ("profiler peak RSS", "peak RSS MiB"),
+               ("pause", "pause p50 / p99 µs")]
+    have = set().union(*(r.keys() for r in fixtures)) if fixtures else set()
+    columns = [(k, h) for k, h in columns if any(c.startswith(k) for c in have)]
+    out += ["| fixture | configuration | " + " | ".join(h for _, h in columns) + " |",
+            "|---|---|" + "---|" * len(columns)]
+    for r in fixtures:
+        cfg = r.get("configuration", "")
+        if "1000 Hz" in cfg or (r.get("fixture", "").startswith("c_workers") and cfg != "unprofiled"):
+            out.append(f"| {r['fixture']} | {cfg} | " + " | ".join(col(r, k) for k, _ in columns) + " |")
+    out.append("")
+
+    def find(fixture_prefix, cfg):
+        return next((r for r in fixtures if r.get("fixture", "").startswith(fixture_prefix)
+                     and r.get("configuration") == cfg), None)
+
+    facts = []
+    # Agent CPU against perf record's, fixture by fixture at 1000 Hz.
+    lower, higher = [], []
+    for r in fixtures:
+        if r.get("configuration") != "profiler 1000 Hz":
+            continue
+        p = find(r["fixture"], "perf 1000 Hz")
+        ours, theirs = cell_number(col(r, "profiler CPU")), cell_number(col(p, "profiler CPU")) if p else None
+        if ours is None or theirs is None:
+            continue
+        name = r["fixture"].split(" (")[0]
+        (lower if ours < theirs else higher).append(f"{name} {ours:.3f} vs {theirs:.3f}")
+    if lower or higher:
+        facts.append("Agent CPU against `perf record`'s at 1000 Hz (s/s): "
+                     + (f"lower on {', '.join(lower)}" if lower else "lower on none")
+                     + (f"; higher on {', '.join(higher)}" if higher else "") + ".")
+    # Wall slowdown against perf's.
+    slow = []
+    for r in fixtures:
+        if r.get("configuration", "").startswith("profiler") and cell_number(col(r, "slowdown")) is not None:
+            p = find(r["fixture"], r["configuration"].replace("profiler", "perf"))
+            slow.append(f"{r['fixture'].split(' (')[0]} at {r['configuration'].split(' ', 1)[1]} "
+                        f"{col(r, 'slowdown')} (perf {col(p, 'slowdown') if p else '—'})")
+    if slow:
+        facts.append("Wall slowdown of the target (perf's in brackets): " + "; ".join(slow) + ".")
+    # What idle threads cost.
+    idle = []
+    for hz in ("100 Hz", "1000 Hz"):
+        two, many = find("busy_threads: 2 busy", f"profiler {hz}"), find("busy_threads: 2 busy + 100 idle", f"profiler {hz}")
+        if two and many and two is not many:
+            idle.append(f"at {hz} wall slowdown {col(two, 'slowdown')} → {col(many, 'slowdown')}, "
+                        f"agent CPU {col(two, 'profiler CPU')} → {col(many, 'profiler CPU')} s/s")
+    if idle:
+        facts.append("Idle threads are not stopped, but they are not free: adding 100 idle threads to "
+                     "2 busy ones, " + "; ".join(idle) + ".")
+    # Samples in clock_gettime against perf's.
+    ours_cg = [cell_number(r.get("samples in clock_gettime")) for r in over if r.get("configuration", "").startswith("profiler")]
+    ours_cg = [x for x in ours_cg if x is not None]
+    perf_cg = next((r.get("samples in clock_gettime") for r in over
+                    if r.get("configuration", "").startswith("perf") and r.get("load") == "no hogs"), None)
+    if ours_cg and perf_cg:
+        facts.append(f"On `c_workers` in its time-slice mode (a `clock_gettime` system call every ~64 µs) the "
+                     f"profiler puts {min(ours_cg):.1f}–{max(ours_cg):.1f}% of its samples in `clock_gettime` "
+                     f"(with and without CPU hogs, real-time sampler or not), where perf measures {perf_cg} "
+                     f"on the same program without hogs (perf's cpu-clock share is the truth here): the "
+                     f"profiler over-counts that system call.")
+    # Pause.
+    cw = find("c_workers", "profiler 1000 Hz")
+    if cw:
+        facts.append(f"Pause per sample (c_workers, 1000 Hz, p50 / p99): {col(cw, 'pause')} µs, as the "
+                     "sampler measures it: from the moment it learns that the thread has stopped to its "
+                     "resume. It leaves out the kernel's part of the stop (the interrupt, entering and "
+                     "leaving the stop, the wake-up), which the wall slowdown includes.")
+    # Memory: the largest peak RSS of the agent anywhere in the report.
+    peaks = [(cell_number(col(r, "profiler peak RSS")), f"{r['fixture'].split(' (')[0]}, {r['configuration']}")
+             for r in fixtures if r.get("configuration", "").startswith("profiler")]
+    peaks += [(cell_number(col(a, "peak RSS")), f"attach to {a['target']}") for a in attach]
+    peaks = [p for p in peaks if p[0] is not None]
+    if peaks:
+        mib, where = max(peaks)
+        facts.append(f"Largest peak RSS of the agent in the report (fixtures and attach tests): "
+                     f"{mib:.1f} MiB ({where}), {'over' if mib > RSS_BUDGET_MIB else 'within'} the "
+                     f"{RSS_BUDGET_MIB} MiB budget.")
+    for a in attach:
+        dwarf = cell_number(a.get("DWARF MiB"))
+        facts.append(f"Attach to first sample, {a['target']}"
+                     + (f" ({dwarf:.0f} MiB of DWARF)" if dwarf and dwarf >= 1 else "")
+                     + f": {a.get('first sample ms, median (max)', '—')} ms, median (max).")
+    missed = [f"{b['budget']}: {b['measured']}" for b in budgets if b.get("met") == "**no**"]
+    if missed:
+        facts.append("Budgets not met in this run: " + "; ".join(missed) + ".")
+    out += [f"- {f}" for f in facts]
+    out += ["", README_END]
+    return out
+
+
+def update_readme(readme: Path, report: Path) -> None:
+    """Replace the generated block of `readme` (between the bench markers) with one made
+    from `report`."""
+    text = readme.read_text()
+    name = os.path.relpath(report.resolve(), readme.resolve().parent)
+    begin = text.find("<!-- bench:begin")
+    end = text.find(README_END)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"{readme}: no `<!-- bench:begin ... -->` / `{README_END}` markers")
+    block = "\n".join(readme_block(report.read_text(), name))
+    readme.write_text(text[:begin] + block + text[end + len(README_END):])
 
 
 def main() -> int:
@@ -1078,9 +1298,21 @@ def main() -> int:
     ap.add_argument("--no-big-dwarf", action="store_true", help="skip the large-DWARF attach test")
     ap.add_argument("--only", help="comma-separated fixture binaries to run (main table)")
     ap.add_argument("--output", type=Path, help="also write the markdown report to this file")
-    ap.add_argument("--workdir", type=Path, default=ROOT / "target" / "bench",
+    ap.add_argument("--workdir", type=Path, default=TARGET / "bench",
                     help="where generated targets are cached (default target/bench)")
+    ap.add_argument("--readme", type=Path,
+                    help="after the run, rewrite this README's generated figures from the report "
+                         "(needs --output, or --from-report)")
+    ap.add_argument("--from-report", type=Path,
+                    help="run nothing: rewrite the --readme figures from this report file")
     a = ap.parse_args()
+    if a.from_report:
+        if not a.readme:
+            ap.error("--from-report needs --readme")
+        update_readme(a.readme, a.from_report)
+        return 0
+    if a.readme and not a.output:
+        ap.error("--readme needs --output (the report the figures come from)")
     reps = a.reps or (1 if a.quick else 3)
 
     def log(msg: str):
@@ -1128,12 +1360,16 @@ def main() -> int:
             micro, micro_err = run_micro(a.quick, log)
     load_after = os.getloadavg()
 
-    rep = ["## Results", ""]
+    command = " ".join(["./scripts/bench.sh", *sys.argv[1:]])
+    rep = ["# Benchmark report", "",
+           f"Written by `{command}` (`make bench` runs it; the method is in docs/benchmarks.md). "
+           "Generated: rerun it rather than edit this file.", ""]
     rep += machine_note(load_before, load_after, perf_note if not have_perf else "")
     rep += [f"Mode: {'quick' if a.quick else 'full'}, {reps} repetition(s) per configuration, interleaved; "
             f"medians. Total {time.monotonic() - t_start:.0f} s.", ""]
     rep += ["### Fixtures", ""] + main_table(rows) + [""]
     rep += ["Truths: " + "; ".join(sorted({f"{r.scenario.binary}: {r.scenario.truth.describe()}" for r in rows})), ""]
+    rep += [PAUSE_NOTE, ""]
     perf_post = [r for r in rows if r.config.tool == "perf"]
     if perf_post:
         post = median([x.post_cpu for r in perf_post for x in r.results if x.post_cpu is not None])
@@ -1147,13 +1383,13 @@ def main() -> int:
         rep += over_table(over) + [""]
     if attach:
         rep += ["### Attach to first sample", "",
-                "| target | DWARF MiB | first sample ms, median (max) | profiler CPU s (1 s at 1000 Hz, naming included) | peak RSS MiB |",
+                "| target | DWARF MiB | first sample ms, median (max) | profiler CPU s (1 s at 1000 Hz, naming included) | peak RSS MiB (worst run) |",
                 "|---|---|---|---|---|"]
         for x in attach:
             if x.first_ms:
                 rep.append(f"| {x.target} | {fmt(x.dwarf_mib, '.1f')} | {statistics.median(x.first_ms):.1f} "
                            f"({max(x.first_ms):.1f}) "
-                           f"| {statistics.median(x.agent_cpu):.2f} | {statistics.median(x.rss_kib) / 1024:.1f} |")
+                           f"| {statistics.median(x.agent_cpu):.2f} | {max(x.rss_kib) / 1024:.1f} |")
             else:
                 rep.append(f"| {x.target} | {fmt(x.dwarf_mib, '.1f')} | {x.error} | — | — |")
         rep.append("")
@@ -1171,6 +1407,8 @@ def main() -> int:
     print(text)
     if a.output:
         a.output.write_text(text + "\n")
+        if a.readme:
+            update_readme(a.readme, a.output)
     return 0
 
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Fixture, fixture_path, tracer_pid};
+use common::{Fixture, fixture_path, skip, tracer_pid};
 
 /// Live tests run one at a time: each keeps CPU-bound fixtures busy, and a machine with
 /// more busy threads than cores measures the machine rather than the profiler.
@@ -94,21 +94,43 @@ fn number_before(summary: &str, key: &str) -> Option<f64> {
     summary[..at].split_whitespace().last()?.parse().ok()
 }
 
-/// Every tick of the schedule is either taken or reported as skipped (the sampler was late,
-/// e.g. without real-time priority on a busy machine): taken + skipped spans the run at the
-/// asked rate, and ticks are never bunched above it. How many are skipped depends on the
-/// machine, so only a gross shortfall fails.
+/// The 1-minute load average and the number of CPUs.
+fn machine_load() -> (f64, usize) {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (load, cpus)
+}
+
+/// The sampler kept the asked rate: ticks are never bunched above it, and at most 10% of
+/// the schedule's ticks were skipped (the sampler more than 4 periods late). (Every tick is
+/// either taken or skipped by construction of the schedule, so the skipped count is the
+/// measure.) A machine whose 1-minute load average is above its CPU count delays the sampler
+/// for reasons of its own: there the floor is relaxed to half the asked rate, and the load
+/// is printed.
 fn check_rate(summary: &str, hz: f64) {
     let rate = number_after(summary, "; rate ").expect("summary has a rate");
     let secs = number_after(summary, ") for ").expect("summary has a duration");
     let skipped = number_before(summary, "ticks skipped").unwrap_or(0.0);
-    let scheduled = (rate * secs + skipped) / secs;
-    assert!(
-        (scheduled - hz).abs() <= 0.02 * hz,
-        "taken + skipped {scheduled:.1}/s vs {hz}\n{summary}"
-    );
+    let taken = rate * secs;
+    let skipped_share = skipped / (taken + skipped).max(1.0);
     assert!(rate <= 1.02 * hz, "rate {rate} above {hz}\n{summary}");
-    assert!(rate >= 0.5 * hz, "rate {rate} far below {hz}\n{summary}");
+    let (load, cpus) = machine_load();
+    let context = format!(
+        "{skipped} of {:.0} ticks skipped ({:.1}%), 1-minute load {load:.2} on {cpus} CPUs\n{summary}",
+        taken + skipped,
+        100.0 * skipped_share
+    );
+    if load <= cpus as f64 {
+        assert!(skipped_share <= 0.10, "{context}");
+    } else {
+        if skipped_share > 0.10 {
+            eprintln!("machine loaded, skipped-tick floor relaxed: {context}");
+        }
+        assert!(rate >= 0.5 * hz, "rate {rate} far below {hz}: {context}");
+    }
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -237,7 +259,16 @@ fn deep_recursion_is_complete() {
     let folded = dir.path().join("p.folded");
     let o = attach_for(&fx, 3.0, 100, &folded, &[]);
     let stacks = read_folded(&folded);
-    check_rate(&stderr(&o), 100.0);
+    let summary = stderr(&o);
+    check_rate(&summary, 100.0);
+    // One thread, 3 s at 100 Hz: about 300 samples, every one of them checked below.
+    let n = total(&stacks);
+    assert!(n >= 150, "{n} samples of the recursion\n{summary}");
+    assert_eq!(
+        number_after(&summary, "samples: "),
+        Some(n as f64),
+        "{summary}"
+    );
     for (s, c) in &stacks {
         let depth = s.iter().filter(|f| f.as_str() == "deep").count();
         assert!(
@@ -439,29 +470,97 @@ fn stops_cleanly_four_ways() {
     );
 }
 
+/// Whether `pid` is traced by a thread of process `agent` (`TracerPid` names the tracing
+/// thread).
+fn traced_by(pid: i32, agent: u32) -> bool {
+    tracer_pid(pid)
+        .is_some_and(|t| t != 0 && Path::new(&format!("/proc/{agent}/task/{t}")).exists())
+}
+
+/// State letter of `pid` (`R`, `S`, `t`, `Z`...), None once it is gone.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// The program's signal semantics stay intact while it is sampled at 1000 Hz: its self-check
+/// starts only once it is traced (`--wait-traced`), runs 4 s, and the agent is its tracer
+/// the whole time and samples it throughout.
 #[test]
 fn signals_app_passes_its_self_check_at_1000hz() {
     let _live = live();
-    let mut fx = Fixture::spawn("signals_app", &["--seconds", "4"]);
+    let mut fx = Fixture::spawn("signals_app", &["--seconds", "4", "--wait-traced"]);
     let pid = fx.pid().to_string();
-    let o = run(&[
-        "attach",
-        "--pid",
-        &pid,
-        "--frequency",
-        "1000",
-        "--output",
-        "/dev/null.folded",
-    ]);
-    let _ = o;
+    let dir = tmp();
+    let folded = dir.path().join("p.folded");
+    let agent = profiler()
+        .args(["attach", "--pid", &pid, "--frequency", "1000", "--output"])
+        .arg(&folded)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let agent_pid = agent.id();
+    // Who traces the target, polled until it exits: the agent, from its attach on.
+    let (mut traced, mut untraced) = (0u32, 0u32);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let by_agent = traced_by(fx.pid(), agent_pid);
+        match proc_state(fx.pid()) {
+            None | Some('Z' | 'X') => break,
+            Some(_) if by_agent => traced += 1,
+            Some(_) if traced > 0 => untraced += 1,
+            Some(_) => {}
+        }
+        if fx.try_exit_status().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = wait_output(agent, Duration::from_secs(60));
+    let summary = stderr(&o);
+    assert!(o.status.success(), "agent: {:?}\n{summary}", o.status);
+    // 4 s polled every 20 ms: about 200 looks, each finding the agent as the tracer.
+    assert!(
+        traced >= 50 && untraced == 0,
+        "traced by the agent at {traced} looks, untraced at {untraced} after that\n{summary}"
+    );
+    assert!(summary.contains("target exited"), "{summary}");
     let line = fx
         .wait_for_line("selfcheck", Duration::from_secs(10))
         .expect("self-check line");
-    assert_eq!(line.trim(), "selfcheck ok");
+    assert_eq!(line.trim(), "selfcheck ok", "{summary}");
     assert!(
         fx.wait_exit(Duration::from_secs(5))
             .is_some_and(|s| s.success())
     );
+    // One thread for 4 s at 1000 Hz: about 4000 samples, all in the file.
+    check_rate(&summary, 1000.0);
+    let stacks = read_folded(&folded);
+    let n = total(&stacks);
+    assert!(n >= 2000, "{n} samples\n{summary}");
+    assert_eq!(
+        number_after(&summary, "samples: "),
+        Some(n as f64),
+        "{summary}"
+    );
+    let in_main = count_where(&stacks, |s| has(s, "main"));
+    assert!(
+        in_main as f64 >= 0.9 * n as f64,
+        "{in_main}/{n} samples reach main\n{summary}"
+    );
+}
+
+/// `kthreadd` (pid 2 outside a PID namespace) is a kernel thread; this process is not.
+#[test]
+fn kernel_threads_are_recognised() {
+    use profiler::os::proc::is_kernel_thread;
+    assert!(!is_kernel_thread(std::process::id() as i32));
+    if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
+        assert!(is_kernel_thread(2));
+    } else {
+        skip("pid 2 is not kthreadd (inside a PID namespace): no kernel thread to check");
+    }
 }
 
 #[test]
@@ -487,6 +586,8 @@ fn clear_errors() {
         let o = run(&["attach", "--pid", "2"]);
         assert!(!o.status.success());
         assert!(stderr(&o).contains("kernel thread"), "{}", stderr(&o));
+    } else {
+        skip("kernel-thread refusal not checked: pid 2 is not kthreadd (inside a PID namespace)");
     }
 
     // Already traced by another profiler.
@@ -531,7 +632,7 @@ fn permission_denied_names_the_cause() {
     if !nix::unistd::geteuid().is_root()
         || Command::new("setpriv").arg("--version").output().is_err()
     {
-        eprintln!("skipped: needs root and setpriv");
+        skip("needs root and setpriv");
         return;
     }
     let fx = Fixture::spawn("c_workers", &[]);
@@ -551,7 +652,7 @@ fn permission_denied_names_the_cause() {
     assert!(!o.status.success());
     let e = stderr(&o);
     if e.contains("Permission denied") && e.contains("execute") {
-        eprintln!("skipped: the test binary is not executable by nobody");
+        skip("the profiler binary is not executable by nobody (uid 65534)");
         return;
     }
     assert!(e.contains("permission denied"), "{e}");

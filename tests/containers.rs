@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, fixture_path};
+use common::{KillOnDrop, fixture_path, skip};
 
 static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -115,8 +115,12 @@ fn in_namespaces(script: &str) -> KillOnDrop {
 #[test]
 fn target_in_other_mount_and_pid_namespaces() {
     let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    if !nix::unistd::geteuid().is_root() || !can_unshare() {
-        eprintln!("skipped: needs root and unshare");
+    if !nix::unistd::geteuid().is_root() {
+        skip("needs root (to mount in a new mount namespace)");
+        return;
+    }
+    if !can_unshare() {
+        skip("`unshare --mount --pid --fork` does not work here");
         return;
     }
     // A directory that exists for the agent but is empty there: the binary lives on a tmpfs

@@ -44,22 +44,21 @@ fn docker_ok(args: &[&str]) -> String {
 }
 
 /// True when a Docker daemon answers; otherwise says why the test is skipped.
-fn docker_available(test: &str) -> bool {
+fn docker_available() -> bool {
     let ok = Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        println!("SKIPPED {test}: no Docker daemon answers (`docker info` failed)");
-        eprintln!("SKIPPED {test}: no Docker daemon answers (`docker info` failed)");
+        common::skip("no Docker daemon answers (`docker info` failed)");
     }
     ok
 }
 
 /// The start of every test: None (the test is skipped, with a line saying why) when no
 /// Docker daemon answers; else the lock that keeps this binary's tests one at a time.
-fn begin(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
-    docker_available(test).then(|| DOCKER.lock().unwrap_or_else(|e| e.into_inner()))
+fn begin() -> Option<std::sync::MutexGuard<'static, ()>> {
+    docker_available().then(|| DOCKER.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// A unique name for this test process's containers and networks.
@@ -289,8 +288,7 @@ fn state_of(pid: i32) -> char {
 
 #[test]
 fn sidecar_names_the_target_and_delivers_chunks_over_a_docker_network() {
-    let Some(_l) = begin("sidecar_names_the_target_and_delivers_chunks_over_a_docker_network")
-    else {
+    let Some(_l) = begin() else {
         return;
     };
     let net = Network::create(&unique("net"));
@@ -414,7 +412,7 @@ fn sidecar_names_the_target_and_delivers_chunks_over_a_docker_network() {
 
 #[test]
 fn without_sys_ptrace_the_refusal_names_the_flag() {
-    let Some(_l) = begin("without_sys_ptrace_the_refusal_names_the_flag") else {
+    let Some(_l) = begin() else {
         return;
     };
     let target = Container::run(&unique("t2"), &[target_image()]);
@@ -458,9 +456,7 @@ fn without_sys_ptrace_the_refusal_names_the_flag() {
 
 #[test]
 fn a_stopped_agent_leaves_the_target_running_and_the_next_one_sends_the_spool() {
-    let Some(_l) =
-        begin("a_stopped_agent_leaves_the_target_running_and_the_next_one_sends_the_spool")
-    else {
+    let Some(_l) = begin() else {
         return;
     };
     let net = Network::create(&unique("net3"));
@@ -588,13 +584,11 @@ fn python_image() -> Option<&'static str> {
 
 #[test]
 fn sidecar_profiles_a_python_service() {
-    let Some(_l) = begin("sidecar_profiles_a_python_service") else {
+    let Some(_l) = begin() else {
         return;
     };
     let Some(image) = python_image() else {
-        println!(
-            "SKIPPED sidecar_profiles_a_python_service: no /usr/bin/python3 with its standard library"
-        );
+        common::skip("no /usr/bin/python3 with its standard library");
         return;
     };
     let target = Container::run(&unique("py"), &[image]);
@@ -687,7 +681,7 @@ fn which(name: &str) -> PathBuf {
 
 #[test]
 fn process_name_follows_a_restarted_target() {
-    let Some(_l) = begin("process_name_follows_a_restarted_target") else {
+    let Some(_l) = begin() else {
         return;
     };
     // Target and agent share the pod's PID namespace, so the target can restart (get a new

@@ -57,6 +57,35 @@ fn thread_states(pid: i32) -> Vec<char> {
     .collect()
 }
 
+/// Whether `pid` is traced by a thread of process `agent` (`TracerPid` is the tracing
+/// thread's id).
+fn traced_by(pid: i32, agent: u32) -> bool {
+    tracer_pid(pid)
+        .is_some_and(|t| t != 0 && Path::new(&format!("/proc/{agent}/task/{t}")).exists())
+}
+
+/// Waits (up to 10 s) until `agent` is the tracer of `pid`; panics, with the agent's
+/// stderr, if it exits first or does not attach in time.
+fn wait_attached(pid: i32, agent: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !traced_by(pid, agent.id()) {
+        if let Some(status) = agent.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = agent.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("the agent exited ({status}) before attaching to {pid}:\n{err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not attach to {pid} in 10 s (TracerPid {:?})",
+            tracer_pid(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The target is untraced and no thread of it is in a tracing stop.
 fn assert_free(pid: i32) {
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -160,7 +189,7 @@ fn signals_sent_to_the_target_are_delivered() {
     let pid = fx.pid().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("p.folded");
-    let agent = profiler(&[
+    let mut agent = profiler(&[
         "attach",
         "--pid",
         &pid,
@@ -169,7 +198,11 @@ fn signals_sent_to_the_target_are_delivered() {
         "-o",
         out.to_str().unwrap(),
     ]);
-    std::thread::sleep(Duration::from_millis(500));
+    // The signals must arrive while the target is traced (ptrace intercepts them), and with
+    // samples taken around them.
+    wait_attached(fx.pid(), &mut agent);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(traced_by(fx.pid(), agent.id()), "still traced by the agent");
     kill(Pid::from_raw(fx.pid()), Signal::SIGINT).unwrap();
     assert!(
         fx.wait_for_line("got SIGINT", Duration::from_secs(5))
@@ -185,6 +218,7 @@ fn signals_sent_to_the_target_are_delivered() {
             .is_some_and(|s| s.success())
     );
     let o = finish(agent, Duration::from_secs(30));
+    assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("target exited"), "{}", stderr(&o));
     assert!(folded(&out).contains("signal_spin"));
 }

@@ -170,7 +170,7 @@ fn server_down_then_up_every_chunk_once() {
 }
 
 /// Scenario 1, long form: two minutes down with the default 60 s backoff cap.
-/// Run with `SENTRY_LONG_TESTS=1` or `--ignored`.
+/// Not run by CI: `make test-long`.
 #[test]
 #[ignore = "takes about 3 minutes"]
 fn server_down_two_minutes_then_up() {
@@ -729,7 +729,7 @@ fn https_dsn_uses_tls() {
 }
 
 /// Sends one real chunk to the Sentry project in `SENTRY_TEST_DSN` (https, TLS through
-/// rustls) and expects it accepted. Skipped without that variable.
+/// rustls) and expects it accepted. Not run by CI: `SENTRY_TEST_DSN=... make test-long`.
 #[test]
 #[ignore = "needs SENTRY_TEST_DSN and network"]
 fn real_sentry_accepts_a_chunk() {

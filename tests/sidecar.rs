@@ -163,7 +163,7 @@ fn doctor_says_what_to_fix() {
 fn agent_keeps_only_the_capabilities_it_needs() {
     let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+        common::skip("needs root (checks which capabilities the agent drops)");
         return;
     }
     let fx = Fixture::spawn("c_workers", &[]);
@@ -261,7 +261,7 @@ fn threads_the_kernel_refuses_are_reported() {
     if !nix::unistd::geteuid().is_root()
         || Command::new("setpriv").arg("--version").output().is_err()
     {
-        eprintln!("skipped threads_the_kernel_refuses_are_reported: needs root and setpriv");
+        common::skip("needs root and setpriv");
         return;
     }
     let mut fx = Fixture::spawn("other_uid_thread", &[]);

@@ -2,6 +2,8 @@
 //! function resolves to its demangled path without hash, its file and line; no name that
 //! comes out is still mangled.
 
+mod common;
+
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -141,7 +143,7 @@ fn loaded_libc() -> Option<ModuleDesc> {
 #[test]
 fn system_libc_with_distribution_debug_file() {
     let Some(libc) = loaded_libc() else {
-        eprintln!("skipped: no libc mapped");
+        common::skip("no libc mapped in this process (a static build?)");
         return;
     };
     let mut sym = Symbolizer::new(Vec::new());
@@ -162,7 +164,10 @@ fn system_libc_with_distribution_debug_file() {
                 .as_deref()
                 .is_some_and(|n| n.contains("qsort"))
         );
-        eprintln!("skipped DWARF checks: no debug file for libc");
+        common::skip(&format!(
+            "no debug file for {} (Debian/Ubuntu: libc6-dbg): its DWARF names and lines not checked",
+            libc.path
+        ));
         return;
     }
     // The source name, not glibc's internal alias `__GI_qsort` (the DWARF linkage name).

@@ -321,14 +321,6 @@ mod tests {
     }
 
     #[test]
-    fn kthreadd_is_a_kernel_thread() {
-        // pid 2 is kthreadd on a normal kernel; inside a PID namespace it may be anything.
-        if process_name(2).as_deref() == Some("kthreadd") {
-            assert!(is_kernel_thread(2));
-        }
-    }
-
-    #[test]
     fn schedstat_parsing() {
         assert_eq!(parse_schedstat("1234 56 7\n"), Some((1234, 7)));
         assert_eq!(parse_schedstat("0 0 0\n"), None);

@@ -3,7 +3,7 @@
 //! protocol (`ready <pid>` first, then program-specific lines) and reaping them.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -291,4 +291,60 @@ pub fn threads(pid: i32) -> Vec<(i32, String)> {
 pub fn parse_loaded_address(line: &str) -> Option<u64> {
     let hex = line.split_whitespace().nth(2)?;
     u64::from_str_radix(hex.trim_start_matches("0x"), 16).ok()
+}
+
+/// Environment variable that turns every [`skip`] into a failure: set to `1` where the
+/// machine is known to have what every test needs (CI: root, `unshare`, `setpriv`, glibc's
+/// debug file, kernel threads visible).
+pub const REQUIRE_ALL: &str = "PROFILER_REQUIRE_ALL";
+
+/// Environment variable naming the file every [`skip`] appends its line to (default:
+/// `skipped-tests.txt` in cargo's `CARGO_TARGET_TMPDIR`).
+pub const SKIP_LOG: &str = "PROFILER_SKIP_LOG";
+
+/// The calling test checks less than its name says because this machine lacks something
+/// (`reason`): the caller returns (or leaves out that part) after this call.
+///
+/// A skip must not look like a pass. The line `SKIPPED <binary>::<test>: <reason>` goes to
+/// the process's stderr directly (the test harness captures `eprintln!` of passing tests,
+/// not this), and is appended to the skip log, which `.ci/run` counts and prints at the end.
+/// With `PROFILER_REQUIRE_ALL=1` the skip panics instead: the test fails.
+#[track_caller]
+pub fn skip(reason: &str) {
+    let test = current_test();
+    if std::env::var(REQUIRE_ALL).is_ok_and(|v| v == "1") {
+        panic!(
+            "{test} cannot run here ({reason}), and {REQUIRE_ALL}=1 says this machine has what \
+             every test needs (unset it, or set it to 0, to let the test skip)"
+        );
+    }
+    let line = format!("SKIPPED {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    let log = std::env::var_os(SKIP_LOG)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt"));
+    // One short write with O_APPEND: lines of test processes running side by side do not mix.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        let _ = writeln!(std::io::stderr(), "cannot append to {}: {e}", log.display());
+    }
+}
+
+/// `<test binary>::<test>`: the binary's name without cargo's hash, and the test harness's
+/// name for the thread that runs the test.
+fn current_test() -> String {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.file_stem()?.to_string_lossy().into_owned()))
+        .map(|s| match s.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_string(),
+            _ => s,
+        })
+        .unwrap_or_else(|| "?".into());
+    let thread = std::thread::current();
+    format!("{binary}::{}", thread.name().unwrap_or("?"))
 }
