@@ -93,8 +93,10 @@ pub struct Namer {
 }
 
 impl Namer {
-    /// A namer over `symbolizer`.
+    /// A namer over `symbolizer`. C++ names its demangler cannot read go to GNU's
+    /// (`os::demangle`), as `c++filt` reads them.
     pub fn new(symbolizer: Symbolizer) -> Self {
+        crate::os::demangle::install();
         Namer {
             symbolizer,
             paths: Vec::new(),

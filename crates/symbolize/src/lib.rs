@@ -20,7 +20,7 @@ use std::sync::Arc;
 use object::Object;
 
 use bytes::Bytes;
-pub use demangle::{demangle, looks_mangled};
+pub use demangle::{CppFallback, demangle, looks_mangled, set_cpp_fallback};
 use dwarf::RawFrame;
 use symtab::{SymbolTable, Which};
 use units::Names;
