@@ -6,13 +6,12 @@
 //! session, so a library loaded at the address of one unloaded earlier is a new module.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::elf::{self, ElfFacts};
 use crate::procmaps::Mapping;
 use bytes::Bytes;
-use profiler_symbolize::ModuleDesc;
+use profiler_symbolize::{ModuleDesc, Root};
 use profiler_unwind::{ModuleRef, UnwindInfo, UnwindModules};
 
 /// One mapped ELF image.
@@ -55,8 +54,8 @@ pub trait ModuleSource {
     fn file(&self, mapping: &Mapping) -> Option<Bytes>;
     /// The bytes of a pseudo mapping such as `[vdso]`, read from memory.
     fn memory(&self, mapping: &Mapping) -> Option<Bytes>;
-    /// The target's root directory, for debug file search.
-    fn root(&self) -> PathBuf;
+    /// The target's root, for debug file search.
+    fn root(&self) -> Root;
 }
 
 /// Identity of a module across maps re-reads: same file at the same place.
@@ -265,8 +264,8 @@ mod tests {
         fn memory(&self, _: &Mapping) -> Option<Bytes> {
             None
         }
-        fn root(&self) -> PathBuf {
-            PathBuf::from("/")
+        fn root(&self) -> Root {
+            Root::dir("/")
         }
     }
 

@@ -121,7 +121,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
 
     let (un_tx, un_rx) = bounded(4096);
     let pid = cfg.pid;
-    let stage = UnwindStage::new(LiveFiles(pid), cfg.max_frames, pool_tx, in_flight)
+    let stage = UnwindStage::new(LiveFiles::new(pid), cfg.max_frames, pool_tx, in_flight)
         .with_reread(move || proc::read_maps(pid).ok());
     let unwinder = std::thread::Builder::new()
         .name("unwinder".into())

@@ -250,3 +250,264 @@ fn issue9_part6_standard_library_frames_are_not_app_code() {
         );
     }
 }
+
+// ---------------------------------------------------------------- part 1: names outlive the target
+
+/// Kills a process that is not our child (the first process of a namespace).
+struct KillPid(i32);
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+fn root_and_unshare() -> bool {
+    nix::unistd::geteuid().is_root()
+        && Command::new("unshare")
+            .args(["--mount", "--pid", "--fork", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// Host pid of the process whose parent is `parent` and whose comm is `comm`.
+fn child_named(parent: u32, comm: &str) -> Option<i32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        for e in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let ppid: u32 = stat[close + 2..]
+                .split(' ')
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            if ppid == parent && &stat[open + 1..close] == comm {
+                return Some(pid);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
+/// A stripped `c_workers` laid out one of the ways the issue lists, started so that it
+/// exits on its own after `seconds`.
+enum Layout {
+    /// `.gnu_debuglink` target in `<bindir>/.debug/`.
+    DebugDotDir,
+    /// `.gnu_debuglink` target next to the binary.
+    NextTo,
+    /// By build-id, in the target's own `/usr/lib/debug` (another mount namespace, where
+    /// the binary too lives on a tmpfs the agent cannot see by path).
+    BuildIdInRoot,
+}
+
+struct Started {
+    pid: i32,
+    /// The process to wait for (the namespace's first process, or the target).
+    waiter: std::process::Child,
+    _kill: KillPid,
+    /// Where to read the symbols of the stripped code from (a file with `.symtab`).
+    reference: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn start(layout: &Layout, args: &str) -> Started {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(bin.join(".debug")).unwrap();
+    let (waiter, pid, reference) = match layout {
+        Layout::DebugDotDir | Layout::NextTo => {
+            let exe = bin.join("stripped_prog");
+            std::fs::copy(common::fixture_path("c_workers_stripped_debuglink"), &exe).unwrap();
+            let debug = common::fixture_path("c_workers_stripped_debuglink.debug");
+            let to = match layout {
+                Layout::DebugDotDir => bin.join(".debug"),
+                _ => bin.clone(),
+            };
+            std::fs::copy(&debug, to.join("c_workers_stripped_debuglink.debug")).unwrap();
+            let mut child = Command::new(&exe)
+                .args(args.split_whitespace())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = child.id() as i32;
+            // After its `ready` line it runs the program's code.
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            assert!(line.starts_with("ready"), "{line}");
+            (child, pid, debug)
+        }
+        Layout::BuildIdInRoot => {
+            let hidden = dir.path().display();
+            std::fs::create_dir_all("/usr/lib/debug").unwrap();
+            let script = format!(
+                "set -e; mount -t tmpfs none {hidden}; cp {bin} {hidden}/stripped_prog; \
+                 mount -t tmpfs none /usr/lib/debug; cp -r {debug}/.build-id /usr/lib/debug/; \
+                 exec {hidden}/stripped_prog {args}",
+                bin = common::fixture_path("c_workers_stripped_buildid").display(),
+                debug = common::fixture_path("debug").display(),
+            );
+            let child = Command::new("unshare")
+                .args([
+                    "--mount",
+                    "--pid",
+                    "--fork",
+                    "--kill-child",
+                    "--propagation",
+                    "private",
+                ])
+                .args(["/bin/sh", "-c", &script])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            let pid = child_named(child.id(), "stripped_prog").expect("target started");
+            (child, pid, common::fixture_path("c_workers"))
+        }
+    };
+    Started {
+        pid,
+        waiter,
+        _kill: KillPid(pid),
+        reference,
+        _dir: dir,
+    }
+}
+
+/// The file address of function `name` in `reference`'s symbol table.
+fn svma_of(reference: &Path, name: &str) -> u64 {
+    let data = std::fs::read(reference).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    file.symbols()
+        .find(|s| s.name() == Ok(name))
+        .map(|s| s.address())
+        .unwrap_or_else(|| panic!("{name} not in {}", reference.display()))
+}
+
+fn layouts() -> Vec<Layout> {
+    let mut v = vec![Layout::DebugDotDir, Layout::NextTo];
+    if root_and_unshare() {
+        v.push(Layout::BuildIdInRoot);
+    } else {
+        eprintln!("SKIPPED the build-id-in-the-target's-root case: needs root and unshare");
+    }
+    v
+}
+
+/// The pipeline's own pieces against a stripped target: its modules are read while it
+/// runs, it exits on its own, and only then are its frames named. Every layout of debug
+/// files must still give the names (and the inlined frame) the debug file holds.
+#[test]
+fn issue9_part1_debug_files_found_after_the_target_exited() {
+    use profiler::modules::{ModuleMap, ModuleSource};
+    use profiler::pipeline::FrameKey;
+    use profiler::pipeline::naming::Namer;
+    let _l = live();
+    for layout in layouts() {
+        let mut t = start(&layout, "--seconds 0.3");
+        let files = profiler::os::files::LiveFiles::new(t.pid);
+        let maps = profiler::os::proc::read_maps(t.pid).unwrap();
+        let mut modules = ModuleMap::new();
+        modules.update(&profiler::procmaps::parse(&maps), &files);
+        let status = t.waiter.wait().unwrap();
+        assert!(
+            status.success(),
+            "the target did not exit cleanly: {status}"
+        );
+        assert!(
+            !Path::new(&format!("/proc/{}/root", t.pid)).exists(),
+            "the target is gone"
+        );
+        let exe = modules
+            .all()
+            .iter()
+            .find(|m| m.path.ends_with("/stripped_prog"))
+            .expect("the executable is a module")
+            .clone();
+        let mut namer = Namer::new(Symbolizer::new(vec![]));
+        for func in ["worker_direct", "worker_indirect", "recurse"] {
+            let key = FrameKey {
+                module: exe.id,
+                addr: exe.bias + svma_of(&t.reference, func) + 4,
+                is_return: false,
+            };
+            let named = namer.name(&key, modules.all());
+            let outer = named.last().unwrap();
+            assert_eq!(
+                outer.function.as_deref(),
+                Some(func),
+                "{}: {:?}",
+                files.root().display(Path::new("/")).display(),
+                named
+            );
+            assert!(outer.line.is_some(), "no line: {named:?}");
+        }
+    }
+}
+
+/// Folded stacks: (frames root first, count).
+fn read_folded(path: &Path) -> Vec<(Vec<String>, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            Some((
+                stack.split(';').map(str::to_string).collect(),
+                n.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The whole agent against stripped targets that exit on their own while attached: every
+/// frame of the executable is named, inlined frames (DWARF of the debug file) included.
+#[test]
+fn issue9_part1_stripped_target_exiting_while_attached_is_named() {
+    let _l = live();
+    for layout in layouts() {
+        let mut t = start(&layout, "--seconds 0.6 --wait-traced");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("p.folded");
+        let err = profiler(&attach_args(t.pid, 1000, None, &[&out]));
+        assert!(
+            err.contains("exited"),
+            "the target exited on its own:\n{err}"
+        );
+        t.waiter.wait().unwrap();
+        let stacks = read_folded(&out);
+        let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+        let unnamed: u64 = stacks
+            .iter()
+            .filter(|(s, _)| s.iter().any(|f| f.starts_with("stripped_prog+")))
+            .map(|(_, n)| n)
+            .sum();
+        let has = |name: &str| stacks.iter().any(|(s, _)| s.iter().any(|f| f == name));
+        assert!(total > 100, "{total} samples\n{err}");
+        assert_eq!(unnamed, 0, "frames of the executable unnamed\n{err}");
+        for name in [
+            "main",
+            "worker_direct",
+            "mix_bits",
+            "worker_recursive",
+            "recurse",
+        ] {
+            assert!(has(name), "{name} missing\n{err}");
+        }
+    }
+}

@@ -2,8 +2,6 @@
 //! function resolves to its demangled path without hash, its file and line; no name that
 //! comes out is still mangled.
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use object::{Object, ObjectSymbol};
 use profiler::symbolize::{ModuleDesc, Symbolizer, looks_mangled};
@@ -34,7 +32,7 @@ fn self_module() -> ModuleDesc {
             .into_owned(),
         data: Bytes::from_owner(data),
         build_id,
-        root: PathBuf::from("/"),
+        root: "/".into(),
     }
 }
 
@@ -134,7 +132,7 @@ fn loaded_libc() -> Option<ModuleDesc> {
         path,
         data: Bytes::from_owner(data),
         build_id,
-        root: PathBuf::from("/"),
+        root: "/".into(),
     })
 }
 
