@@ -511,3 +511,55 @@ fn issue9_part1_stripped_target_exiting_while_attached_is_named() {
         }
     }
 }
+
+// ---------------------------------------------------------------- part 4: roots of new threads
+
+/// A program that creates and joins a thread every 50 ms (`cpp_app --churn-rate 20`),
+/// sampled at 1000 Hz: new threads are sampled from their first instructions on (the
+/// child side of `clone3`), and none of their stacks ends in `[unknown]`.
+#[test]
+fn issue9_part4_new_threads_end_at_their_root() {
+    let _l = live();
+    let fx = common::Fixture::spawn("cpp_app", &["--churn-rate", "20"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("churn.folded");
+    let err = profiler(&attach_args(fx.pid(), 1000, Some(3.0), &[&out]));
+    let stacks = read_folded(&out);
+    // The churner and the threads it creates (named `churner` until they rename
+    // themselves `short-lived`).
+    let churn: Vec<&(Vec<String>, u64)> = stacks
+        .iter()
+        .filter(|(s, _)| s[0] == "short-lived" || s[0] == "churner")
+        .collect();
+    let new_threads: u64 = churn
+        .iter()
+        .filter(|(s, _)| s.iter().any(|f| f == "start_thread") || s.len() == 2)
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        new_threads > 20,
+        "{new_threads} samples of new threads\n{err}"
+    );
+    let bad: Vec<String> = churn
+        .iter()
+        .filter(|(s, _)| {
+            s.iter()
+                .any(|f| f.starts_with("[unknown]") || f == "[truncated]")
+        })
+        .map(|(s, n)| format!("{} {n}", s.join(";")))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "stacks of new threads that miss their root:\n{}",
+        bad.join("\n")
+    );
+    // Each starts at clone3 (or clone), the root glibc's threads have.
+    for (s, n) in &churn {
+        assert!(
+            s[1] == "clone3" || s[1] == "clone",
+            "root {} ({n} samples): {}",
+            s[1],
+            s.join(";")
+        );
+    }
+}

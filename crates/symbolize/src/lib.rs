@@ -298,6 +298,9 @@ struct Module {
     /// `.symtab` of the debug file, `.symtab` of the binary, `.dynsym` of the binary: the
     /// first that names an address wins.
     symtabs: Vec<SymbolTable>,
+    /// Function ranges from the binary's `.eh_frame`, sorted: which function an address
+    /// is in, to judge whether a symbol plausibly names it.
+    functions: Vec<(u64, u64)>,
     /// The target's root, where split DWARF files are looked up.
     root: Root,
 }
@@ -313,6 +316,7 @@ impl Module {
             info: DebugInfo::Nothing,
             dwarf: DwarfState::Absent,
             symtabs: Vec::new(),
+            functions: Vec::new(),
             root: desc.root.clone(),
         })
     }
@@ -369,7 +373,9 @@ impl Module {
                 info = found_info;
             }
         }
+        let mut functions = Vec::new();
         if let Some(own) = &own {
+            functions = symtab::function_ranges(own);
             symtabs.push(SymbolTable::read(own, Which::Static));
             symtabs.push(SymbolTable::read(own, Which::Dynamic));
             if own_dwarf {
@@ -392,6 +398,7 @@ impl Module {
             info,
             dwarf,
             symtabs,
+            functions,
             root: desc.root.clone(),
         }
     }
@@ -474,10 +481,11 @@ impl Module {
             })
             .collect();
 
+        let function = symtab::function_at(&self.functions, svma);
         let symbol = self
             .symtabs
             .iter()
-            .find_map(|t| t.lookup(svma))
+            .find_map(|t| t.lookup(svma, function))
             .map(|(name, _start)| demangle(name));
         match (frames.last_mut(), symbol) {
             (None, Some(name)) => frames.push(SymFrame {

@@ -27,7 +27,9 @@
 //! an exact pc (a frameless stub), and finally follows the frame pointer chain.
 //!
 //! The walk ends with [`StackEnd::Root`] at a return address the CFI marks undefined
-//! (`_start`, the child side of `clone`/`clone3`), at a return address of 0, or at a null
+//! (`_start`, the child side of `clone`/`clone3`), at the first instructions of a clone
+//! child (right after the system call returned 0, before its CFI says so: recognised by
+//! glibc's code and the CFI of the code it jumps to), at a return address of 0, or at a null
 //! frame pointer inside a known module; [`StackEnd::Truncated`] when a needed read falls
 //! outside the captured memory; [`StackEnd::Unknown`] when nothing explains the next
 //! frame (or the stack pointer would not grow); [`StackEnd::MaxDepth`] at the frame
@@ -129,6 +131,9 @@ enum Step {
 /// Every tracked register known.
 const ALL_VALID: u32 = (1 << NREGS) - 1;
 
+/// DWARF number of rax (a system call's return value).
+const RAX: u16 = 0;
+
 const fn bit(reg: u16) -> u32 {
     1 << reg
 }
@@ -219,6 +224,13 @@ impl Unwinder {
     ) -> Step {
         let module = modules.find(frame.lookup_addr());
         if let Some(m) = module {
+            if !frame.is_return
+                && *valid & bit(RAX) != 0
+                && regs.0[RAX as usize] == 0
+                && self.is_clone_child(m, frame)
+            {
+                return Step::End(StackEnd::Root);
+            }
             let Unwinder {
                 cache, ctx, stats, ..
             } = self;
@@ -242,6 +254,23 @@ impl Unwinder {
         }
         self.stats.fp_steps += 1;
         fp_step(regs, valid, mem, module.is_some())
+    }
+
+    /// A new thread on its first instructions: the child's side of `clone`/`clone3`
+    /// returned 0 and is about to jump to the code whose CFI ends every thread's stack
+    /// (return address undefined). Its stack holds nothing yet: it is the thread's root.
+    fn is_clone_child(&mut self, m: ModuleRef<'_>, frame: FrameAddr) -> bool {
+        let Some(start) = m.info.clone_child_start_at(frame.addr.wrapping_sub(m.bias)) else {
+            return false;
+        };
+        let target = FrameAddr::ip(start.wrapping_add(m.bias));
+        let Unwinder {
+            cache, ctx, stats, ..
+        } = self;
+        matches!(
+            rule_for(cache, ctx, stats, m, target),
+            FrameRule::Cfi(rule) if rule.regs[Regs::RIP as usize] == RegRule::Undefined
+        )
     }
 
     /// For an exact pc without CFI (a frameless stub, a call through a null pointer):
