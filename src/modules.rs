@@ -56,6 +56,24 @@ pub trait ModuleSource {
     fn memory(&self, mapping: &Mapping) -> Option<Bytes>;
     /// The target's root, for debug file search.
     fn root(&self) -> Root;
+    /// Code bytes at `avma` read from the target's memory (JIT code in no module): true
+    /// when `buf` was filled. None by default.
+    fn read_code(&self, _avma: u64, _buf: &mut [u8]) -> bool {
+        false
+    }
+}
+
+/// The module map with the target's memory behind it: what the unwinder needs to step
+/// through JIT code in no module.
+pub struct WithCode<'a, S: ModuleSource>(pub &'a ModuleMap, pub &'a S);
+
+impl<S: ModuleSource> UnwindModules for WithCode<'_, S> {
+    fn find(&self, avma: u64) -> Option<ModuleRef<'_>> {
+        self.0.find(avma)
+    }
+    fn read_code(&self, avma: u64, buf: &mut [u8]) -> bool {
+        self.0.find_module(avma).is_none() && self.1.read_code(avma, buf)
+    }
 }
 
 /// Identity of a module across maps re-reads: same file at the same place.

@@ -563,3 +563,174 @@ fn issue9_part4_new_threads_end_at_their_root() {
         );
     }
 }
+
+// ---------------------------------------------------------------- part 5: JIT code
+
+/// Removes a perf map the target leaves in /tmp.
+struct RemoveFile(PathBuf);
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Share of samples whose stack reached its root, from the summary's
+/// `N% of stacks reached their root`.
+fn complete_share(summary: &str) -> f64 {
+    summary
+        .split("% of stacks reached their root")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no completeness in:\n{summary}"))
+        / 100.0
+}
+
+/// A program that writes machine code to an anonymous page, names it in
+/// `/tmp/perf-PID.map` (a second function appended half-way), and calls through it: the JIT
+/// frames are named from the map, read again as it grows, and every stack goes through
+/// them (by their frame pointers) to the root.
+#[test]
+fn issue9_part5_perf_map_names_jit_code_unwound_by_frame_pointers() {
+    let _l = live();
+    let mut fx = common::Fixture::spawn("jit_perfmap", &["--seconds", "2", "--wait-traced"]);
+    let _map = RemoveFile(PathBuf::from(format!("/tmp/perf-{}.map", fx.pid())));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("jit.folded");
+    let err = profiler(&attach_args(fx.pid(), 1000, None, &[&out]));
+    assert!(
+        fx.wait_for_line("phase2", std::time::Duration::from_secs(5))
+            .is_some()
+    );
+    let stacks = read_folded(&out);
+    let count = |f: &dyn Fn(&[String]) -> bool| -> u64 {
+        stacks.iter().filter(|(s, _)| f(s)).map(|(_, n)| n).sum()
+    };
+    let total = count(&|_| true);
+    let jit = |name: &'static str| {
+        move |s: &[String]| s.windows(2).any(|w| w[0] == "run_jit" && w[1] == name)
+    };
+    let first = count(&jit("jit_first_fn"));
+    let second = count(&jit("jit_second_fn"));
+    let unknown = count(&|s| s.iter().any(|f| f.starts_with("[unknown]")));
+    eprintln!(
+        "{total} samples: {first} in jit_first_fn, {second} in jit_second_fn, {unknown} unknown"
+    );
+    assert!(
+        first > 100 && second > 50,
+        "{first} / {second} of {total}\n{err}"
+    );
+    assert_eq!(
+        unknown, 0,
+        "JIT frames not named or stacks not complete\n{err}"
+    );
+    // Both shapes: JIT code as the leaf and as a caller.
+    assert!(count(&|s| s.last().is_some_and(|f| f == "jit_first_fn")) > 0);
+    assert!(count(&|s| s.ends_with(&["jit_first_fn".into(), "jit_callback".into()])) > 0);
+    assert!(complete_share(&err) > 0.99, "{err}");
+}
+
+/// A Python interpreter of version 3.12 or later (`-X perf`), from PATH or pyenv.
+fn python_with_perf_trampolines() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = ["python3.14", "python3.13", "python3.12", "python3"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    if let Ok(out) = Command::new("pyenv").arg("root").output() {
+        let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if let Ok(dirs) = std::fs::read_dir(root.join("versions")) {
+            let mut found: Vec<PathBuf> = dirs
+                .flatten()
+                .map(|d| d.path().join("bin/python3"))
+                .collect();
+            found.sort();
+            candidates.extend(found.into_iter().rev());
+        }
+    }
+    candidates.into_iter().find(|py| {
+        Command::new(py)
+            .args([
+                "-X",
+                "perf",
+                "-c",
+                "import sys; assert sys.version_info >= (3, 12)",
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+const HOT_PY: &str = r#"
+import sys, time
+def hot_leaf(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+def middle(n):
+    return hot_leaf(n)
+def outer(seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        middle(20000)
+print("ready", flush=True)
+outer(float(sys.argv[1]))
+"#;
+
+/// `python3 -X perf` (3.12+): CPython's trampolines are JIT code without frame pointers
+/// or CFI; they are named from the perf map (`py::function:file`) and stepped through, so
+/// the interpreter's stacks reach their root.
+#[test]
+fn issue9_part5_python_perf_trampolines() {
+    let _l = live();
+    let Some(py) = python_with_perf_trampolines() else {
+        eprintln!("SKIPPED: no Python 3.12+ (python3.12, python3.13 or pyenv) for -X perf");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("hot.py");
+    std::fs::write(&script, HOT_PY).unwrap();
+    let mut child = Command::new(&py)
+        .args(["-X", "perf"])
+        .arg(&script)
+        .arg("4")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let _kill = KillPid(pid);
+    let _map = RemoveFile(PathBuf::from(format!("/tmp/perf-{pid}.map")));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let out = dir.path().join("py.folded");
+    let err = profiler(&attach_args(pid, 500, Some(1.5), &[&out]));
+    let _ = child.kill();
+    let _ = child.wait();
+    let stacks = read_folded(&out);
+    let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+    let named = |name: &str| -> u64 {
+        stacks
+            .iter()
+            .filter(|(s, _)| s.iter().any(|f| f.starts_with(name)))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let in_hot = named("py::hot_leaf:");
+    eprintln!(
+        "{}: {total} samples, {in_hot} in py::hot_leaf, {:.1}% complete",
+        py.display(),
+        100.0 * complete_share(&err)
+    );
+    assert!(
+        in_hot * 2 > total,
+        "py::hot_leaf in {in_hot} of {total}\n{err}"
+    );
+    assert!(named("py::outer:") * 2 > total, "py::outer missing\n{err}");
+    assert!(complete_share(&err) > 0.9, "{err}");
+}

@@ -192,6 +192,9 @@ impl ModuleSource for LiveFiles {
     fn memory(&self, mapping: &Mapping) -> Option<Bytes> {
         read_mapping(self.pid, mapping)
     }
+    fn read_code(&self, avma: u64, buf: &mut [u8]) -> bool {
+        vm::read(self.pid, avma, buf) == buf.len()
+    }
     fn root(&self) -> Root {
         match &self.root {
             Some(r) => Root::shared(r.clone()),

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use super::profile::{StackId, Store};
 use super::{FrameKey, NO_MODULE, Unwound};
 use crate::modules::Module;
+use crate::perfmap::PerfMap;
 use crate::sink::{SampleRef, Sink, SinkReport};
 use crate::types::{StackEnd, Tid};
 use profiler_symbolize::{Symbolizer, SymbolizerStats};
@@ -85,11 +86,14 @@ impl NamedFrame {
     }
 }
 
-/// Names frames through a [`Symbolizer`], knowing the session's modules.
+/// Names frames through a [`Symbolizer`], knowing the session's modules, and JIT code in
+/// no module through the target's perf map.
 pub struct Namer {
     symbolizer: Symbolizer,
     /// Module paths as shared strings, by module id.
     paths: Vec<Option<Arc<str>>>,
+    /// The target's `/tmp/perf-PID.map`, when it has one.
+    perf_map: Option<PerfMap>,
 }
 
 impl Namer {
@@ -100,7 +104,13 @@ impl Namer {
         Namer {
             symbolizer,
             paths: Vec::new(),
+            perf_map: None,
         }
+    }
+
+    /// Name code in no module (JIT code) from the target's perf map.
+    pub fn set_perf_map(&mut self, perf_map: PerfMap) {
+        self.perf_map = Some(perf_map);
     }
 
     /// The symbolizer's counters.
@@ -119,6 +129,17 @@ impl Namer {
             .then(|| modules.get(key.module as usize))
             .flatten()
         else {
+            if let Some(jit) = self
+                .perf_map
+                .as_mut()
+                .and_then(|m| m.lookup(key.lookup_addr()))
+            {
+                let name: Arc<str> = Arc::from(jit.name.as_str());
+                let mut frame = NamedFrame::unnamed(key.addr, None, String::new());
+                frame.label = name.clone();
+                frame.function = Some(name);
+                return vec![frame];
+            }
             return vec![NamedFrame::unnamed(
                 key.addr,
                 None,
@@ -192,6 +213,12 @@ impl NamingStage {
             last: FxHashMap::default(),
             max_frames: max_frames.filter(|_| !keeps),
         }
+    }
+
+    /// Name JIT code from the target's perf map too.
+    pub fn with_perf_map(mut self, perf_map: PerfMap) -> Self {
+        self.namer.set_perf_map(perf_map);
+        self
     }
 
     /// The store, read-only.

@@ -24,7 +24,9 @@
 //! CFA (`reg + offset` or an expression), the return address and every register with a
 //! rule (callee-saved ones default to "same value"). Without CFI it recognises the
 //! `rt_sigreturn` trampoline by its code bytes, tries the return address at `[rsp]` for
-//! an exact pc (a frameless stub), and finally follows the frame pointer chain.
+//! an exact pc (a frameless stub), steps through JIT trampolines that adjust the stack
+//! once before their call (`sub $n,%rsp; call`, CPython's perf trampolines: code read
+//! through [`UnwindModules::read_code`]), and finally follows the frame pointer chain.
 //!
 //! The walk ends with [`StackEnd::Root`] at a return address the CFI marks undefined
 //! (`_start`, the child side of `clone`/`clone3`), at the first instructions of a clone
@@ -75,6 +77,12 @@ pub struct ModuleRef<'a> {
 pub trait UnwindModules {
     /// The module mapped executable at `avma`, if any.
     fn find(&self, avma: u64) -> Option<ModuleRef<'_>>;
+
+    /// The code bytes at `avma` in no module (JIT code), read from the process: true when
+    /// `buf` was filled. The default knows none.
+    fn read_code(&self, _avma: u64, _buf: &mut [u8]) -> bool {
+        false
+    }
 }
 
 /// Counters of an [`Unwinder`] since it was made (or since [`Unwinder::reset_stats`]).
@@ -96,6 +104,8 @@ pub struct UnwinderStats {
     pub stack_scan_steps: u64,
     /// Steps following the frame pointer chain.
     pub fp_steps: u64,
+    /// Steps through JIT trampolines without frame pointers (`sub $n,%rsp; call`).
+    pub trampoline_steps: u64,
     /// DWARF expressions evaluated.
     pub expr_evals: u64,
 }
@@ -252,6 +262,13 @@ impl Unwinder {
             self.stats.stack_scan_steps += 1;
             return step;
         }
+        if module.is_none()
+            && frame.is_return
+            && let Some(step) = self.trampoline_step(frame, regs, valid, mem, modules)
+        {
+            self.stats.trampoline_steps += 1;
+            return step;
+        }
         self.stats.fp_steps += 1;
         fp_step(regs, valid, mem, module.is_some())
     }
@@ -271,6 +288,51 @@ impl Unwinder {
             rule_for(cache, ctx, stats, m, target),
             FrameRule::Cfi(rule) if rule.regs[Regs::RIP as usize] == RegRule::Undefined
         )
+    }
+
+    /// A return address into JIT code that keeps no frame pointer but whose call is the
+    /// function's only stack adjustment: `sub $n,%rsp; call *%reg` (or `call rel32`) right
+    /// before the return address, the shape of CPython's perf trampolines. The caller's
+    /// return address is then at `[rsp + n]`; it must land in code with CFI.
+    fn trampoline_step<M: ReadMemory, U: UnwindModules>(
+        &mut self,
+        frame: FrameAddr,
+        regs: &mut Regs,
+        valid: &mut u32,
+        mem: &M,
+        modules: &U,
+    ) -> Option<Step> {
+        // The two shapes end at the return address: read only their bytes (a trampoline
+        // may start its mapping).
+        let mut code = [0u8; 9];
+        let n = if modules.read_code(frame.addr.checked_sub(6)?, &mut code[3..]) {
+            trampoline_frame_size(&code)
+        } else {
+            None
+        };
+        let n = match n {
+            Some(n) => n,
+            None => {
+                if !modules.read_code(frame.addr.checked_sub(9)?, &mut code) {
+                    return None;
+                }
+                trampoline_frame_size(&code)?
+            }
+        };
+        let sp = regs.sp();
+        let ra = mem.read_u64(sp.checked_add(n)?)?;
+        let target = FrameAddr::ret(ra);
+        let m = modules.find(target.lookup_addr())?;
+        let Unwinder {
+            cache, ctx, stats, ..
+        } = self;
+        if !matches!(rule_for(cache, ctx, stats, m, target), FrameRule::Cfi(_)) {
+            return None;
+        }
+        regs.set(Regs::RSP, sp.checked_add(n + 8)?);
+        regs.set(Regs::RIP, ra);
+        *valid &= CALL_PRESERVED;
+        Some(Step::Next(target))
     }
 
     /// For an exact pc without CFI (a frameless stub, a call through a null pointer):
@@ -300,6 +362,21 @@ impl Unwinder {
         *valid &= CALL_PRESERVED;
         Some(Step::Next(target))
     }
+}
+
+/// The frame size of a trampoline from the 9 code bytes before a return address:
+/// `sub $n,%rsp` (`48 83 ec n`) directly followed by the call that returns there, `call
+/// *%reg` (`ff d0+r`) or `call rel32` (`e8 ...`); `n` a positive multiple of 8.
+fn trampoline_frame_size(code: &[u8; 9]) -> Option<u64> {
+    const SUB_RSP: [u8; 3] = [0x48, 0x83, 0xec];
+    let n = if code[3..6] == SUB_RSP && code[7] == 0xff && (0xd0..=0xd7).contains(&code[8]) {
+        code[6]
+    } else if code[..3] == SUB_RSP && code[4] == 0xe8 {
+        code[3]
+    } else {
+        return None;
+    };
+    (n > 0 && n < 0x80 && n % 8 == 0).then_some(u64::from(n))
 }
 
 /// The rule of `frame` in module `m`, from the cache or the tables.
