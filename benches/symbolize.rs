@@ -49,7 +49,7 @@ fn module(path: &Path) -> Option<(ModuleDesc, Vec<u64>)> {
         path: path.display().to_string(),
         data,
         build_id: facts.build_id,
-        root: PathBuf::from("/"),
+        root: "/".into(),
     };
     Some((desc, addrs))
 }

@@ -72,7 +72,7 @@ fn capture(name: &str, args: &[&str], count: usize, spacing: Duration) -> Captur
 
     let maps = procmaps::parse(&proc::read_maps(pid).expect("maps"));
     let mut modules = ModuleMap::new();
-    modules.update(&maps, &LiveFiles(pid));
+    modules.update(&maps, &LiveFiles::new(pid));
     let mut tracer = Tracer::attach(pid).expect("attach (ptrace allowed?)");
     let mut samples = Vec::new();
     for _ in 0..count {

@@ -12,10 +12,15 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="${1:-$here/../target/release/profiler}"
 tag="${2:-profiler:latest}"
+# libstdc++'s demangler is the agent's fallback for C++ names its own demangler gives up
+# on (loaded with dlopen, so `ldd` does not list it): include it when this machine has it.
+extra=()
+stdcxx="$(ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 .*x86-64/ {print $NF; exit}')"
+[ -n "$stdcxx" ] && extra+=("$stdcxx:$stdcxx")
 exec "$here/rootfs-image.sh" \
   --user 10001:10001 \
   --home /var/lib/profiler \
   --caps cap_sys_ptrace,cap_dac_read_search,cap_sys_nice,cap_checkpoint_restore+p \
   --entrypoint /usr/local/bin/profiler \
   --cmd '["attach","--help"]' \
-  "$tag" "$bin:/usr/local/bin/profiler"
+  "$tag" "$bin:/usr/local/bin/profiler" "${extra[@]}"

@@ -335,7 +335,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
             (n != 8).then(|| "the agent needs ptrace access to the target (see above)".into()),
         );
     }
-    let source = LiveFiles(pid);
+    let source = LiveFiles::new(pid);
     let mut modules = ModuleMap::new();
     modules.update(&maps, &source);
     let mut sym = Symbolizer::new(debug_dirs.to_vec());

@@ -19,6 +19,7 @@ pub mod doctor;
 pub mod elf;
 pub mod modules;
 pub mod os;
+pub mod perfmap;
 pub mod pipeline;
 pub mod procmaps;
 pub mod session;

@@ -6,13 +6,12 @@
 //! session, so a library loaded at the address of one unloaded earlier is a new module.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::elf::{self, ElfFacts};
 use crate::procmaps::Mapping;
 use bytes::Bytes;
-use profiler_symbolize::ModuleDesc;
+use profiler_symbolize::{ModuleDesc, Root};
 use profiler_unwind::{ModuleRef, UnwindInfo, UnwindModules};
 
 /// One mapped ELF image.
@@ -55,8 +54,26 @@ pub trait ModuleSource {
     fn file(&self, mapping: &Mapping) -> Option<Bytes>;
     /// The bytes of a pseudo mapping such as `[vdso]`, read from memory.
     fn memory(&self, mapping: &Mapping) -> Option<Bytes>;
-    /// The target's root directory, for debug file search.
-    fn root(&self) -> PathBuf;
+    /// The target's root, for debug file search.
+    fn root(&self) -> Root;
+    /// Code bytes at `avma` read from the target's memory (JIT code in no module): true
+    /// when `buf` was filled. None by default.
+    fn read_code(&self, _avma: u64, _buf: &mut [u8]) -> bool {
+        false
+    }
+}
+
+/// The module map with the target's memory behind it: what the unwinder needs to step
+/// through JIT code in no module.
+pub struct WithCode<'a, S: ModuleSource>(pub &'a ModuleMap, pub &'a S);
+
+impl<S: ModuleSource> UnwindModules for WithCode<'_, S> {
+    fn find(&self, avma: u64) -> Option<ModuleRef<'_>> {
+        self.0.find(avma)
+    }
+    fn read_code(&self, avma: u64, buf: &mut [u8]) -> bool {
+        self.0.find_module(avma).is_none() && self.1.read_code(avma, buf)
+    }
 }
 
 /// Identity of a module across maps re-reads: same file at the same place.
@@ -265,8 +282,8 @@ mod tests {
         fn memory(&self, _: &Mapping) -> Option<Bytes> {
             None
         }
-        fn root(&self) -> PathBuf {
-            PathBuf::from("/")
+        fn root(&self) -> Root {
+            Root::dir("/")
         }
     }
 

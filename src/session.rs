@@ -16,8 +16,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_channel::bounded;
 
 use crate::config::{AttachConfig, Target};
+use crate::modules::ModuleSource;
 use crate::os::files::LiveFiles;
 use crate::os::{permissions, proc};
+use crate::perfmap::PerfMap;
 use crate::pipeline::naming::{Namer, NamingStage};
 use crate::pipeline::unwind::UnwindStage;
 use crate::sink::folded::FoldedSink;
@@ -121,14 +123,16 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
 
     let (un_tx, un_rx) = bounded(4096);
     let pid = cfg.pid;
-    let stage = UnwindStage::new(LiveFiles(pid), cfg.max_frames, pool_tx, in_flight)
+    let files = LiveFiles::new(pid);
+    let perf_map = PerfMap::new(files.root(), proc::ns_pid(pid).unwrap_or(pid));
+    let stage = UnwindStage::new(files, cfg.max_frames, pool_tx, in_flight)
         .with_reread(move || proc::read_maps(pid).ok());
     let unwinder = std::thread::Builder::new()
         .name("unwinder".into())
         .spawn(move || stage.run(&src_rx, &un_tx))
         .context("starting the unwinder thread")?;
 
-    let mut naming = naming;
+    let mut naming = naming.with_perf_map(perf_map);
     let mut next_report = 10_000_000_000u64;
     let mut first_sample = cfg.verbose;
     naming.run(&un_rx, |stage, t| {

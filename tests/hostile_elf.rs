@@ -117,7 +117,7 @@ fn exercise(label: &str, data: &[u8], pcs: &[u64], sym: &mut Symbolizer) {
             path: "/hostile/prog".into(),
             data: Bytes::from_owner(data.to_vec()),
             build_id: f.as_ref().and_then(|f| f.build_id.clone()),
-            root: PathBuf::from("/nonexistent-root"),
+            root: PathBuf::from("/nonexistent-root").into(),
         };
         let _ = sym.debug_info(&desc);
         for &pc in pcs {

@@ -121,7 +121,7 @@ fn desc_from_bytes(path: &str, data: Vec<u8>) -> ModuleDesc {
         path: path.to_string(),
         data: Bytes::from_owner(data),
         build_id: None,
-        root: PathBuf::from("/"),
+        root: "/".into(),
     }
 }
 
@@ -377,7 +377,7 @@ fn separate_debug_file_by_build_id() {
     std::fs::copy(&debug, &in_root).unwrap();
     let mut rooted = Symbolizer::new(Vec::new());
     let module_in_root = ModuleDesc {
-        root: root.clone(),
+        root: root.as_path().into(),
         ..module.clone()
     };
     assert_eq!(

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use object::{Object, ObjectSymbol};
 use profiler::symbolize::{ModuleDesc, Symbolizer, looks_mangled};
@@ -36,7 +34,7 @@ fn self_module() -> ModuleDesc {
             .into_owned(),
         data: Bytes::from_owner(data),
         build_id,
-        root: PathBuf::from("/"),
+        root: "/".into(),
     }
 }
 
@@ -136,7 +134,7 @@ fn loaded_libc() -> Option<ModuleDesc> {
         path,
         data: Bytes::from_owner(data),
         build_id,
-        root: PathBuf::from("/"),
+        root: "/".into(),
     })
 }
 

@@ -2,6 +2,7 @@
 //! of the crate works on the plain data these functions return. `unsafe` lives here only,
 //! each block with a `// SAFETY:` note.
 
+pub mod demangle;
 pub mod files;
 pub mod permissions;
 pub mod proc;

@@ -50,6 +50,16 @@ pub fn status_field(pid: Pid, key: &str) -> Option<String> {
     status_field_in(&s, key)
 }
 
+/// The pid process `pid` knows itself by: in its own PID namespace (the last `NSpid`
+/// value), which names its `/tmp/perf-PID.map`.
+pub fn ns_pid(pid: Pid) -> Option<Pid> {
+    status_field(pid, "NSpid")?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// The value of a `Key:` line in status text.
 pub fn status_field_in(status: &str, key: &str) -> Option<String> {
     status.lines().find_map(|l| {

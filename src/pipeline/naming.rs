@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use super::profile::{StackId, Store};
 use super::{FrameKey, NO_MODULE, Unwound};
 use crate::modules::Module;
+use crate::perfmap::PerfMap;
 use crate::sink::{SampleRef, Sink, SinkReport};
 use crate::types::{StackEnd, Tid};
 use profiler_symbolize::{Symbolizer, SymbolizerStats};
@@ -85,20 +86,31 @@ impl NamedFrame {
     }
 }
 
-/// Names frames through a [`Symbolizer`], knowing the session's modules.
+/// Names frames through a [`Symbolizer`], knowing the session's modules, and JIT code in
+/// no module through the target's perf map.
 pub struct Namer {
     symbolizer: Symbolizer,
     /// Module paths as shared strings, by module id.
     paths: Vec<Option<Arc<str>>>,
+    /// The target's `/tmp/perf-PID.map`, when it has one.
+    perf_map: Option<PerfMap>,
 }
 
 impl Namer {
-    /// A namer over `symbolizer`.
+    /// A namer over `symbolizer`. C++ names its demangler cannot read go to GNU's
+    /// (`os::demangle`), as `c++filt` reads them.
     pub fn new(symbolizer: Symbolizer) -> Self {
+        crate::os::demangle::install();
         Namer {
             symbolizer,
             paths: Vec::new(),
+            perf_map: None,
         }
+    }
+
+    /// Name code in no module (JIT code) from the target's perf map.
+    pub fn set_perf_map(&mut self, perf_map: PerfMap) {
+        self.perf_map = Some(perf_map);
     }
 
     /// The symbolizer's counters.
@@ -117,6 +129,17 @@ impl Namer {
             .then(|| modules.get(key.module as usize))
             .flatten()
         else {
+            if let Some(jit) = self
+                .perf_map
+                .as_mut()
+                .and_then(|m| m.lookup(key.lookup_addr()))
+            {
+                let name: Arc<str> = Arc::from(jit.name.as_str());
+                let mut frame = NamedFrame::unnamed(key.addr, None, String::new());
+                frame.label = name.clone();
+                frame.function = Some(name);
+                return vec![frame];
+            }
             return vec![NamedFrame::unnamed(
                 key.addr,
                 None,
@@ -198,6 +221,12 @@ impl NamingStage {
     /// When the first unwound sample reached this stage, before naming it.
     pub fn first_sample(&self) -> Option<std::time::Instant> {
         self.first_sample
+    }
+
+    /// Name JIT code from the target's perf map too.
+    pub fn with_perf_map(mut self, perf_map: PerfMap) -> Self {
+        self.namer.set_perf_map(perf_map);
+        self
     }
 
     /// The store, read-only.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::{FrameKey, NO_MODULE, Unwound, UnwoundStack};
-use crate::modules::{ModuleMap, ModuleSource};
+use crate::modules::{ModuleMap, ModuleSource, WithCode};
 use crate::procmaps;
 use crate::source::{Captured, SourceEvent};
 use crate::types::{FrameAddr, StackEnd};
@@ -143,9 +143,12 @@ impl<S: ModuleSource> UnwindStage<S> {
                 let end = match s.captured {
                     Captured::Stack { regs, stack } => {
                         let t0 = Instant::now();
-                        let mut end =
-                            self.unwinder
-                                .unwind(&regs, &stack, &self.modules, &mut self.frames);
+                        let mut end = self.unwinder.unwind(
+                            &regs,
+                            &stack,
+                            &WithCode(&self.modules, &self.files),
+                            &mut self.frames,
+                        );
                         if (self.modules.find_module(regs.ip()).is_none()
                             || end == StackEnd::Unknown)
                             && self.reread_maps()
@@ -154,7 +157,7 @@ impl<S: ModuleSource> UnwindStage<S> {
                             end = self.unwinder.unwind(
                                 &regs,
                                 &stack,
-                                &self.modules,
+                                &WithCode(&self.modules, &self.files),
                                 &mut self.frames,
                             );
                         }

@@ -44,7 +44,7 @@ pub fn module_desc(path: &std::path::Path) -> profiler::symbolize::ModuleDesc {
         path: path.to_string_lossy().into_owned(),
         data: bytes::Bytes::from_owner(data),
         build_id,
-        root: PathBuf::from("/"),
+        root: "/".into(),
     }
 }
 

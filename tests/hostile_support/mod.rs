@@ -251,8 +251,8 @@ impl ModuleSource for FakeSource {
     fn memory(&self, _: &Mapping) -> Option<Bytes> {
         None
     }
-    fn root(&self) -> PathBuf {
-        PathBuf::from("/nonexistent-root")
+    fn root(&self) -> profiler::symbolize::Root {
+        PathBuf::from("/nonexistent-root").into()
     }
 }
 
@@ -268,8 +268,8 @@ impl ModuleSource for DiskSource {
     fn memory(&self, _: &Mapping) -> Option<Bytes> {
         None
     }
-    fn root(&self) -> PathBuf {
-        PathBuf::from("/")
+    fn root(&self) -> profiler::symbolize::Root {
+        "/".into()
     }
 }
 

@@ -337,10 +337,12 @@ impl ChunkBuilder {
         }
         let function = f.function.as_deref().map(str::to_string);
         let package = f.module.as_deref().map(str::to_string);
-        let in_app = self
-            .rules
-            .is_in_app(package.as_deref(), function.as_deref());
         let filename = f.file.as_deref().map(str::to_string);
+        let in_app = self.rules.is_in_app_frame(
+            package.as_deref(),
+            function.as_deref(),
+            filename.as_deref(),
+        );
         let abs_path = filename.clone().filter(|p| p.starts_with('/'));
         let frame = Frame {
             instruction_addr: format!("{:#x}", f.instruction_addr),

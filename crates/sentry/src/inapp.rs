@@ -6,6 +6,13 @@
 //!   `/usr/lib32/`, `/usr/lib64/`, `/usr/libx32/`, `/usr/libexec/`, and for the C/C++ runtime
 //!   (`libc.so*`, `libstdc++.so*`, `libgcc_s.so*`, `libm.so*`, `libpthread.so*`, `libdl.so*`,
 //!   `librt.so*`, `ld-linux*.so*`, `ld-musl*`) wherever they live;
+//! - false for the standard libraries' frames wherever they are, even inlined or
+//!   monomorphised into the main executable (as Sentry's native grouping rules treat them):
+//!   functions in `std::`, `core::`, `alloc::`, `__gnu_cxx::`, `__cxxabiv1::` (also as the
+//!   self type of a Rust `<std::... as Trait>::f`), `__rust_*`, `rust_begin_unwind`, and
+//!   source files of the Rust standard library (`/rustc/<hash>/library/...`, a toolchain's
+//!   `lib/rustlib/src/rust/library/`) or under the compiler's and the system's include
+//!   directories (`/usr/include/`, `.../include/c++/`, `/usr/lib/gcc/`, `/usr/lib/llvm*`);
 //! - false for a frame with no known module;
 //! - true for the main executable when set with [`InAppRules::with_main_executable`], even
 //!   under a system directory (e.g. `/usr/lib/firefox/firefox`);
@@ -132,8 +139,20 @@ impl InAppRules {
     }
 
     /// The `in_app` value of a frame in module `package` (None: unknown module) running
-    /// `function` (None: unsymbolized).
+    /// `function` (None: unsymbolized), without a source file.
     pub fn is_in_app(&self, package: Option<&str>, function: Option<&str>) -> bool {
+        self.is_in_app_frame(package, function, None)
+    }
+
+    /// The `in_app` value of one frame: module `package`, `function` and source `file`
+    /// (each None when unknown). Decided per frame, so a standard library function inlined
+    /// into the target's executable is not app code while the executable's own are.
+    pub fn is_in_app_frame(
+        &self,
+        package: Option<&str>,
+        function: Option<&str>,
+        file: Option<&str>,
+    ) -> bool {
         let hit = |pats: &[Pattern]| {
             pats.iter().any(|p| {
                 package.is_some_and(|s| p.matches(s)) || function.is_some_and(|s| p.matches(s))
@@ -145,12 +164,95 @@ impl InAppRules {
         if hit(&self.in_app) {
             return true;
         }
+        if function.is_some_and(is_std_function) || file.is_some_and(is_std_source) {
+            return false;
+        }
         match package {
             Some(p) if self.main_executable.as_deref() == Some(p) => true,
             Some(p) if !p.is_empty() => !is_system_package(p),
             _ => false,
         }
     }
+}
+
+/// Namespaces of the C++ and Rust standard libraries and runtimes.
+const STD_NAMESPACES: &[&str] = &["std::", "core::", "alloc::", "__gnu_cxx::", "__cxxabiv1::"];
+
+/// True for a function of the standard libraries: its qualified name (without return type
+/// and parameters) is in one of their namespaces, or it is a Rust runtime entry point.
+pub fn is_std_function(function: &str) -> bool {
+    let name = qualified_name(function);
+    // A Rust impl path: `<alloc::vec::Vec<T> as core::ops::Drop>::drop` is std's code,
+    // `<app::Foo as core::fmt::Display>::fmt` the app's.
+    let name = name.strip_prefix('<').unwrap_or(name);
+    STD_NAMESPACES.iter().any(|ns| name.starts_with(ns))
+        || name.starts_with("__rust_")
+        || name == "rust_begin_unwind"
+}
+
+/// True for a source file of the standard libraries or of system headers: the Rust
+/// standard library as rustc records it (`/rustc/<commit>/library/...`) or as a toolchain
+/// installs it, and the compiler's and the system's include directories (libstdc++'s
+/// templates, glibc's inline functions).
+pub fn is_std_source(file: &str) -> bool {
+    file.starts_with("/rustc/")
+        || file.contains("/lib/rustlib/src/rust/library/")
+        || file.starts_with("/usr/include/")
+        || file.contains("/include/c++/")
+        || file.starts_with("/usr/lib/gcc/")
+        || file.starts_with("/usr/lib/llvm")
+}
+
+/// The qualified name of a demangled function: without a C++ return type, parameter list,
+/// cv/ref qualifiers or clone suffix. `void std::sort<int*>(int*, int*)` -> `std::sort<int*>`,
+/// `std::vector<int>& app::f() const` -> `app::f`.
+fn qualified_name(function: &str) -> &str {
+    let mut s = function.trim();
+    if let Some(i) = s.find(" [clone ") {
+        s = s[..i].trim_end();
+    }
+    loop {
+        let before = s.len();
+        for q in [" const", " volatile", " &&", " &"] {
+            if let Some(rest) = s.strip_suffix(q) {
+                s = rest.trim_end();
+            }
+        }
+        if s.len() == before {
+            break;
+        }
+    }
+    // The parameter list: a balanced `(...)` at the end (not `operator()` itself).
+    if s.ends_with(')') && !s.ends_with("operator()") {
+        let mut depth = 0i32;
+        for (i, c) in s.char_indices().rev() {
+            match c {
+                ')' => depth += 1,
+                '(' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        s = s[..i].trim_end();
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    // A return type ends at the last space outside brackets (but `operator new` and
+    // `operator delete[]` keep theirs).
+    let bytes = s.as_bytes();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'<' | b'(' | b'[' | b'{' => depth += 1,
+            b'>' | b')' | b']' | b'}' => depth -= 1,
+            b' ' if depth == 0 && !s[..i].ends_with("operator") => start = i + 1,
+            _ => {}
+        }
+    }
+    &s[start..]
 }
 
 #[cfg(test)]
@@ -182,6 +284,95 @@ mod tests {
         assert!(t("/srv/libcrypto_app"));
         assert!(!r.is_in_app(None, Some("main")));
         assert!(!r.is_in_app(Some(""), None));
+    }
+
+    #[test]
+    fn standard_library_frames_are_not_app_code() {
+        let exe = "/srv/app/bin/server";
+        let r = InAppRules::default().with_main_executable(exe);
+        let t = |f: &str, file: Option<&str>| r.is_in_app_frame(Some(exe), Some(f), file);
+        // Rust std/core/alloc, monomorphised or inlined into the executable.
+        assert!(!t("std::panicking::catch_unwind", None));
+        assert!(!t("core::ops::function::FnOnce::call_once", None));
+        assert!(!t("std::thread::lifecycle::spawn_unchecked", None));
+        assert!(!t(
+            "<alloc::boxed::Box<F,A> as core::ops::function::FnOnce<Args>>::call_once",
+            None
+        ));
+        assert!(!t("__rust_begin_short_backtrace", None));
+        assert!(!t("rust_begin_unwind", None));
+        // A std source file decides when the name does not (a closure body in std).
+        let std_file = "/rustc/90b35a6239c3d8bdabc530a6a0816f7ff89a0aaf/library/std/src/rt.rs";
+        assert!(!t("{closure#0}", Some(std_file)));
+        assert!(!t(
+            "x",
+            Some(
+                "/root/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/lib/rustlib/src/rust/library/core/src/iter.rs"
+            )
+        ));
+        // C++: libstdc++ templates, with return types and clone suffixes.
+        assert!(!t("void std::sort<int*>(int*, int*)", None));
+        assert!(!t(
+            "std::vector<int, std::allocator<int> >::push_back(int const&)",
+            None
+        ));
+        assert!(!t(
+            "__gnu_cxx::__normal_iterator<int*, std::vector<int> >::operator++()",
+            None
+        ));
+        assert!(!t(
+            "std::thread::_State_impl<x>::_M_run() [clone .cold]",
+            None
+        ));
+        assert!(!t("f", Some("/usr/include/c++/12/bits/stl_algo.h")));
+        assert!(!t("f", Some("/opt/gcc-13/include/c++/13/bits/vector.tcc")));
+        assert!(!t(
+            "f",
+            Some("/usr/lib/gcc/x86_64-linux-gnu/12/include/avxintrin.h")
+        ));
+        // The app's own functions stay app code, even when they mention std types.
+        assert!(t("rust_app::crunch", Some("/src/rust_app.rs")));
+        assert!(t("<rust_app::Square as core::fmt::Display>::fmt", None));
+        assert!(t(
+            "std::vector<int, std::allocator<int> >& app::engine::items() const",
+            None
+        ));
+        assert!(t(
+            "double app::apply<double>(double)",
+            Some("/src/cpp_app.cpp")
+        ));
+        assert!(t("main::{lambda()#1}::operator()() const", None));
+        assert!(t("app::Foo::operator()(int)", None));
+        assert!(t("app::mystd::f", None));
+        assert!(t("main", None));
+        // --in-app / --not-in-app still win.
+        let r =
+            InAppRules::new(&["std::thread::*"], &["rust_app::crunch*"]).with_main_executable(exe);
+        assert!(r.is_in_app_frame(Some(exe), Some("std::thread::spawn"), None));
+        assert!(!r.is_in_app_frame(Some(exe), Some("rust_app::crunch"), None));
+    }
+
+    #[test]
+    fn qualified_names() {
+        assert_eq!(
+            qualified_name("void std::sort<int*>(int*, int*)"),
+            "std::sort<int*>"
+        );
+        assert_eq!(qualified_name("app::f() const &"), "app::f");
+        assert_eq!(
+            qualified_name("operator new(unsigned long)"),
+            "operator new"
+        );
+        assert_eq!(
+            qualified_name("std::map<int, int>::operator[](int const&)"),
+            "std::map<int, int>::operator[]"
+        );
+        assert_eq!(
+            qualified_name("main::{lambda()#1}::operator()() const"),
+            "main::{lambda()#1}::operator()"
+        );
+        assert_eq!(qualified_name("ns::foo(int) [clone .isra.0]"), "ns::foo");
+        assert_eq!(qualified_name("rust_app::main"), "rust_app::main");
     }
 
     #[test]

@@ -1,19 +1,47 @@
 //! Finding separate debug files: by GNU build-id under `.build-id/` directories and by
 //! `.gnu_debuglink` name + CRC32 next to the binary, searching the target's filesystem
-//! (`/proc/PID/root`) before the agent's own. Candidates are memory-mapped and checked
+//! (through its [`Root`]) before the agent's own. Candidates are memory-mapped and checked
 //! (ELF, matching build-id or CRC) before use.
 
 use std::fs::File;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use object::Object;
 
+use crate::root::Root;
 use bytes::Bytes;
 
-/// Map the file at `path` read-only. None when it cannot be opened, is empty or is not a
-/// regular file.
+/// Where a candidate file is: a path the target sees (opened through its root) or a path
+/// of the agent's own filesystem (`--debug-dir`, the agent's `/usr/lib/debug`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    Target(PathBuf),
+    Agent(PathBuf),
+}
+
+impl Place {
+    pub(crate) fn map(&self, root: &Root) -> Option<Bytes> {
+        match self {
+            Place::Target(p) => map_open(root.open(p)?),
+            Place::Agent(p) => map_file(p),
+        }
+    }
+    fn shown(&self, root: &Root) -> PathBuf {
+        match self {
+            Place::Target(p) => root.display(p),
+            Place::Agent(p) => p.clone(),
+        }
+    }
+}
+
+/// Map the file at `path` (on the agent's filesystem) read-only. None when it cannot be
+/// opened, is empty or is not a regular file.
 pub(crate) fn map_file(path: &Path) -> Option<Bytes> {
-    let file = File::open(path).ok()?;
+    map_open(File::open(path).ok()?)
+}
+
+/// Map an open file read-only (see [`map_file`]).
+pub(crate) fn map_open(file: File) -> Option<Bytes> {
     let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() == 0 {
         return None;
@@ -27,69 +55,21 @@ pub(crate) fn map_file(path: &Path) -> Option<Bytes> {
     Some(Bytes::from_owner(map))
 }
 
-/// `path` (absolute, as the target sees it) inside `root`. Absolute symlinks met on the
-/// last component are resolved against `root` too (a `.build-id` link inside a container
-/// points into the container's filesystem, not the agent's).
-pub(crate) fn in_root(root: &Path, path: &Path) -> PathBuf {
-    let mut current = join_root(root, path);
-    for _ in 0..8 {
-        match std::fs::read_link(&current) {
-            Ok(target) if target.is_absolute() => current = join_root(root, &target),
-            Ok(target) => {
-                let parent = current.parent().map(Path::to_path_buf).unwrap_or_default();
-                current = parent.join(target);
-            }
-            Err(_) => break,
-        }
-    }
-    current
-}
-
-/// `root` + `path` with `path`'s leading `/` (and any `..` that would climb out) removed.
-fn join_root(root: &Path, path: &Path) -> PathBuf {
-    let root = if root.as_os_str().is_empty() {
-        Path::new("/")
-    } else {
-        root
-    };
-    let mut out = root.to_path_buf();
-    let base_len = out.components().count();
-    for c in path.components() {
-        match c {
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir => {
-                if out.components().count() > base_len {
-                    out.pop();
-                }
-            }
-            Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
-        }
-    }
-    out
-}
-
 /// The directories that may hold `.build-id/` trees, in search order: the target's
 /// `/usr/lib/debug`, the user's debug directories, the agent's `/usr/lib/debug`.
-fn debug_roots(root: &Path, debug_dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut dirs = vec![in_root(root, Path::new("/usr/lib/debug"))];
-    dirs.extend(debug_dirs.iter().cloned());
-    dirs.push(PathBuf::from("/usr/lib/debug"));
-    let mut seen = Vec::new();
-    dirs.retain(|d| {
-        let key = d.canonicalize().unwrap_or_else(|_| d.clone());
-        if seen.contains(&key) {
-            false
-        } else {
-            seen.push(key);
-            true
-        }
-    });
+fn debug_roots(debug_dirs: &[PathBuf]) -> Vec<Place> {
+    let mut dirs = vec![Place::Target(PathBuf::from("/usr/lib/debug"))];
+    dirs.extend(debug_dirs.iter().cloned().map(Place::Agent));
+    dirs.push(Place::Agent(PathBuf::from("/usr/lib/debug")));
     dirs
 }
 
 /// A debug file found for a module.
 pub(crate) struct Found {
+    /// Where it is, to show.
     pub path: PathBuf,
+    /// Where it is, to open files next to it.
+    pub place: Place,
     pub data: Bytes,
 }
 
@@ -103,7 +83,7 @@ pub(crate) fn build_id_of(data: &[u8]) -> Option<Vec<u8>> {
 /// be ELF with the same build-id.
 pub(crate) fn find_by_build_id(
     build_id: &[u8],
-    root: &Path,
+    root: &Root,
     debug_dirs: &[PathBuf],
 ) -> Option<Found> {
     if build_id.len() < 2 {
@@ -114,29 +94,24 @@ pub(crate) fn find_by_build_id(
         hex(&build_id[..1]),
         hex(&build_id[1..])
     );
-    for dir in debug_roots(root, debug_dirs) {
-        let candidate = dir.join(&rel);
-        let path = resolve_symlinks_under(root, &dir, &candidate);
-        let Some(data) = map_file(&path) else {
+    for dir in debug_roots(debug_dirs) {
+        let candidate = match dir {
+            Place::Target(d) => Place::Target(d.join(&rel)),
+            Place::Agent(d) => Place::Agent(d.join(&rel)),
+        };
+        let Some(data) = candidate.map(root) else {
             continue;
         };
         if build_id_of(&data).as_deref() == Some(build_id) {
-            return Some(Found { path, data });
+            let path = candidate.shown(root);
+            return Some(Found {
+                path,
+                place: candidate,
+                data,
+            });
         }
     }
     None
-}
-
-/// Resolve an absolute symlink at `candidate` against the target root when `dir` is inside
-/// that root; otherwise the agent's filesystem resolves it normally.
-fn resolve_symlinks_under(root: &Path, dir: &Path, candidate: &Path) -> PathBuf {
-    if root != Path::new("/")
-        && let Ok(rel) = candidate.strip_prefix(root)
-        && dir.starts_with(root)
-    {
-        return in_root(root, &Path::new("/").join(rel));
-    }
-    candidate.to_path_buf()
 }
 
 /// Find the `.gnu_debuglink` file `name` with CRC32 `crc` for the binary at `module_path`
@@ -149,7 +124,7 @@ pub(crate) fn find_by_debuglink(
     crc: u32,
     module_path: &str,
     build_id: Option<&[u8]>,
-    root: &Path,
+    root: &Root,
     debug_dirs: &[PathBuf],
 ) -> Option<Found> {
     // The link is a bare file name; anything else is not followed.
@@ -160,39 +135,37 @@ pub(crate) fn find_by_debuglink(
     let mut candidates = Vec::new();
     let bin_dir = module.is_absolute().then(|| module.parent()).flatten();
     if let Some(bin_dir) = bin_dir {
-        let own = in_root(root, module);
-        let next_to = in_root(root, &bin_dir.join(name));
-        if next_to != own {
-            candidates.push(next_to);
+        let next_to = bin_dir.join(name);
+        if next_to != module {
+            candidates.push(Place::Target(next_to));
         }
-        candidates.push(in_root(root, &bin_dir.join(".debug").join(name)));
-        candidates.push(in_root(
-            root,
-            &Path::new("/usr/lib/debug")
+        candidates.push(Place::Target(bin_dir.join(".debug").join(name)));
+        candidates.push(Place::Target(
+            Path::new("/usr/lib/debug")
                 .join(strip_root(bin_dir))
                 .join(name),
         ));
     }
     for dir in debug_dirs {
         if let Some(bin_dir) = bin_dir {
-            candidates.push(dir.join(strip_root(bin_dir)).join(name));
+            candidates.push(Place::Agent(dir.join(strip_root(bin_dir)).join(name)));
         }
-        candidates.push(dir.join(name));
+        candidates.push(Place::Agent(dir.join(name)));
     }
     if let Some(bin_dir) = bin_dir {
-        candidates.push(
+        candidates.push(Place::Agent(
             Path::new("/usr/lib/debug")
                 .join(strip_root(bin_dir))
                 .join(name),
-        );
+        ));
     }
-    let mut tried: Vec<PathBuf> = Vec::new();
-    for path in candidates {
-        if tried.contains(&path) {
+    let mut tried: Vec<Place> = Vec::new();
+    for place in candidates {
+        if tried.contains(&place) {
             continue;
         }
-        tried.push(path.clone());
-        let Some(data) = map_file(&path) else {
+        tried.push(place.clone());
+        let Some(data) = place.map(root) else {
             continue;
         };
         if object::File::parse(&*data).is_err() {
@@ -207,7 +180,8 @@ pub(crate) fn find_by_debuglink(
         {
             continue;
         }
-        return Some(Found { path, data });
+        let path = place.shown(root);
+        return Some(Found { path, place, data });
     }
     None
 }
@@ -225,40 +199,6 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn join_root_stays_inside() {
-        let root = Path::new("/proc/42/root");
-        assert_eq!(
-            join_root(root, Path::new("/usr/lib/x.so")),
-            Path::new("/proc/42/root/usr/lib/x.so")
-        );
-        assert_eq!(
-            join_root(root, Path::new("/../../etc/passwd")),
-            Path::new("/proc/42/root/etc/passwd")
-        );
-        assert_eq!(
-            join_root(Path::new("/"), Path::new("/usr/lib")),
-            Path::new("/usr/lib")
-        );
-    }
-
-    #[test]
-    fn absolute_symlink_resolved_in_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("usr/lib/debug/.build-id/ab")).unwrap();
-        std::fs::create_dir_all(root.join("real")).unwrap();
-        std::fs::write(root.join("real/file.debug"), b"x").unwrap();
-        std::os::unix::fs::symlink(
-            "/real/file.debug",
-            root.join("usr/lib/debug/.build-id/ab/cd.debug"),
-        )
-        .unwrap();
-        let resolved = in_root(root, Path::new("/usr/lib/debug/.build-id/ab/cd.debug"));
-        assert_eq!(resolved, root.join("real/file.debug"));
-        assert!(map_file(&resolved).is_some());
-    }
 
     #[test]
     fn map_missing_or_empty_file() {

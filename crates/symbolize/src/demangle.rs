@@ -2,7 +2,20 @@
 //! disambiguators), C++ Itanium manglings (with parameter lists, like c++filt, perf and
 //! samply) and GCC/LLVM clone suffixes. Names that are not mangled come back unchanged.
 
+use std::sync::OnceLock;
+
 use cpp_demangle::{DemangleOptions, ParseOptions};
+
+/// A second C++ demangler, tried on the names `cpp_demangle` cannot read (some template
+/// expressions): the caller's, e.g. GNU's from the C++ runtime. Returns None on failure.
+pub type CppFallback = fn(&str) -> Option<String>;
+
+static CPP_FALLBACK: OnceLock<CppFallback> = OnceLock::new();
+
+/// Set the process-wide C++ fallback demangler (the first call wins; true if it did).
+pub fn set_cpp_fallback(f: CppFallback) -> bool {
+    CPP_FALLBACK.set(f).is_ok()
+}
 
 /// Demangle a symbol name of any supported language.
 ///
@@ -75,12 +88,20 @@ fn has_legacy_hash(name: &str) -> bool {
 }
 
 /// C++ Itanium names, with any clone suffixes cpp_demangle does not understand demangled
-/// on the base and appended as ` [clone .suffix]`.
+/// on the base and appended as ` [clone .suffix]`; the fallback demangler (when set) reads
+/// what cpp_demangle cannot.
 fn demangle_cpp(name: &str) -> Option<String> {
     if !name.starts_with("_Z") {
         return None;
     }
     if let Some(s) = cpp_once(name) {
+        return Some(s);
+    }
+    if let Some(s) = CPP_FALLBACK
+        .get()
+        .and_then(|f| f(name))
+        .filter(|s| !looks_mangled(s))
+    {
         return Some(s);
     }
     // Retry without the suffix: the base must demangle on its own.

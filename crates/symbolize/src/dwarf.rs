@@ -3,7 +3,7 @@
 //! one address into raw frames (innermost first).
 
 use std::ops::Deref;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use addr2line::{LookupContinuation, LookupResult, SplitDwarfLoad};
@@ -11,6 +11,7 @@ use gimli::{EndianReader, RunTimeEndian, SectionId};
 use object::{CompressionFormat, Object, ObjectSection};
 
 use super::debugfile;
+use super::root::Root;
 use super::units::Sections;
 use bytes::Bytes;
 
@@ -142,7 +143,7 @@ pub(crate) struct RawFrame {
 pub(crate) fn find_frames(
     ctx: &addr2line::Context<Reader>,
     svma: u64,
-    root: &Path,
+    root: &Root,
 ) -> (Vec<RawFrame>, Option<gimli::Error>) {
     let mut out = Vec::new();
     let mut iter = match with_split_dwarf(ctx.find_frames(svma), root) {
@@ -188,7 +189,7 @@ pub(crate) fn find_frames(
 }
 
 /// Run a lookup to its end, loading split DWARF (`.dwo`) files it asks for.
-fn with_split_dwarf<L>(mut lookup: LookupResult<L>, root: &Path) -> L::Output
+fn with_split_dwarf<L>(mut lookup: LookupResult<L>, root: &Root) -> L::Output
 where
     L: LookupContinuation<Buf = Reader>,
 {
@@ -206,7 +207,7 @@ where
 /// Find and load the `.dwo` file a skeleton unit names (`DW_AT_dwo_name` relative to
 /// `DW_AT_comp_dir`), inside the target's root; its unit must carry the expected dwo id.
 /// DWARF packages (`.dwp`) are not searched.
-fn load_dwo(load: &SplitDwarfLoad<Reader>, root: &Path) -> Option<Arc<gimli::Dwarf<Reader>>> {
+fn load_dwo(load: &SplitDwarfLoad<Reader>, root: &Root) -> Option<Arc<gimli::Dwarf<Reader>>> {
     let text = |r: &Reader| {
         gimli::Reader::to_string_lossy(r)
             .ok()
@@ -220,7 +221,7 @@ fn load_dwo(load: &SplitDwarfLoad<Reader>, root: &Path) -> Option<Arc<gimli::Dwa
     if !path.is_absolute() {
         return None;
     }
-    let data = debugfile::map_file(&debugfile::in_root(root, &path))?;
+    let data = debugfile::map_open(root.open(&path)?)?;
     let file = object::File::parse(&*data).ok()?;
     let mut dwarf = load_sections(&data, &file, true).dwarf(None);
     dwarf.make_dwo(&load.parent);

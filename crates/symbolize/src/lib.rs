@@ -9,6 +9,7 @@
 mod debugfile;
 mod demangle;
 mod dwarf;
+mod root;
 mod symtab;
 mod units;
 
@@ -20,8 +21,9 @@ use std::sync::Arc;
 use object::Object;
 
 use bytes::Bytes;
-pub use demangle::{demangle, looks_mangled};
+pub use demangle::{CppFallback, demangle, looks_mangled, set_cpp_fallback};
 use dwarf::RawFrame;
+pub use root::{OpenInRoot, Root};
 use symtab::{SymbolTable, Which};
 use units::Names;
 
@@ -34,8 +36,9 @@ pub struct ModuleDesc {
     pub data: Bytes,
     /// The GNU build-id, when the file has one.
     pub build_id: Option<Vec<u8>>,
-    /// The target's root directory (`/proc/PID/root`), searched first for debug files.
-    pub root: PathBuf,
+    /// The target's root, searched first for debug files: opens the paths the target sees
+    /// (a directory such as `/`, or the agent's handle on the target's root).
+    pub root: Root,
 }
 
 /// One named frame; an address inside inlined code yields several, innermost first.
@@ -295,8 +298,11 @@ struct Module {
     /// `.symtab` of the debug file, `.symtab` of the binary, `.dynsym` of the binary: the
     /// first that names an address wins.
     symtabs: Vec<SymbolTable>,
+    /// Function ranges from the binary's `.eh_frame`, sorted: which function an address
+    /// is in, to judge whether a symbol plausibly names it.
+    functions: Vec<(u64, u64)>,
     /// The target's root, where split DWARF files are looked up.
-    root: PathBuf,
+    root: Root,
 }
 
 impl Module {
@@ -310,6 +316,7 @@ impl Module {
             info: DebugInfo::Nothing,
             dwarf: DwarfState::Absent,
             symtabs: Vec::new(),
+            functions: Vec::new(),
             root: desc.root.clone(),
         })
     }
@@ -358,7 +365,7 @@ impl Module {
         {
             symtabs.push(SymbolTable::read(&file, Which::Static));
             if dwarf::has_debug_info(&file) {
-                let sup = find_sup(&file, &found.path, &desc.root, debug_dirs);
+                let sup = find_sup(&file, &found.place, &desc.root, debug_dirs);
                 dwarf = DwarfState::Pending {
                     data: found.data.clone(),
                     sup,
@@ -366,11 +373,13 @@ impl Module {
                 info = found_info;
             }
         }
+        let mut functions = Vec::new();
         if let Some(own) = &own {
+            functions = symtab::function_ranges(own);
             symtabs.push(SymbolTable::read(own, Which::Static));
             symtabs.push(SymbolTable::read(own, Which::Dynamic));
             if own_dwarf {
-                let own_path = debugfile::in_root(&desc.root, Path::new(&desc.path));
+                let own_path = debugfile::Place::Target(PathBuf::from(&desc.path));
                 let sup = find_sup(own, &own_path, &desc.root, debug_dirs);
                 dwarf = DwarfState::Pending {
                     data: desc.data.clone(),
@@ -389,6 +398,7 @@ impl Module {
             info,
             dwarf,
             symtabs,
+            functions,
             root: desc.root.clone(),
         }
     }
@@ -415,7 +425,7 @@ impl Module {
         let mut raw: Vec<RawFrame> = Vec::new();
         let mut panicked = false;
         let root = self.root.clone();
-        let root = root.as_path();
+        let root = &root;
         // addr2line looks an address up as the range `[svma, svma + 1)`, which does not
         // exist for the last address (and overflows); no DWARF range can cover it anyway.
         let names = if svma == u64::MAX {
@@ -471,10 +481,11 @@ impl Module {
             })
             .collect();
 
+        let function = symtab::function_at(&self.functions, svma);
         let symbol = self
             .symtabs
             .iter()
-            .find_map(|t| t.lookup(svma))
+            .find_map(|t| t.lookup(svma, function))
             .map(|(name, _start)| demangle(name));
         match (frames.last_mut(), symbol) {
             (None, Some(name)) => frames.push(SymFrame {
@@ -524,21 +535,25 @@ fn build_names(data: &Bytes, sup: Option<&Bytes>, lazy: bool) -> Option<Names> {
 /// directory), else by the build-id it carries; its build-id must match.
 fn find_sup(
     file: &object::File<'_>,
-    file_path: &Path,
-    root: &Path,
+    file_path: &debugfile::Place,
+    root: &Root,
     debug_dirs: &[PathBuf],
 ) -> Option<Bytes> {
+    use debugfile::Place;
     let (name, want) = file.gnu_debugaltlink().ok().flatten()?;
     let name = Path::new(std::str::from_utf8(name).ok()?);
     let mut candidates = Vec::new();
     if name.is_absolute() {
-        candidates.push(debugfile::in_root(root, name));
-        candidates.push(name.to_path_buf());
-    } else if let Some(dir) = file_path.parent() {
-        candidates.push(dir.join(name));
+        candidates.push(Place::Target(name.to_path_buf()));
+        candidates.push(Place::Agent(name.to_path_buf()));
+    } else {
+        match file_path {
+            Place::Target(p) => candidates.extend(p.parent().map(|d| Place::Target(d.join(name)))),
+            Place::Agent(p) => candidates.extend(p.parent().map(|d| Place::Agent(d.join(name)))),
+        }
     }
-    for path in candidates {
-        if let Some(data) = debugfile::map_file(&path)
+    for place in candidates {
+        if let Some(data) = place.map(root)
             && debugfile::build_id_of(&data).as_deref() == Some(want)
         {
             return Some(data);

@@ -14,7 +14,7 @@ use object::{Endianness, Object, ObjectSection};
 
 use super::rule::{CfiRule, compact};
 use crate::Bytes;
-use crate::arch::SIGRETURN_CODE;
+use crate::arch::{CLONE_BACK, CLONE_WINDOW, SIGRETURN_CODE, clone_child_start};
 
 type Slice<'a> = EndianSlice<'a, LittleEndian>;
 
@@ -300,6 +300,17 @@ impl UnwindInfo {
     pub(crate) fn is_sigreturn_at(&self, svma: u64) -> bool {
         let mut buf = [0u8; SIGRETURN_CODE.len()];
         self.read_code(svma, &mut buf) && buf == SIGRETURN_CODE
+    }
+
+    /// When `svma` is among the first instructions of a clone child (see
+    /// [`clone_child_start`]), the file address of its `thread_start`.
+    pub(crate) fn clone_child_start_at(&self, svma: u64) -> Option<u64> {
+        let mut buf = [0u8; CLONE_WINDOW];
+        let from = svma.checked_sub(CLONE_BACK as u64)?;
+        if !self.read_code(from, &mut buf) {
+            return None;
+        }
+        clone_child_start(&buf).map(|rel| svma.wrapping_add(rel as u64))
     }
 
     /// The bytes of CFI table `table` (0 `.eh_frame`, 1.. `.debug_frame`s).

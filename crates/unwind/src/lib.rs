@@ -24,10 +24,14 @@
 //! CFA (`reg + offset` or an expression), the return address and every register with a
 //! rule (callee-saved ones default to "same value"). Without CFI it recognises the
 //! `rt_sigreturn` trampoline by its code bytes, tries the return address at `[rsp]` for
-//! an exact pc (a frameless stub), and finally follows the frame pointer chain.
+//! an exact pc (a frameless stub), steps through JIT trampolines that adjust the stack
+//! once before their call (`sub $n,%rsp; call`, CPython's perf trampolines: code read
+//! through [`UnwindModules::read_code`]), and finally follows the frame pointer chain.
 //!
 //! The walk ends with [`StackEnd::Root`] at a return address the CFI marks undefined
-//! (`_start`, the child side of `clone`/`clone3`), at a return address of 0, or at a null
+//! (`_start`, the child side of `clone`/`clone3`), at the first instructions of a clone
+//! child (right after the system call returned 0, before its CFI says so: recognised by
+//! glibc's code and the CFI of the code it jumps to), at a return address of 0, or at a null
 //! frame pointer inside a known module; [`StackEnd::Truncated`] when a needed read falls
 //! outside the captured memory; [`StackEnd::Unknown`] when nothing explains the next
 //! frame (or the stack pointer would not grow); [`StackEnd::MaxDepth`] at the frame
@@ -73,6 +77,12 @@ pub struct ModuleRef<'a> {
 pub trait UnwindModules {
     /// The module mapped executable at `avma`, if any.
     fn find(&self, avma: u64) -> Option<ModuleRef<'_>>;
+
+    /// The code bytes at `avma` in no module (JIT code), read from the process: true when
+    /// `buf` was filled. The default knows none.
+    fn read_code(&self, _avma: u64, _buf: &mut [u8]) -> bool {
+        false
+    }
 }
 
 /// Counters of an [`Unwinder`] since it was made (or since [`Unwinder::reset_stats`]).
@@ -94,6 +104,8 @@ pub struct UnwinderStats {
     pub stack_scan_steps: u64,
     /// Steps following the frame pointer chain.
     pub fp_steps: u64,
+    /// Steps through JIT trampolines without frame pointers (`sub $n,%rsp; call`).
+    pub trampoline_steps: u64,
     /// DWARF expressions evaluated.
     pub expr_evals: u64,
 }
@@ -128,6 +140,9 @@ enum Step {
 
 /// Every tracked register known.
 const ALL_VALID: u32 = (1 << NREGS) - 1;
+
+/// DWARF number of rax (a system call's return value).
+const RAX: u16 = 0;
 
 const fn bit(reg: u16) -> u32 {
     1 << reg
@@ -219,6 +234,13 @@ impl Unwinder {
     ) -> Step {
         let module = modules.find(frame.lookup_addr());
         if let Some(m) = module {
+            if !frame.is_return
+                && *valid & bit(RAX) != 0
+                && regs.0[RAX as usize] == 0
+                && self.is_clone_child(m, frame)
+            {
+                return Step::End(StackEnd::Root);
+            }
             let Unwinder {
                 cache, ctx, stats, ..
             } = self;
@@ -240,8 +262,77 @@ impl Unwinder {
             self.stats.stack_scan_steps += 1;
             return step;
         }
+        if module.is_none()
+            && frame.is_return
+            && let Some(step) = self.trampoline_step(frame, regs, valid, mem, modules)
+        {
+            self.stats.trampoline_steps += 1;
+            return step;
+        }
         self.stats.fp_steps += 1;
         fp_step(regs, valid, mem, module.is_some())
+    }
+
+    /// A new thread on its first instructions: the child's side of `clone`/`clone3`
+    /// returned 0 and is about to jump to the code whose CFI ends every thread's stack
+    /// (return address undefined). Its stack holds nothing yet: it is the thread's root.
+    fn is_clone_child(&mut self, m: ModuleRef<'_>, frame: FrameAddr) -> bool {
+        let Some(start) = m.info.clone_child_start_at(frame.addr.wrapping_sub(m.bias)) else {
+            return false;
+        };
+        let target = FrameAddr::ip(start.wrapping_add(m.bias));
+        let Unwinder {
+            cache, ctx, stats, ..
+        } = self;
+        matches!(
+            rule_for(cache, ctx, stats, m, target),
+            FrameRule::Cfi(rule) if rule.regs[Regs::RIP as usize] == RegRule::Undefined
+        )
+    }
+
+    /// A return address into JIT code that keeps no frame pointer but whose call is the
+    /// function's only stack adjustment: `sub $n,%rsp; call *%reg` (or `call rel32`) right
+    /// before the return address, the shape of CPython's perf trampolines. The caller's
+    /// return address is then at `[rsp + n]`; it must land in code with CFI.
+    fn trampoline_step<M: ReadMemory, U: UnwindModules>(
+        &mut self,
+        frame: FrameAddr,
+        regs: &mut Regs,
+        valid: &mut u32,
+        mem: &M,
+        modules: &U,
+    ) -> Option<Step> {
+        // The two shapes end at the return address: read only their bytes (a trampoline
+        // may start its mapping).
+        let mut code = [0u8; 9];
+        let n = if modules.read_code(frame.addr.checked_sub(6)?, &mut code[3..]) {
+            trampoline_frame_size(&code)
+        } else {
+            None
+        };
+        let n = match n {
+            Some(n) => n,
+            None => {
+                if !modules.read_code(frame.addr.checked_sub(9)?, &mut code) {
+                    return None;
+                }
+                trampoline_frame_size(&code)?
+            }
+        };
+        let sp = regs.sp();
+        let ra = mem.read_u64(sp.checked_add(n)?)?;
+        let target = FrameAddr::ret(ra);
+        let m = modules.find(target.lookup_addr())?;
+        let Unwinder {
+            cache, ctx, stats, ..
+        } = self;
+        if !matches!(rule_for(cache, ctx, stats, m, target), FrameRule::Cfi(_)) {
+            return None;
+        }
+        regs.set(Regs::RSP, sp.checked_add(n + 8)?);
+        regs.set(Regs::RIP, ra);
+        *valid &= CALL_PRESERVED;
+        Some(Step::Next(target))
     }
 
     /// For an exact pc without CFI (a frameless stub, a call through a null pointer):
@@ -271,6 +362,21 @@ impl Unwinder {
         *valid &= CALL_PRESERVED;
         Some(Step::Next(target))
     }
+}
+
+/// The frame size of a trampoline from the 9 code bytes before a return address:
+/// `sub $n,%rsp` (`48 83 ec n`) directly followed by the call that returns there, `call
+/// *%reg` (`ff d0+r`) or `call rel32` (`e8 ...`); `n` a positive multiple of 8.
+fn trampoline_frame_size(code: &[u8; 9]) -> Option<u64> {
+    const SUB_RSP: [u8; 3] = [0x48, 0x83, 0xec];
+    let n = if code[3..6] == SUB_RSP && code[7] == 0xff && (0xd0..=0xd7).contains(&code[8]) {
+        code[6]
+    } else if code[..3] == SUB_RSP && code[4] == 0xe8 {
+        code[3]
+    } else {
+        return None;
+    };
+    (n > 0 && n < 0x80 && n % 8 == 0).then_some(u64::from(n))
 }
 
 /// The rule of `frame` in module `m`, from the cache or the tables.

@@ -852,3 +852,87 @@ fn expression_evaluation_edges() {
         Err(EvalError::Invalid)
     );
 }
+
+/// One module plus JIT code outside it, whose bytes the process gives.
+struct WithJit(OneModule, u64, Vec<u8>);
+
+impl UnwindModules for WithJit {
+    fn find(&self, a: u64) -> Option<ModuleRef<'_>> {
+        self.0.find(a)
+    }
+    fn read_code(&self, a: u64, buf: &mut [u8]) -> bool {
+        let Some(off) = a.checked_sub(self.1).map(|o| o as usize) else {
+            return false;
+        };
+        match self.2.get(off..off + buf.len()) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[test]
+fn jit_trampoline_without_frame_pointer() {
+    const JIT: u64 = 0x5000_0000;
+    // CPython's perf trampoline: sub $8,%rsp; call *%rcx; add $8,%rsp; ret.
+    let tramp = vec![
+        0x48, 0x83, 0xec, 0x08, 0xff, 0xd1, 0x48, 0x83, 0xc4, 0x08, 0xc3,
+    ];
+    let m = WithJit(OneModule(module_info(Tables::Hdr)), JIT, tramp);
+    let mut u = Unwinder::new(64);
+    let mut s = Stack::new(0x40);
+    // The frameless leaf returns into the trampoline, whose caller's return address sits
+    // above the 8 bytes it reserved; rbp is garbage (no frame pointers anywhere).
+    s.put(0, JIT + 6)
+        .put(8, 0xdead)
+        .put(16, avma(F_ROOT + 0x10));
+    let r = regs(avma(F_LEAF), STACK, 0x77, 0);
+    let mut out = Vec::new();
+    let end = u.unwind(&r, &s.image(), &m, &mut out);
+    assert_eq!(
+        out,
+        vec![
+            FrameAddr::ip(avma(F_LEAF)),
+            FrameAddr::ret(JIT + 6),
+            FrameAddr::ret(avma(F_ROOT + 0x10)),
+        ]
+    );
+    assert_eq!(end, StackEnd::Root);
+    assert_eq!(u.stats().trampoline_steps, 1);
+
+    // Other code before the return address: no trampoline step (the frame pointer chain,
+    // here garbage, is all that is left).
+    let other = vec![
+        0x90, 0x90, 0x90, 0x90, 0x75, 0xfb, 0xff, 0xd6, 0x5d, 0xc3, 0x90,
+    ];
+    let m = WithJit(OneModule(module_info(Tables::Hdr)), JIT, other);
+    let mut u = Unwinder::new(64);
+    let end = u.unwind(&r, &s.image(), &m, &mut out);
+    assert_eq!((out.len(), end), (2, StackEnd::Unknown));
+    assert_eq!(u.stats().trampoline_steps, 0);
+}
+
+#[test]
+fn trampoline_shapes() {
+    let t = |c: [u8; 9]| super::trampoline_frame_size(&c);
+    assert_eq!(t([0, 0, 0, 0x48, 0x83, 0xec, 0x08, 0xff, 0xd1]), Some(8));
+    assert_eq!(t([0x48, 0x83, 0xec, 0x18, 0xe8, 1, 2, 3, 4]), Some(0x18));
+    assert_eq!(
+        t([0, 0, 0, 0x48, 0x83, 0xec, 0x07, 0xff, 0xd1]),
+        None,
+        "misaligned"
+    );
+    assert_eq!(
+        t([0, 0, 0, 0x48, 0x83, 0xec, 0x88, 0xff, 0xd1]),
+        None,
+        "negative imm8"
+    );
+    assert_eq!(
+        t([0, 0, 0, 0x48, 0x83, 0xc4, 0x08, 0xff, 0xd1]),
+        None,
+        "add, not sub"
+    );
+}

@@ -5,4 +5,7 @@
 pub mod x86_64;
 
 pub use self::x86_64::Regs;
-pub(crate) use self::x86_64::{CALLEE_SAVED, SIGCONTEXT_ORDER, SIGRETURN_CODE, UC_MCONTEXT_GREGS};
+pub(crate) use self::x86_64::{
+    CALLEE_SAVED, CLONE_BACK, CLONE_WINDOW, SIGCONTEXT_ORDER, SIGRETURN_CODE, UC_MCONTEXT_GREGS,
+    clone_child_start,
+};
