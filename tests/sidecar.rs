@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn profiler(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_profiler"))
+    common::ptrace_agent()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -110,7 +110,7 @@ fn doctor_says_what_to_fix() {
     let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let fx = Fixture::spawn("c_workers_stripped_buildid", &[]);
     let pid = fx.pid().to_string();
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args(["doctor", "--pid", &pid])
         .output()
         .unwrap();
@@ -125,7 +125,7 @@ fn doctor_says_what_to_fix() {
     );
     // ... and has them with it.
     let debug = fixture_path("debug");
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args([
             "doctor",
             "--pid",
@@ -142,7 +142,7 @@ fn doctor_says_what_to_fix() {
     // Already traced: named, and the exit code says it cannot profile.
     let agent = KillOnDrop(profiler(&["attach", "--pid", &pid, "-d", "10"]));
     wait_until("the agent to attach", || traced(fx.pid() as u32));
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args(["doctor", "--pid", &pid])
         .output()
         .unwrap();
@@ -151,7 +151,7 @@ fn doctor_says_what_to_fix() {
     assert!(text.contains("already traced by process"), "{text}");
     drop(agent);
 
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args(["doctor", "--pid", "999999999"])
         .output()
         .unwrap();
@@ -209,7 +209,7 @@ fn closed_output_pipes_are_not_fatal() {
         let (read, write) = nix::unistd::pipe().unwrap();
         drop(read);
         let write2 = write.try_clone().unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+        let o = common::ptrace_agent()
             .args(&args)
             .stdout(Stdio::from(write))
             .stderr(Stdio::from(write2))
@@ -234,7 +234,7 @@ fn failing_setup_never_touches_the_target() {
     let envelopes = format!("{}/env/", dir.path().display());
     // The profiler-id file cannot be written (no directory can be made under /proc): the
     // run must fail before it seizes anything, not after.
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args([
             "attach",
             "--pid",

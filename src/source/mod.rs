@@ -7,6 +7,7 @@
 //! A source must never block on the stages after it: [`Outbox`] drops samples (counted)
 //! when they fall behind and holds the few control events until there is room.
 
+pub mod perf;
 pub mod ptrace;
 pub mod stack_cache;
 
