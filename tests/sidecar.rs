@@ -139,7 +139,8 @@ fn doctor_says_what_to_fix() {
     assert!(!text.contains("c_workers_stripped_buildid"), "{text}");
     assert_eq!(common::tracer_pid(fx.pid()), Some(0), "doctor detached");
 
-    // Already traced: named, and the exit code says it cannot profile.
+    // Already traced: named; the exit code says it cannot profile, unless the perf
+    // source (which needs no ptrace) is permitted.
     let agent = KillOnDrop(profiler(&["attach", "--pid", &pid, "-d", "10"]));
     wait_until("the agent to attach", || traced(fx.pid() as u32));
     let o = common::ptrace_agent()
@@ -147,8 +148,18 @@ fn doctor_says_what_to_fix() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(!o.status.success());
     assert!(text.contains("already traced by process"), "{text}");
+    if common::perf_permitted(fx.pid()).is_ok() {
+        assert!(o.status.success(), "{text}");
+        assert!(text.contains("the perf source samples it anyway"), "{text}");
+        assert!(
+            text.contains("sampler: perf_event_open permitted"),
+            "{text}"
+        );
+    } else {
+        assert!(!o.status.success(), "{text}");
+        assert!(text.contains("`--sampler auto` uses ptrace"), "{text}");
+    }
     drop(agent);
 
     let o = common::ptrace_agent()

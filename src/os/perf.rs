@@ -378,6 +378,57 @@ pub fn online_cpus() -> Vec<i32> {
     }
 }
 
+/// What the kernel lets the agent do with perf events on a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Samples in user and kernel mode, and context-switch samples.
+    Full,
+    /// User-mode samples only (`perf_event_paranoid` 2 without `CAP_PERFMON`).
+    UserOnly,
+    /// Nothing: the reason, in words.
+    Refused(String),
+}
+
+/// Try the events the perf source opens on `pid` (then close them).
+pub fn probe(pid: Tid) -> Probe {
+    let cpu = online_cpus()[0];
+    let mut spec = EventSpec {
+        kind: EventKind::CpuClock {
+            period_ns: 10_000_000,
+        },
+        stack_bytes: 4096,
+        exclude_kernel: false,
+        side_band: true,
+    };
+    let refused = |e: Errno| {
+        let me = super::permissions::Privileges::current();
+        Probe::Refused(explain(
+            e,
+            paranoid(),
+            me.seccomp,
+            me.cap_eff & (1 << 38) != 0,
+        ))
+    };
+    match PerfEvent::open(&spec, pid, cpu) {
+        Ok(_) => {
+            spec.kind = EventKind::ContextSwitches;
+            spec.side_band = false;
+            match PerfEvent::open(&spec, pid, cpu) {
+                Ok(_) => Probe::Full,
+                Err(_) => Probe::UserOnly,
+            }
+        }
+        Err(Errno::EACCES | Errno::EPERM) => {
+            spec.exclude_kernel = true;
+            match PerfEvent::open(&spec, pid, cpu) {
+                Ok(_) => Probe::UserOnly,
+                Err(e) => refused(e),
+            }
+        }
+        Err(e) => refused(e),
+    }
+}
+
 /// Why the kernel refused `perf_event_open`, in words a user can act on.
 pub fn explain(errno: Errno, paranoid: Option<i32>, seccomp: u32, has_perfmon: bool) -> String {
     match errno {

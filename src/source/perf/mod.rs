@@ -7,8 +7,10 @@
 //! * **Off CPU**, for the wall-clock model: a thread that did not run during a tick still
 //!   gets a sample at that tick, with the stack it waits in. Where the kernel allows
 //!   kernel-side events (`CAP_PERFMON`, or `perf_event_paranoid` ≤ 1), a
-//!   `context-switches` event takes a sample each time a thread is switched out (blocked
-//!   or preempted), and the last one stands for every tick until the thread runs again.
+//!   `context-switches` event takes a sample each time a thread is switched out, and the
+//!   last one of a thread that blocked stands for every tick until it runs again. A thread
+//!   preempted while it still wants to run is sampled by its CPU time like a running one,
+//!   so waiting for a CPU piles samples nowhere.
 //!   Otherwise the context-switch records (no stack) say when a thread blocked, and its
 //!   stack is read then from where `/proc/PID/task/TID/syscall` says it waits. Threads
 //!   asleep since before the attach are read that way once.
@@ -586,8 +588,15 @@ impl PerfSource {
                     let slot = self.threads.get_mut(&tid).expect("just added");
                     if time_ns >= slot.switch_ns {
                         slot.switch_ns = time_ns;
-                        slot.on_cpu = Some(!out);
-                        if out && !preempted && time_ns >= slot.sent_ns {
+                        // A preempted thread still wants to run: like a running one, it is
+                        // sampled by its CPU time (cpu-clock), so waiting for a CPU piles
+                        // no samples anywhere. Only a thread that blocks leaves the CPU.
+                        slot.on_cpu = Some(!out || preempted);
+                        if out && preempted {
+                            if let Some(p) = slot.parked.take() {
+                                self.spare.push(p.stack);
+                            }
+                        } else if out && time_ns >= slot.sent_ns {
                             slot.blocked_since_sent = true;
                         }
                     }
