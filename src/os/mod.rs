@@ -1,7 +1,6 @@
 //! Every contact with the kernel: ptrace, `perf_event_open`, `process_vm_readv`, `/proc` and
-//! signals. The rest
-//! of the crate works on the plain data these functions return. `unsafe` lives here only,
-//! each block with a `// SAFETY:` note.
+//! signals. The rest of the crate works on the plain data these functions return. `unsafe`
+//! lives here only, each block with a `// SAFETY:` note.
 
 pub mod files;
 pub mod perf;
