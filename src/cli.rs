@@ -35,6 +35,17 @@ pub struct DoctorArgs {
     pub debug_dir: Vec<PathBuf>,
 }
 
+/// Which stack source samples the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplerChoice {
+    /// perf_event_open where permitted, else ptrace.
+    Auto,
+    /// perf_event_open only.
+    Perf,
+    /// ptrace only.
+    Ptrace,
+}
+
 /// `profiler attach`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "pid_file", "process_name"])))]
@@ -122,6 +133,13 @@ pub struct AttachArgs {
     #[arg(long)]
     pub not_in_app: Vec<String>,
 
+    /// How to take samples: `perf` (perf_event_open: the kernel samples without stopping
+    /// the target; needs CAP_PERFMON or a low enough kernel.perf_event_paranoid), `ptrace`
+    /// (stops each thread briefly; needs only the right to trace it), or `auto`: perf where
+    /// the kernel permits it, else ptrace.
+    #[arg(long, env = "PROFILER_SAMPLER", value_enum, default_value_t = SamplerChoice::Auto)]
+    pub sampler: SamplerChoice,
+
     /// Keep the sampler thread at normal priority (by default it asks for the lowest
     /// real-time priority when permitted, so ticks stay on time on a busy machine).
     #[arg(long)]
@@ -160,6 +178,24 @@ mod tests {
         assert_eq!(a.frequency, 1000.0);
         assert_eq!(a.duration, Some(2.5));
         assert_eq!(a.output.len(), 2);
+    }
+
+    #[test]
+    fn sampler_choice() {
+        let parse = |extra: &[&str]| {
+            let mut a = vec!["profiler", "attach", "--pid", "1"];
+            a.extend_from_slice(extra);
+            match Cli::try_parse_from(a).map(|c| c.command) {
+                Ok(Command::Attach(a)) => Ok(a.sampler),
+                Ok(_) => panic!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(parse(&[]), Ok(SamplerChoice::Auto));
+        assert_eq!(parse(&["--sampler", "perf"]), Ok(SamplerChoice::Perf));
+        assert_eq!(parse(&["--sampler", "ptrace"]), Ok(SamplerChoice::Ptrace));
+        let e = parse(&["--sampler", "ebpf"]).unwrap_err();
+        assert!(e.contains("possible values: auto, perf, ptrace"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::cli::AttachArgs;
+use crate::cli::{AttachArgs, SamplerChoice};
 use crate::sink::folded;
 use crate::types::Pid;
 use profiler_sentry::Dsn;
@@ -49,6 +49,8 @@ pub struct AttachConfig {
     pub realtime: bool,
     /// Sentry chunks, when a DSN or an envelope output is given.
     pub sentry: Option<SentryConfig>,
+    /// Which stack source to use.
+    pub sampler: SamplerChoice,
 }
 
 /// Settings of the Sentry side.
@@ -188,6 +190,7 @@ impl AttachConfig {
             verbose: a.verbose,
             realtime: !a.no_realtime,
             sentry,
+            sampler: a.sampler,
         })
     }
 }

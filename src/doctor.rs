@@ -1,5 +1,6 @@
 //! `profiler doctor --pid N`: checks, without profiling, everything an attach needs —
-//! the agent's privileges (capabilities, Yama ptrace_scope, seccomp), the target (exists,
+//! the agent's privileges (capabilities, Yama ptrace_scope, seccomp), which stack source
+//! `--sampler auto` takes (perf_event_open or ptrace) and why, the target (exists,
 //! not a kernel thread, not traced by another), namespaces, a real seize-and-detach, a
 //! memory read, and for every module whether its file, unwind tables and debug info can be
 //! read — and says what to fix.
@@ -13,7 +14,7 @@ use crate::modules::ModuleMap;
 use crate::os::files::LiveFiles;
 use crate::os::permissions::{self, CAP_SYS_PTRACE, Privileges};
 use crate::os::ptrace::Tracer;
-use crate::os::{proc, vm};
+use crate::os::{perf, proc, vm};
 use crate::procmaps;
 use crate::types::Pid;
 use profiler_symbolize::{DebugInfo, Symbolizer};
@@ -245,12 +246,45 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
         return Ok(r);
     }
     r.push(Level::Ok, "target", format!("{pid} ({name})"), None);
+    // Which stack source `--sampler auto` takes.
+    let probe = perf::probe(pid);
+    match &probe {
+        perf::Probe::Full => r.push(
+            Level::Ok,
+            "sampler",
+            "perf_event_open permitted (on-CPU samples, context-switch stacks of blocked threads): `--sampler auto` uses it, nothing is stopped; ptrace is the fallback".into(),
+            None,
+        ),
+        perf::Probe::UserOnly => r.push(
+            Level::Ok,
+            "sampler",
+            format!(
+                "perf_event_open permitted for user-mode samples only (kernel.perf_event_paranoid {}, no CAP_PERFMON): `--sampler auto` uses it; stacks of blocked threads are read from /proc when they block",
+                perf::paranoid().map_or("?".into(), |p| p.to_string())
+            ),
+            Some("grant CAP_PERFMON (`sudo setcap cap_perfmon,cap_sys_ptrace+ep $(which profiler)`) for context-switch stacks".into()),
+        ),
+        perf::Probe::Refused(why) => r.push(
+            Level::Warn,
+            "sampler",
+            format!("perf_event_open not permitted ({why}): `--sampler auto` uses ptrace, which stops each thread briefly per sample"),
+            None,
+        ),
+    }
     if let Some(t) = proc::tracer_pid(pid) {
         let tname = proc::process_name(t).unwrap_or_else(|| "?".into());
+        let perf_ok = !matches!(probe, perf::Probe::Refused(_));
         r.push(
-            Level::Fail,
+            if perf_ok { Level::Warn } else { Level::Fail },
             "tracer",
-            format!("already traced by process {t} ({tname})"),
+            format!(
+                "already traced by process {t} ({tname}){}",
+                if perf_ok {
+                    ": `--sampler ptrace` cannot attach; the perf source samples it anyway"
+                } else {
+                    ""
+                }
+            ),
             Some("stop that debugger or profiler first".into()),
         );
     }
@@ -296,6 +330,15 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
                 None,
             );
         }
+        Err(e) if !matches!(probe, perf::Probe::Refused(_)) => r.push(
+            Level::Warn,
+            "ptrace",
+            format!(
+                "{} (only `--sampler ptrace` needs it: the perf source is permitted)",
+                permissions::explain(pid, e.errno)
+            ),
+            None,
+        ),
         Err(e) => r.push(
             Level::Fail,
             "ptrace",

@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_channel::bounded;
 
+use crate::cli::SamplerChoice;
 use crate::config::{AttachConfig, Target};
 use crate::modules::ModuleSource;
 use crate::os::files::LiveFiles;
@@ -24,6 +25,7 @@ use crate::pipeline::naming::{Namer, NamingStage};
 use crate::pipeline::unwind::UnwindStage;
 use crate::sink::folded::FoldedSink;
 use crate::sink::{Sink, sentry};
+use crate::source::perf::{PerfConfig, PerfSource};
 use crate::source::ptrace::{Sampler, SamplerConfig};
 use crate::source::{Outbox, StackSource, StopReason};
 use crate::summary::Summary;
@@ -86,26 +88,38 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         max_stack_bytes: cfg.max_stack_bytes,
         realtime: cfg.realtime,
     };
+    let pcfg = PerfConfig {
+        pid: cfg.pid,
+        frequency: cfg.frequency,
+        duration: cfg.duration,
+        max_stack_bytes: cfg.max_stack_bytes,
+        realtime: cfg.realtime,
+    };
     let outbox = Outbox::new(src_tx, pool_rx, in_flight.clone());
+    let choice = cfg.sampler;
+    let pid = cfg.pid;
     let source = std::thread::Builder::new()
         .name("sampler".into())
-        .spawn(move || match Sampler::attach(scfg, outbox, epoch) {
-            Ok(s) => {
-                let s: Box<dyn StackSource> = Box::new(s);
-                let _ = init_tx.send(Ok(s.thread_count()));
-                Some(s.run())
-            }
-            Err(e) => {
-                let _ = init_tx.send(Err(e.errno));
-                None
-            }
-        })
+        .spawn(
+            move || match open_source(choice, pid, pcfg, scfg, outbox, epoch) {
+                Ok((s, note)) => {
+                    let _ = init_tx.send(Ok((s.thread_count(), note.clone())));
+                    let mut stats = s.run();
+                    stats.notes.insert(0, note);
+                    Some(stats)
+                }
+                Err(e) => {
+                    let _ = init_tx.send(Err(e));
+                    None
+                }
+            },
+        )
         .context("starting the sampler thread")?;
-    let threads = match init_rx.recv() {
+    let (threads, sampler_note) = match init_rx.recv() {
         Ok(Ok(n)) => n,
-        Ok(Err(errno)) => {
+        Ok(Err(message)) => {
             let _ = source.join();
-            return Err(anyhow!(permissions::explain(cfg.pid, errno)));
+            return Err(anyhow!(message));
         }
         Err(_) => {
             let _ = source.join();
@@ -120,6 +134,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
             .map(|d| format!(" for {:.1} s", d.as_secs_f64()))
             .unwrap_or_default()
     ));
+    progress(&sampler_note);
 
     let (un_tx, un_rx) = bounded(4096);
     let pid = cfg.pid;
@@ -204,6 +219,13 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
             sampler_stats.stack_bytes,
             sampler_stats.realtime
         ));
+        details.push(format!(
+            "stack bytes reused from previous samples {}, perf: seam moved {}, off-CPU from switch samples {}, read from /proc {}",
+            sampler_stats.stack_bytes_reused,
+            sampler_stats.seam_moved,
+            sampler_stats.switch_samples,
+            sampler_stats.proc_captures
+        ));
         let st = namer.stats();
         let (units, parsed) = namer.lazy_units();
         details.push(format!(
@@ -231,6 +253,55 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         retired: store.retired(),
         failures,
     })
+}
+
+/// Open the stack source `choice` asks for on the calling thread (the one that runs it):
+/// for `auto`, perf_event_open where the kernel permits it, else ptrace. Returns the source
+/// and a line saying which one runs and why the other does not, or the error to show.
+fn open_source(
+    choice: SamplerChoice,
+    pid: Pid,
+    pcfg: PerfConfig,
+    scfg: SamplerConfig,
+    outbox: Outbox,
+    epoch: Instant,
+) -> std::result::Result<(Box<dyn StackSource>, String), String> {
+    let ptrace = |outbox: Outbox, why_not_perf: String| match Sampler::attach(scfg, outbox, epoch) {
+        Ok(s) => Ok((
+            Box::new(s) as Box<dyn StackSource>,
+            format!(
+                "sampler: ptrace (each thread stopped briefly per sample); perf_event_open not used: {why_not_perf}"
+            ),
+        )),
+        Err(e) => Err(permissions::explain(pid, e.errno)),
+    };
+    match choice {
+        SamplerChoice::Ptrace => ptrace(outbox, "--sampler ptrace".into()),
+        SamplerChoice::Perf | SamplerChoice::Auto => match PerfSource::open(pcfg, outbox, epoch) {
+            Ok(s) => {
+                let note = format!(
+                    "sampler: perf_event_open (the kernel samples, nothing is stopped; {}); ptrace not used: {}",
+                    s.describe(),
+                    if choice == SamplerChoice::Perf {
+                        "--sampler perf"
+                    } else {
+                        "perf is permitted"
+                    }
+                );
+                Ok((Box::new(s), note))
+            }
+            Err(e) if choice == SamplerChoice::Auto => {
+                let (refused, outbox) = *e;
+                let why = refused.reason.clone();
+                ptrace(outbox, refused.reason)
+                    .map_err(|e| format!("{e}; perf_event_open was not permitted either: {why}"))
+            }
+            Err(e) => Err(format!(
+                "--sampler perf: perf_event_open on process {pid} refused: {}",
+                e.0.reason
+            )),
+        },
+    }
 }
 
 /// Run `profiler attach`: once for `--pid`; for `--pid-file` and `--process-name`, wait for

@@ -115,6 +115,9 @@ impl fmt::Display for Summary {
             "  threads seen: {} ({} exited before their first sample)",
             s.threads_seen, s.threads_unsampled
         )?;
+        for n in &s.notes {
+            writeln!(f, "  {n}")?;
+        }
         if !s.threads_refused.is_empty() {
             let list: Vec<String> = s
                 .threads_refused

@@ -73,10 +73,7 @@ fn attach(pid: i32, out: &Path, extra: &[&str]) -> Output {
         out.to_string_lossy().into_owned(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    Command::new(env!("CARGO_BIN_EXE_profiler"))
-        .args(&args)
-        .output()
-        .unwrap()
+    common::ptrace_agent().args(&args).output().unwrap()
 }
 
 fn check_named(out: &Path, o: &Output) {

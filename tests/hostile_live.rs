@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Fixture, tracer_pid};
@@ -40,7 +40,7 @@ fn read_folded(path: &Path) -> Folded {
 fn attach(fx: &mut Fixture, secs: f64, hz: u32, extra: &[&str]) -> (Folded, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("p.folded");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let mut child = common::ptrace_agent()
         .args(["attach", "--pid", &fx.pid().to_string()])
         .args(["--duration", &secs.to_string(), "-F", &hz.to_string()])
         .arg("--output")

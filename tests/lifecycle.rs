@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Fixture, fixture_path, tracer_pid};
@@ -19,7 +19,7 @@ fn live() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn profiler(args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_profiler"))
+    common::ptrace_agent()
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

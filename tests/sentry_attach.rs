@@ -44,7 +44,7 @@ struct Agent {
 
 impl Agent {
     fn spawn(args: &[String], env: &[(&str, &str)]) -> Agent {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_profiler"));
+        let mut cmd = common::ptrace_agent();
         cmd.args(args)
             .env_remove("SENTRY_DSN")
             .env_remove("SENTRY_RELEASE")
@@ -512,7 +512,12 @@ fn canonical(p: &Path) -> String {
 
 /// A session against `cpp_app`, checked end to end. `sink` is either the DSN of a running
 /// test server or an envelope directory.
-fn cpp_app_session(secs: f64, chunk: f64, server: Option<(&ServerState, u16)>) {
+fn cpp_app_session(
+    secs: f64,
+    chunk: f64,
+    server: Option<(&ServerState, u16)>,
+    sampler: Option<&str>,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let fx = Fixture::spawn("cpp_app", &[]);
     // The named long-lived threads: one per name (the churner may already have started a
@@ -541,6 +546,9 @@ fn cpp_app_session(secs: f64, chunk: f64, server: Option<(&ServerState, u16)>) {
         "--environment",
         "ci",
     ];
+    if let Some(sampler) = sampler {
+        extra.extend(["--sampler", sampler]);
+    }
     match server {
         Some((_, port)) => {
             dsn = dsn_for(port);
@@ -557,6 +565,11 @@ fn cpp_app_session(secs: f64, chunk: f64, server: Option<(&ServerState, u16)>) {
     let t1 = unix(SystemTime::now());
     assert!(status.success(), "{stderr}");
     let alive_at_end = thread_map(&fx);
+    match sampler {
+        Some("perf") => assert!(stderr.contains("  sampler: perf_event_open"), "{stderr}"),
+        Some(_) => assert!(stderr.contains("  sampler: ptrace"), "{stderr}"),
+        None => {}
+    }
 
     let line = chunk_line(&stderr);
     let from_file = std::fs::read_to_string(&id_file).unwrap();
@@ -664,13 +677,26 @@ fn cpp_app_session(secs: f64, chunk: f64, server: Option<(&ServerState, u16)>) {
 fn three_minute_session_to_server() {
     let state = Arc::new(ServerState::default());
     let (_server, port) = TestServer::start(0, Arc::clone(&state));
-    cpp_app_session(180.0, 60.0, Some((&state, port)));
+    cpp_app_session(180.0, 60.0, Some((&state, port)), None);
 }
 
 /// The same checks on chunks written to an envelope directory (shorter).
 #[test]
 fn session_to_envelope_dir() {
-    cpp_app_session(9.0, 3.0, None);
+    cpp_app_session(9.0, 3.0, None, Some("ptrace"));
+}
+
+/// Issue 10: the same chunks, thread by thread, when the perf source samples (the tests
+/// above use ptrace); skipped, and said so, where perf events are not permitted.
+#[test]
+fn session_to_envelope_dir_perf_source() {
+    let probe = Fixture::spawn("c_workers", &[]);
+    if let Err(why) = common::perf_permitted(probe.pid()) {
+        eprintln!("SKIPPED: the perf source cannot run here ({why})");
+        return;
+    }
+    drop(probe);
+    cpp_app_session(9.0, 3.0, None, Some("perf"));
 }
 
 // ---------------------------------------------------------------- debug images

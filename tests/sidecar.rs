@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn profiler(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_profiler"))
+    common::ptrace_agent()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -110,7 +110,7 @@ fn doctor_says_what_to_fix() {
     let _l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let fx = Fixture::spawn("c_workers_stripped_buildid", &[]);
     let pid = fx.pid().to_string();
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args(["doctor", "--pid", &pid])
         .output()
         .unwrap();
@@ -125,7 +125,7 @@ fn doctor_says_what_to_fix() {
     );
     // ... and has them with it.
     let debug = fixture_path("debug");
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args([
             "doctor",
             "--pid",
@@ -139,19 +139,30 @@ fn doctor_says_what_to_fix() {
     assert!(!text.contains("c_workers_stripped_buildid"), "{text}");
     assert_eq!(common::tracer_pid(fx.pid()), Some(0), "doctor detached");
 
-    // Already traced: named, and the exit code says it cannot profile.
+    // Already traced: named; the exit code says it cannot profile, unless the perf
+    // source (which needs no ptrace) is permitted.
     let agent = KillOnDrop(profiler(&["attach", "--pid", &pid, "-d", "10"]));
     wait_until("the agent to attach", || traced(fx.pid() as u32));
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args(["doctor", "--pid", &pid])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(!o.status.success());
     assert!(text.contains("already traced by process"), "{text}");
+    if common::perf_permitted(fx.pid()).is_ok() {
+        assert!(o.status.success(), "{text}");
+        assert!(text.contains("the perf source samples it anyway"), "{text}");
+        assert!(
+            text.contains("sampler: perf_event_open permitted"),
+            "{text}"
+        );
+    } else {
+        assert!(!o.status.success(), "{text}");
+        assert!(text.contains("`--sampler auto` uses ptrace"), "{text}");
+    }
     drop(agent);
 
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args(["doctor", "--pid", "999999999"])
         .output()
         .unwrap();
@@ -209,7 +220,7 @@ fn closed_output_pipes_are_not_fatal() {
         let (read, write) = nix::unistd::pipe().unwrap();
         drop(read);
         let write2 = write.try_clone().unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+        let o = common::ptrace_agent()
             .args(&args)
             .stdout(Stdio::from(write))
             .stderr(Stdio::from(write2))
@@ -234,7 +245,7 @@ fn failing_setup_never_touches_the_target() {
     let envelopes = format!("{}/env/", dir.path().display());
     // The profiler-id file cannot be written (no directory can be made under /proc): the
     // run must fail before it seizes anything, not after.
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args([
             "attach",
             "--pid",

@@ -156,11 +156,14 @@ pub fn explain_with(
     }
 }
 
-/// Capabilities the agent keeps when it has them: ptrace itself, reading the target's
-/// files whatever their owner, the sampler's real-time priority, and opening
+/// Capabilities the agent keeps when it has them: ptrace itself, perf events
+/// (`perf_event_open` on another user's process, and kernel-side context-switch samples),
+/// reading the target's files whatever their owner, the sampler's real-time priority, and
+/// opening
 /// `/proc/PID/map_files` (deleted binaries).
-pub const KEEP: [caps::Capability; 4] = [
+pub const KEEP: [caps::Capability; 5] = [
     caps::Capability::CAP_SYS_PTRACE,
+    caps::Capability::CAP_PERFMON,
     caps::Capability::CAP_DAC_READ_SEARCH,
     caps::Capability::CAP_SYS_NICE,
     caps::Capability::CAP_CHECKPOINT_RESTORE,

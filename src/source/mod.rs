@@ -7,7 +7,9 @@
 //! A source must never block on the stages after it: [`Outbox`] drops samples (counted)
 //! when they fall behind and holds the few control events until there is room.
 
+pub mod perf;
 pub mod ptrace;
+pub mod stack_cache;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -101,7 +103,7 @@ pub enum StopReason {
 /// Counters from a source.
 #[derive(Clone, Debug, Default)]
 pub struct SourceStats {
-    /// Which source ran (`ptrace`).
+    /// Which source ran (`ptrace` or `perf`).
     pub source: &'static str,
     /// Ticks run.
     pub ticks: u64,
@@ -122,6 +124,17 @@ pub struct SourceStats {
     pub pause_us: Vec<u32>,
     /// Bytes of stack copied.
     pub stack_bytes: u64,
+    /// Bytes of stack taken from a thread's previous capture instead of copied again.
+    pub stack_bytes_reused: u64,
+    /// perf: samples whose stack went on past the kernel's copy and could not be completed
+    /// (the thread had returned past the end of the copy before it was read).
+    pub seam_moved: u64,
+    /// perf: samples of threads off CPU taken from their context-switch samples.
+    pub switch_samples: u64,
+    /// perf: stacks of blocked threads read where `/proc` says they wait.
+    pub proc_captures: u64,
+    /// Lines for the summary about how the source ran (which one, and why not the other).
+    pub notes: Vec<String>,
     /// Seconds from the first to the last tick.
     pub elapsed: f64,
     /// Threads seen in all.

@@ -9,6 +9,33 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+/// The agent binary, set to sample with ptrace (`PROFILER_SAMPLER=ptrace`, which a
+/// `--sampler` argument overrides): the tests that use it check ptrace's own behaviour
+/// (tracing, signals, detaching, pauses). `tests/perf_source.rs` and the Sentry session
+/// test run the perf source.
+pub fn ptrace_agent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_profiler"));
+    c.env("PROFILER_SAMPLER", "ptrace");
+    c
+}
+
+/// Ok when this process may open perf events on `pid` (the perf source can run), else
+/// the kernel's reason: tests of the perf source skip, saying so, where it cannot.
+pub fn perf_permitted(pid: i32) -> Result<(), String> {
+    use profiler::os::perf::{EventKind, EventSpec, PerfEvent, online_cpus};
+    let spec = EventSpec {
+        kind: EventKind::CpuClock {
+            period_ns: 1_000_000,
+        },
+        stack_bytes: 4096,
+        exclude_kernel: true,
+        side_band: false,
+    };
+    PerfEvent::open(&spec, pid, online_cpus()[0])
+        .map(drop)
+        .map_err(|e| format!("perf_event_open on {pid}: {}", e.desc()))
+}
+
 /// How long [`Fixture::spawn`] waits for the `ready <pid>` line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -3,12 +3,18 @@
 //! its registers, copies its used stack with `process_vm_readv` and resumes it at once;
 //! unwinding happens on the unwinder's thread. Threads that did not run are not stopped:
 //! their previous stack is reused. Signals for the target are passed on as they arrive.
+//!
+//! While a thread is stopped only the part of its stack that can have changed since its
+//! previous capture is copied ([`StackCache`]); the unchanged outer part is added from that
+//! capture after the thread runs again, so a deep stack stops it no longer than a shallow
+//! one.
 
 pub mod timer;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::stack_cache::{Completion, StackCache};
 use super::{Captured, Outbox, RawSample, SourceEvent, SourceStats, StackSource, StopReason};
 use crate::os::proc::{self, ThreadWatch};
 use crate::os::ptrace::{AttachError, Event, Missed, Tracer};
@@ -51,6 +57,8 @@ struct ThreadSlot {
     /// Tick time (ns since the epoch) of the last name check; None before the first.
     name_checked: Option<u64>,
     stack_range: Option<(u64, u64)>,
+    /// The last complete stack, to copy only what changed.
+    cache: StackCache,
 }
 
 /// Runs the sampling loop on the calling thread.
@@ -118,6 +126,7 @@ impl Sampler {
                 name: None,
                 name_checked: None,
                 stack_range: None,
+                cache: StackCache::new(),
             },
         );
     }
@@ -166,6 +175,7 @@ impl Sampler {
                         t.still = None;
                         t.last_sp_pc = None;
                         t.name = None;
+                        t.cache.clear();
                     }
                 }
                 Event::ProcessExited => {}
@@ -305,8 +315,12 @@ impl Sampler {
             epoch: *epoch,
             gone: Vec::new(),
             maps_miss: false,
+            ready: Vec::new(),
         };
         f(tracer, &mut cap);
+        // Every thread captured runs again: complete the stacks from their previous
+        // captures and send them.
+        cap.send_ready();
         let gone = cap.gone;
         self.maps_stale |= cap.maps_miss;
         for tid in gone {
@@ -415,10 +429,6 @@ const MAPS_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// ...and after a stack outside the known mappings, at most this often.
 const MAPS_STALE_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Bytes below the stack pointer copied with each stack: the x86_64 ABI's red zone, which
-/// leaf functions may use and epilogues leave saved registers in.
-const RED_ZONE: u64 = 128;
-
 /// Most tick times remembered for a thread whose stop is late.
 const MAX_WAITING: usize = 100_000;
 
@@ -433,13 +443,39 @@ struct Capture<'a> {
     gone: Vec<Tid>,
     /// A stack pointer was found in no known mapping.
     maps_miss: bool,
+    /// Captures waiting for the thread to run again before their stack is completed:
+    /// (sample, bytes to add from the previous capture, tick times it also stands for).
+    ready: Vec<(RawSample, usize, Vec<u64>)>,
 }
 
 impl Capture<'_> {
+    /// Complete the stacks captured (their threads run again) and send them.
+    fn send_ready(&mut self) {
+        for (mut sample, reused, waiting) in std::mem::take(&mut self.ready) {
+            let tid = sample.tid;
+            if reused > 0
+                && let Captured::Stack { stack, .. } = &mut sample.captured
+                && let Some(slot) = self.threads.get(&tid)
+            {
+                slot.cache
+                    .append_reused(stack.start, &mut stack.bytes, reused);
+            }
+            if !self.out.sample(sample, waiting.len() as u64, self.stats) {
+                continue;
+            }
+            // Ticks that passed while the stop was on its way: the thread did not run
+            // in between, so they share this stack.
+            self.stats.deferred += waiting.len() as u64;
+            for t in waiting {
+                self.out.repeat(vec![tid], t, self.stats);
+            }
+        }
+    }
+
     /// A thread stopped for its sample (runs while it is stopped: copy the stack), or could
     /// not be sampled.
     fn on_stop(&mut self, tid: Tid, result: Result<&Regs, Missed>) {
-        let slot = self.threads.get_mut(&tid);
+        let mut slot = self.threads.get_mut(&tid);
         match result {
             Ok(regs) => {
                 let sp = regs.sp();
@@ -450,18 +486,22 @@ impl Capture<'_> {
                     .or_else(|| procmaps::find(self.maps, sp).map(|m| (m.start, m.end)));
                 self.maps_miss |= range.is_none();
                 let top = range.map_or(sp.saturating_add(64 * 1024), |(_, hi)| hi);
-                // The red zone below the stack pointer too: a function in its epilogue has
-                // popped registers whose CFI still points at their (intact) save slots there.
-                let start = range.map_or(sp.saturating_sub(RED_ZONE), |(lo, _)| {
-                    sp.saturating_sub(RED_ZONE).max(lo)
-                });
-                let len = (top.saturating_sub(start) as usize).min(self.max_stack);
+                let top = top.min(sp.saturating_add(self.max_stack as u64));
                 let mut buf = self.out.buffer();
-                buf.resize(len, 0);
-                let n = vm::read(tid, start, &mut buf);
-                buf.truncate(n);
+                buf.clear();
+                let mut scratch = StackCache::new();
+                let cache = match slot.as_mut() {
+                    Some(s) => &mut s.cache,
+                    None => &mut scratch,
+                };
+                let reused =
+                    match cache.complete(sp, top, &mut buf, false, |a, b| vm::read(tid, a, b)) {
+                        Completion::Complete { reused, .. } => reused,
+                        Completion::Short | Completion::SeamMoved => 0,
+                    };
                 self.stats.captured += 1;
-                self.stats.stack_bytes += n as u64;
+                self.stats.stack_bytes += buf.len() as u64;
+                self.stats.stack_bytes_reused += reused as u64;
                 let now = self.epoch.elapsed().as_nanos() as u64;
                 let (time_ns, waiting) = match slot {
                     Some(slot) => {
@@ -480,18 +520,13 @@ impl Capture<'_> {
                     time_ns,
                     captured: Captured::Stack {
                         regs: *regs,
-                        stack: StackSnapshot { start, bytes: buf },
+                        stack: StackSnapshot {
+                            start: sp,
+                            bytes: buf,
+                        },
                     },
                 };
-                if !self.out.sample(sample, waiting.len() as u64, self.stats) {
-                    return;
-                }
-                // Ticks that passed while the stop was on its way: the thread did not run
-                // in between, so they share this stack.
-                self.stats.deferred += waiting.len() as u64;
-                for t in waiting {
-                    self.out.repeat(vec![tid], t, self.stats);
-                }
+                self.ready.push((sample, reused, waiting));
             }
             Err(m) => {
                 if let Some(slot) = slot {
