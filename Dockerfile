@@ -64,7 +64,7 @@ COPY --from=build /out/profiler /usr/local/bin/profiler
 # chunks across restarts). /profiles: a place for --output.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libcap2-bin \
- && setcap cap_sys_ptrace,cap_dac_read_search,cap_sys_nice,cap_checkpoint_restore+p /usr/local/bin/profiler \
+ && setcap cap_sys_ptrace,cap_perfmon,cap_dac_read_search,cap_sys_nice,cap_checkpoint_restore+p /usr/local/bin/profiler \
  && apt-get purge -y libcap2-bin && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
  && groupadd -g 10001 profiler \
  && useradd -u 10001 -g 10001 -d /var/lib/profiler -M -s /usr/sbin/nologin profiler \

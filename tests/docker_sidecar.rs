@@ -649,6 +649,48 @@ fn sidecar_profiles_a_python_service() {
     assert_eq!(tracer_of(target.host_pid()), 0);
 }
 
+#[test]
+fn sampler_choice_under_docker_seccomp() {
+    let Some(_l) = begin() else {
+        return;
+    };
+    let target = Container::run(&unique("t5"), &[target_image()]);
+    let pid_ns = format!("container:{}", target.0);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--rm", "--pid", &pid_ns, "--cap-add", "SYS_PTRACE"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[agent_image(), "attach", "--pid", "1", "-d", "1"]);
+        let o = docker(&args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    // Docker's default seccomp profile refuses perf_event_open: ptrace, and the reason.
+    let err = run(&[]);
+    assert!(
+        err.contains("sampler: ptrace") && err.contains("perf_event_open not used: not permitted"),
+        "{err}"
+    );
+    assert!(
+        err.contains("seccomp"),
+        "the filter is named as a possible cause: {err}"
+    );
+    // A profile that allows it: the perf source runs (ptrace access to the target is what
+    // kernel.perf_event_paranoid 2 asks for sampling another user's process).
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("seccomp.json");
+    std::fs::write(&profile, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let err = run(&["--security-opt", &opt]);
+    assert!(err.contains("sampler: perf_event_open"), "{err}");
+    assert!(err.contains("100.0% of stacks reached their root"), "{err}");
+    assert_eq!(
+        tracer_of(target.host_pid()),
+        0,
+        "the perf source never traces"
+    );
+}
+
 /// A container that only holds a PID namespace for others to join, as the pause container
 /// of a Kubernetes pod does (`shareProcessNamespace: true`).
 fn pod_image() -> &'static str {
