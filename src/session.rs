@@ -298,6 +298,9 @@ pub fn run_attach(
             )
         }
     };
+    if let Some(sc) = &cfg.sentry {
+        sentry::preflight(sc)?;
+    }
     if let Target::Pid(pid) = cfg.target {
         let mut c = cfg.clone();
         c.pid = pid;

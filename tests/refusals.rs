@@ -1,11 +1,14 @@
-//! Refusals that name the real cause (issue 13): the causes of refused or odd attaches (a
+//! Nothing lost, nobody else's data sent, and refusals that name the real cause (issue 13):
+//! outputs checked before the first sample and failed writes failing the run, a spool
+//! directory another user controls refused, and the causes of refused or odd attaches (a
 //! zombie, a main thread that exited, capabilities the agent lacks, a user namespace, another
 //! tracer, a stopped target, a pid file holding garbage) read from the target's status.
+//! Cases of a hostile local user run the agent under another uid with `setpriv`.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +20,14 @@ static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn live() -> std::sync::MutexGuard<'static, ()> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+const NOBODY: [&str; 5] = [
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+];
 
 fn profiler(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_profiler"))
@@ -154,6 +165,215 @@ fn state(pid: i32) -> char {
         .ok()
         .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
         .unwrap_or('?')
+}
+
+/// The refusal came before the target was touched.
+fn refused_before_attaching(o: &Output, fx: &Fixture, needle: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains(needle), "expected {needle:?} in: {e}");
+    assert!(!e.contains("attached to"), "seized before refusing: {e}");
+    assert_eq!(tracer_pid(fx.pid()), Some(0));
+}
+
+#[test]
+fn outputs_are_checked_before_the_first_sample() {
+    let _l = live();
+    let fx = Fixture::spawn("c_workers", &[]);
+    let pid = fx.pid().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let attach = |out: &str| profiler(&["attach", "--pid", &pid, "-d", "1", "-o", out]);
+
+    // A directory nothing can be created in: found now, not after the session.
+    refused_before_attaching(
+        &attach("/proc/"),
+        &fx,
+        "cannot write envelopes to /proc/: cannot create files in /proc/",
+    );
+    // Parents are not created; a file on the path is not a directory.
+    let missing = tmp.path().join("no/such");
+    let o = attach(missing.join("p.folded").to_str().unwrap());
+    refused_before_attaching(
+        &o,
+        &fx,
+        &format!("directory {} does not exist", missing.display()),
+    );
+    let o = attach(&format!("{}/", missing.display()));
+    refused_before_attaching(&o, &fx, "does not exist");
+    assert!(!tmp.path().join("no").exists(), "nothing created");
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let o = attach(file.join("p.folded").to_str().unwrap());
+    refused_before_attaching(&o, &fx, &format!("{} is not a directory", file.display()));
+    let o = attach(&format!("{}/env/", file.display()));
+    refused_before_attaching(&o, &fx, &format!("{} is not a directory", file.display()));
+
+    // An envelope directory that the agent's user cannot write (another user's, 0755).
+    if !is_root() || !has("setpriv", &["--version"]) {
+        eprintln!("skipped the other-user part: needs root and setpriv");
+        return;
+    }
+    let shared = Shared::new();
+    let theirs = shared.path("root-only");
+    std::fs::create_dir(&theirs).unwrap();
+    let o = shared.run(
+        &NOBODY,
+        &[
+            "attach",
+            "--pid",
+            &pid,
+            "-d",
+            "1",
+            "-o",
+            &format!("{}/", theirs.display()),
+        ],
+    );
+    refused_before_attaching(
+        &o,
+        &fx,
+        &format!(
+            "cannot write envelopes to {}/: cannot create files in {}/: Permission denied",
+            theirs.display(),
+            theirs.display()
+        ),
+    );
+}
+
+#[test]
+fn a_write_that_fails_at_the_end_fails_the_run() {
+    let _l = live();
+    let fx = Fixture::spawn("c_workers", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let env_dir = tmp.path().join("env");
+    let out = format!("{}/", env_dir.display());
+    let agent = Agent::spawn(&[
+        "attach",
+        "--pid",
+        &fx.pid().to_string(),
+        "-d",
+        "2",
+        "-o",
+        &out,
+    ]);
+    agent.wait_for("attached to");
+    // The directory goes away under the agent: its only chunk, written at the end, fails.
+    std::fs::remove_dir_all(&env_dir).unwrap();
+    let (status, e) = agent.finish();
+    assert_eq!(status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!(
+            "NOT WRITTEN: envelopes {out}: 1 chunk(s) could not be written"
+        )) && e.contains("nothing was written there"),
+        "{e}"
+    );
+    assert!(
+        e.contains("profiler: error: 1 output(s) not written"),
+        "{e}"
+    );
+    assert!(!e.contains("envelopes written to"), "{e}");
+    assert!(e.contains("sentry: 0 chunks written"), "{e}");
+    assert_eq!(tracer_pid(fx.pid()), Some(0));
+}
+
+#[test]
+fn an_empty_dsn_flag_is_an_error_an_empty_variable_is_not_set() {
+    let _l = live();
+    let fx = Fixture::spawn("c_workers", &[]);
+    let pid = fx.pid().to_string();
+    let o = profiler(&["attach", "--pid", &pid, "-d", "0.3", "--dsn", ""]);
+    refused_before_attaching(&o, &fx, "profiler: error: --dsn is empty");
+    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+        .args(["attach", "--pid", &pid, "-d", "0.3"])
+        .env("SENTRY_DSN", "")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("attached to") && !e.contains("sentry:"), "{e}");
+}
+
+/// A local user who creates the spool directory first (or makes it writable for everyone)
+/// must not get the agent to send the files they put there: the agent refuses it.
+#[test]
+fn spool_directories_of_other_users_are_refused() {
+    let _l = live();
+    if !is_root() || !has("setpriv", &["--version"]) {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let fx = Fixture::spawn("c_workers", &[]);
+    let pid = fx.pid().to_string();
+    let shared = Shared::new();
+    let dsn = "http://e3b0c44298fc1c149afbf4c8996fb924@127.0.0.1:9/42".to_string();
+    let with_spool = |spool: &Path| {
+        profiler(&[
+            "attach",
+            "--pid",
+            &pid,
+            "-d",
+            "1",
+            "--dsn",
+            &dsn,
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ])
+    };
+    // Created by the other user, before the agent, in a directory everyone may write to
+    // (as /var/tmp).
+    use std::os::unix::fs::PermissionsExt;
+    let public = shared.path("public");
+    std::fs::create_dir(&public).unwrap();
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = public.join("planted");
+    let o = Command::new("setpriv")
+        .args(NOBODY)
+        .args(["--", "mkdir", "-m", "0700"])
+        .arg(&planted)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    refused_before_attaching(
+        &with_spool(&planted),
+        &fx,
+        &format!(
+            "cannot use spool directory {}: {} belongs to uid 65534, not to the agent's uid 0",
+            planted.display(),
+            planted.display()
+        ),
+    );
+    // ... and a spool inside it: the other user could swap it for their own.
+    refused_before_attaching(
+        &with_spool(&planted.join("spool")),
+        &fx,
+        &format!("its parent {} belongs to uid 65534", planted.display()),
+    );
+    // Writable by everyone.
+    refused_before_attaching(
+        &with_spool(&public),
+        &fx,
+        "is writable by other users (mode 1777)",
+    );
+    // The agent's own directory inside it is fine (the parent belongs to root).
+    let o = with_spool(&public.join("mine"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The other way round: an agent running as that user refuses root's directory.
+    let roots = shared.path("roots");
+    std::fs::create_dir(&roots).unwrap();
+    let o = shared.run(
+        &NOBODY,
+        &[
+            "attach",
+            "--pid",
+            &pid,
+            "-d",
+            "1",
+            "--dsn",
+            &dsn,
+            "--spool-dir",
+            roots.to_str().unwrap(),
+        ],
+    );
+    refused_before_attaching(&o, &fx, "belongs to uid 0, not to the agent's uid 65534");
 }
 
 #[test]
