@@ -51,9 +51,11 @@ LABEL org.opencontainers.image.title="profiler" \
 
 COPY --from=build /out/profiler /usr/local/bin/profiler
 
-# /var/tmp/profiler/spool: default --spool-dir (chunks not yet accepted by Sentry; mount a
-# volume there to keep them across restarts). /profiles: conventional place for --output.
-RUN mkdir -p -m 0700 /var/tmp/profiler/spool \
+# /var/lib/profiler: holds the default --spool-dir, /var/lib/profiler/spool (chunks not yet
+# accepted by Sentry; the agent creates it 0700 and refuses one another user could write;
+# mount a volume at /var/lib/profiler to keep them across restarts). /profiles: conventional
+# place for --output.
+RUN mkdir -p -m 0700 /var/lib/profiler \
  && mkdir -p -m 0755 /profiles
 
 # The agent runs as root, on purpose. Attaching to another container's process (often itself
