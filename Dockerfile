@@ -70,7 +70,7 @@ RUN apt-get update \
  && useradd -u 10001 -g 10001 -d /var/lib/profiler -M -s /usr/sbin/nologin profiler \
  && install -d -m 0700 -o 10001 -g 10001 /var/lib/profiler \
  && install -d -m 0755 -o 10001 -g 10001 /profiles
-ENV HOME=/var/lib/profiler
+ENV HOME=/var/lib/profiler STATE_DIRECTORY=/var/lib/profiler
 USER 10001:10001
 
 # The agent detaches from the target and flushes its outputs on SIGTERM (docker stop,

@@ -20,6 +20,7 @@ stdcxx="$(ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 .*x86-64/ {print $N
 exec "$here/rootfs-image.sh" \
   --user 10001:10001 \
   --home /var/lib/profiler \
+  --env STATE_DIRECTORY=/var/lib/profiler \
   --caps cap_sys_ptrace,cap_perfmon,cap_dac_read_search,cap_sys_nice,cap_checkpoint_restore+p \
   --entrypoint /usr/local/bin/profiler \
   --cmd '["attach","--help"]' \

@@ -92,7 +92,8 @@ pub struct AttachArgs {
     pub max_frames: usize,
 
     /// Send profile chunks to this Sentry project (DSN from the project's settings).
-    #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
+    /// Default: the SENTRY_DSN environment variable (an empty one counts as not set).
+    #[arg(long)]
     pub dsn: Option<String>,
 
     /// Release name put on every chunk.
@@ -107,9 +108,12 @@ pub struct AttachArgs {
     #[arg(long, default_value_t = 60.0)]
     pub chunk_seconds: f64,
 
-    /// Directory holding chunks not yet accepted by Sentry (sent on the next start).
-    #[arg(long, default_value = "/var/tmp/profiler/spool")]
-    pub spool_dir: PathBuf,
+    /// Directory holding chunks not yet accepted by Sentry (sent on the next start); the
+    /// agent's own (mode 0700). Default: $STATE_DIRECTORY/spool, else
+    /// /var/lib/profiler/spool for root, else $XDG_STATE_HOME/profiler/spool
+    /// (~/.local/state/profiler/spool).
+    #[arg(long)]
+    pub spool_dir: Option<PathBuf>,
 
     /// Most bytes the spool may hold; the oldest chunks are dropped first.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 
 use crate::cli::{AttachArgs, SamplerChoice};
 use crate::sink::folded;
@@ -80,6 +80,32 @@ pub struct SentryConfig {
     pub not_in_app: Vec<String>,
 }
 
+/// The spool directory when `--spool-dir` is not given: `$STATE_DIRECTORY/spool` (systemd's
+/// `StateDirectory=`), else `/var/lib/profiler/spool` for root, else
+/// `$XDG_STATE_HOME/profiler/spool` or `~/.local/state/profiler/spool`. Never a directory
+/// every user can write to, such as `/var/tmp`.
+pub fn default_spool_dir(euid: u32, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+    let absolute = |k: &str| env(k).filter(|v| v.starts_with('/'));
+    if let Some(d) = absolute("STATE_DIRECTORY") {
+        // systemd may list several, separated by ':'.
+        let first = d.split(':').next().unwrap_or(&d).to_string();
+        return Ok(PathBuf::from(first).join("spool"));
+    }
+    if euid == 0 {
+        return Ok(PathBuf::from("/var/lib/profiler/spool"));
+    }
+    if let Some(d) = absolute("XDG_STATE_HOME") {
+        return Ok(PathBuf::from(d).join("profiler/spool"));
+    }
+    if let Some(h) = absolute("HOME") {
+        return Ok(PathBuf::from(h).join(".local/state/profiler/spool"));
+    }
+    bail!(
+        "no place for the spool of unsent chunks: the agent is not root and neither \
+         STATE_DIRECTORY, XDG_STATE_HOME nor HOME is set; give --spool-dir DIR"
+    )
+}
+
 /// True for an output that asks for Sentry envelopes: `*.envelope` or a directory.
 pub fn is_envelope_output(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "envelope")
@@ -88,33 +114,25 @@ pub fn is_envelope_output(p: &Path) -> bool {
 }
 
 impl AttachConfig {
-    /// Open the output files and create the Sentry directories now: before the agent
-    /// gives up its privileges, and so that a path that cannot be written is found before
-    /// an hour of sampling rather than after.
+    /// Open the output files now: before the agent gives up its privileges, and so that a
+    /// path that cannot be written is found before an hour of sampling rather than after.
+    /// (Envelope directories and the spool are checked with the agent's final privileges:
+    /// `sink::sentry::preflight`.)
     pub fn open_outputs(&mut self) -> Result<()> {
         self.files = std::sync::Arc::new(folded::open_all(&self.outputs)?);
-        if let Some(sc) = &self.sentry {
-            if let Some(o) = sc
-                .output
-                .as_ref()
-                .filter(|o| !o.to_string_lossy().ends_with(".envelope"))
-            {
-                std::fs::create_dir_all(o).with_context(|| format!("creating {}", o.display()))?;
-            }
-            if sc.dsn.is_some() {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&sc.spool_dir)
-                    .with_context(|| format!("creating the spool {}", sc.spool_dir.display()))?;
-            }
-        }
         Ok(())
     }
 
-    /// Check the arguments.
+    /// Check the arguments (the environment supplies `SENTRY_DSN` and the default spool).
     pub fn from_args(a: &AttachArgs) -> Result<AttachConfig> {
+        Self::from_args_env(a, &|k| std::env::var(k).ok())
+    }
+
+    /// [`AttachConfig::from_args`] with the environment given by `env`.
+    pub fn from_args_env(
+        a: &AttachArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<AttachConfig> {
         if !(a.frequency.is_finite() && a.frequency >= 1.0 && a.frequency <= 20_000.0) {
             bail!(
                 "--frequency must be between 1 and 20000 Hz (got {})",
@@ -145,9 +163,24 @@ impl AttachConfig {
                 );
             }
         }
-        let dsn = match a.dsn.as_deref().filter(|d| !d.trim().is_empty()) {
-            Some(d) => Some(d.trim().parse::<Dsn>().map_err(|e| anyhow!("--dsn: {e}"))?),
-            None => None,
+        // An empty --dsn is a mistake; an empty SENTRY_DSN means "not set", as in the SDKs.
+        let dsn = match (a.dsn.as_deref(), env("SENTRY_DSN")) {
+            (Some(d), _) if d.trim().is_empty() => bail!(
+                "--dsn is empty: give the project's DSN (https://KEY@HOST/PROJECT_ID), or leave \
+                 --dsn out to send nothing to Sentry"
+            ),
+            (Some(d), _) => Some(d.trim().parse::<Dsn>().map_err(|e| anyhow!("--dsn: {e}"))?),
+            (None, Some(d)) if !d.trim().is_empty() => Some(
+                d.trim()
+                    .parse::<Dsn>()
+                    .map_err(|e| anyhow!("SENTRY_DSN: {e}"))?,
+            ),
+            (None, _) => None,
+        };
+        let spool_dir = match (&a.spool_dir, &dsn) {
+            (Some(d), _) => d.clone(),
+            (None, Some(_)) => default_spool_dir(nix::unistd::geteuid().as_raw(), env)?,
+            (None, None) => PathBuf::new(),
         };
         if !(a.chunk_seconds.is_finite() && a.chunk_seconds >= 1.0 && a.chunk_seconds <= 65.0) {
             bail!("--chunk-seconds must be between 1 and 65 (Sentry rejects chunks over 66 s)");
@@ -161,7 +194,7 @@ impl AttachConfig {
             release: a.release.clone().filter(|r| !r.is_empty()),
             environment: a.environment.clone().filter(|e| !e.is_empty()),
             chunk_seconds: a.chunk_seconds,
-            spool_dir: a.spool_dir.clone(),
+            spool_dir,
             spool_max_bytes: a.spool_max_bytes,
             flush_timeout: Duration::from_secs_f64(a.flush_timeout),
             profiler_id_file: a.profiler_id_file.clone(),
@@ -192,5 +225,86 @@ impl AttachConfig {
             sentry,
             sampler: a.sampler,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    const DSN: &str = "https://abcdef0123456789@o1.ingest.sentry.io/42";
+
+    fn config(args: &[&str], vars: &[(&str, &str)]) -> Result<AttachConfig> {
+        let mut argv = vec!["profiler", "attach", "--pid", "1"];
+        argv.extend(args);
+        let Command::Attach(a) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!()
+        };
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        AttachConfig::from_args_env(&a, &move |k| {
+            vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn dsn_of(c: &AttachConfig) -> Option<String> {
+        c.sentry.as_ref()?.dsn.as_ref().map(|d| d.destination())
+    }
+
+    #[test]
+    fn empty_dsn_flag_is_an_error_empty_variable_is_unset() {
+        for empty in ["", "  "] {
+            let e = config(&["--dsn", empty], &[("SENTRY_DSN", DSN)]).unwrap_err();
+            assert!(e.to_string().starts_with("--dsn is empty"), "{e}");
+            let c = config(&[], &[("SENTRY_DSN", empty)]).unwrap();
+            assert!(c.sentry.is_none(), "an empty SENTRY_DSN sends nothing");
+        }
+        let c = config(&[], &[("SENTRY_DSN", DSN), ("HOME", "/home/u")]).unwrap();
+        assert_eq!(dsn_of(&c).as_deref(), Some("o1.ingest.sentry.io/42"));
+        // The flag wins over the variable; errors name where the DSN came from.
+        let other = "https://k@other.example/7";
+        let c = config(&["--dsn", other], &[("SENTRY_DSN", DSN)]).unwrap();
+        assert_eq!(dsn_of(&c).as_deref(), Some("other.example/7"));
+        let e = config(&[], &[("SENTRY_DSN", "https://k@host")]).unwrap_err();
+        assert!(e.to_string().starts_with("SENTRY_DSN: invalid DSN"), "{e}");
+        let e = config(&["--dsn", "https://k@host"], &[]).unwrap_err();
+        assert!(e.to_string().starts_with("--dsn: invalid DSN"), "{e}");
+    }
+
+    #[test]
+    fn spool_default_is_the_agents_own() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let d = |uid, vars| default_spool_dir(uid, &env(vars)).map_err(|e| e.to_string());
+        assert_eq!(
+            d(0, &[("HOME", "/root")]),
+            Ok(PathBuf::from("/var/lib/profiler/spool"))
+        );
+        assert_eq!(
+            d(0, &[("STATE_DIRECTORY", "/var/lib/prof:/var/lib/other")]),
+            Ok(PathBuf::from("/var/lib/prof/spool"))
+        );
+        assert_eq!(
+            d(1000, &[("XDG_STATE_HOME", "/x/state"), ("HOME", "/home/u")]),
+            Ok(PathBuf::from("/x/state/profiler/spool"))
+        );
+        assert_eq!(
+            d(1000, &[("XDG_STATE_HOME", "relative"), ("HOME", "/home/u")]),
+            Ok(PathBuf::from("/home/u/.local/state/profiler/spool"))
+        );
+        assert!(d(1000, &[]).unwrap_err().contains("give --spool-dir"));
+        // Only needed with a DSN; --spool-dir wins.
+        let c = config(&["--dsn", DSN, "--spool-dir", "/s"], &[]).unwrap();
+        assert_eq!(c.sentry.unwrap().spool_dir, PathBuf::from("/s"));
+        assert!(config(&["-o", "x/"], &[]).is_ok());
     }
 }

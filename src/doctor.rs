@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use crate::modules::ModuleMap;
 use crate::os::files::LiveFiles;
-use crate::os::permissions::{self, CAP_SYS_PTRACE, Privileges};
+use crate::os::permissions::{self, CAP_SYS_PTRACE, Privileges, TargetFacts};
 use crate::os::ptrace::Tracer;
 use crate::os::{perf, proc, vm};
 use crate::procmaps;
@@ -245,7 +245,38 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
         );
         return Ok(r);
     }
-    r.push(Level::Ok, "target", format!("{pid} ({name})"), None);
+    let facts = TargetFacts::read(pid);
+    if facts.is_zombie() {
+        r.push(
+            Level::Fail,
+            "target",
+            facts.zombie_message(pid),
+            Some("profile a live process".into()),
+        );
+        return Ok(r);
+    }
+    r.push(Level::Ok, "target", facts.describe(pid), None);
+    if facts.main_thread_exited() {
+        r.push(
+            Level::Ok,
+            "main thread",
+            format!(
+                "exited (pthread_exit) while {} other threads run on: the agent profiles those",
+                facts.live_threads
+            ),
+            None,
+        );
+    }
+    if facts.state == Some('T') {
+        r.push(
+            Level::Warn,
+            "state",
+            "stopped (SIGSTOP or SIGTSTP): a stopped process runs no code, so there is nothing \
+             to sample until it runs again"
+                .into(),
+            Some(format!("`kill -CONT {pid}`")),
+        );
+    }
     // Which stack source `--sampler auto` takes.
     let probe = perf::probe(pid);
     match &probe {
@@ -271,14 +302,13 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
             None,
         ),
     }
-    if let Some(t) = proc::tracer_pid(pid) {
-        let tname = proc::process_name(t).unwrap_or_else(|| "?".into());
+    if let Some(t) = &facts.tracer {
         let perf_ok = !matches!(probe, perf::Probe::Refused(_));
         r.push(
             if perf_ok { Level::Warn } else { Level::Fail },
             "tracer",
             format!(
-                "already traced by process {t} ({tname}){}",
+                "already traced by {t}{}",
                 if perf_ok {
                     ": `--sampler ptrace` cannot attach; the perf source samples it anyway"
                 } else {
@@ -289,7 +319,8 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
         );
     }
     let me_s = std::process::id().to_string();
-    let p_s = pid.to_string();
+    // Through a live thread: the namespaces of a main thread that exited are gone.
+    let p_s = proc::live_task(pid).unwrap_or(pid).to_string();
     for (kind, label) in [("pid", "PID namespace"), ("mnt", "mount namespace")] {
         match (proc::namespace(&me_s, kind), proc::namespace(&p_s, kind)) {
             (Some(a), Some(b)) if a == b => {
@@ -314,7 +345,8 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
     match Tracer::attach(pid) {
         Ok(mut t) => {
             let threads = t.threads().len();
-            let sampled = t.sample(pid, |regs| regs.sp()).is_ok();
+            let first = proc::live_task(pid).unwrap_or(pid);
+            let sampled = t.sample(first, |regs| regs.sp()).is_ok();
             drop(t);
             r.push(
                 if sampled { Level::Ok } else { Level::Warn },
@@ -322,7 +354,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
                 format!(
                     "seized {threads} threads{}, detached",
                     if sampled {
-                        ", read the main thread's registers"
+                        ", read a thread's registers"
                     } else {
                         ""
                     }
@@ -366,7 +398,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Report> {
         .or(maps.first())
     {
         let mut b = [0u8; 8];
-        let n = vm::read(pid, m.start, &mut b);
+        let n = vm::read(proc::live_task(pid).unwrap_or(pid), m.start, &mut b);
         r.push(
             if n == 8 { Level::Ok } else { Level::Fail },
             "memory",

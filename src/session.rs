@@ -55,6 +55,7 @@ fn monotonic_seconds() -> f64 {
 pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summary> {
     check_target(cfg.pid)?;
     let name = proc::process_name(cfg.pid).unwrap_or_default();
+    let state_at_start = proc::stat(cfg.pid).map(|s| s.state);
     let wall0 = std::time::SystemTime::now();
     let epoch = Instant::now();
 
@@ -126,6 +127,14 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
             bail!("the sampler thread failed to start");
         }
     };
+    let main_exited = state_at_start.is_some_and(proc::is_exited_state);
+    if main_exited {
+        progress(&format!(
+            "the main thread of {} has exited (pthread_exit); its other threads run on and \
+             are profiled",
+            cfg.pid
+        ));
+    }
     progress(&format!(
         "attached to {} ({name}): {threads} threads, sampling at {} Hz{}; Ctrl-C to stop",
         cfg.pid,
@@ -236,6 +245,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
             details.push(format!("module {path}: {e}"));
         }
     }
+    let notes = target_notes(cfg.pid, state_at_start, main_exited, &sampler_stats);
     Ok(Summary {
         pid: cfg.pid,
         name,
@@ -252,6 +262,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         sentry: sentry_lines,
         retired: store.retired(),
         failures,
+        notes,
     })
 }
 
@@ -304,6 +315,47 @@ fn open_source(
     }
 }
 
+/// Summary lines about the target's own state: stopped when the agent came (or during the
+/// session), its main thread gone.
+fn target_notes(
+    pid: Pid,
+    state_at_start: Option<char>,
+    main_exited: bool,
+    s: &crate::source::SourceStats,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let resume = format!("resume it with `kill -CONT {pid}`");
+    if state_at_start == Some('T') {
+        notes.push(if s.ticks_target_stopped >= s.ticks {
+            format!(
+                "the target was already stopped (SIGSTOP or SIGTSTP) when the agent came and \
+                 stayed stopped: a stopped process runs no code, so there was nothing to \
+                 sample; {resume}"
+            )
+        } else {
+            format!(
+                "the target was already stopped (SIGSTOP or SIGTSTP) when the agent came: \
+                 stopped at {} of {} ticks, which have no samples",
+                s.ticks_target_stopped, s.ticks
+            )
+        });
+    } else if s.ticks_target_stopped > 0 {
+        notes.push(format!(
+            "the target was stopped (SIGSTOP or SIGTSTP) at {} of {} ticks, which have no \
+             samples",
+            s.ticks_target_stopped, s.ticks
+        ));
+    }
+    if main_exited {
+        notes.push(
+            "its main thread had exited (pthread_exit) before the agent came: the other \
+             threads were profiled"
+                .to_string(),
+        );
+    }
+    notes
+}
+
 /// Run `profiler attach`: once for `--pid`; for `--pid-file` and `--process-name`, wait for
 /// the target, profile it until it exits, and wait for the next one, until stopped.
 /// `on_summary` gets each session's summary. A session whose outputs could not be written
@@ -324,6 +376,9 @@ pub fn run_attach(
             )
         }
     };
+    if let Some(sc) = &cfg.sentry {
+        sentry::preflight(sc)?;
+    }
     if let Target::Pid(pid) = cfg.target {
         let mut c = cfg.clone();
         c.pid = pid;

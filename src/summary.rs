@@ -40,6 +40,9 @@ pub struct Summary {
     pub retired: (u64, u64),
     /// Outputs that could not be written, with the reason.
     pub failures: Vec<String>,
+    /// What was unusual about the target (stopped when the agent came, its main thread
+    /// gone), one line each.
+    pub notes: Vec<String>,
 }
 
 impl Summary {
@@ -115,7 +118,7 @@ impl fmt::Display for Summary {
             "  threads seen: {} ({} exited before their first sample)",
             s.threads_seen, s.threads_unsampled
         )?;
-        for n in &s.notes {
+        for n in s.notes.iter().chain(&self.notes) {
             writeln!(f, "  {n}")?;
         }
         if !s.threads_refused.is_empty() {

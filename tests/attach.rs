@@ -660,6 +660,14 @@ fn permission_denied_names_the_cause() {
         e.contains("CAP_SYS_PTRACE") || e.contains("ptrace_scope"),
         "{e}"
     );
+    // The cause read from the target's status, not a guess.
+    assert!(
+        e.contains(
+            "it belongs to another user: it runs as uid 0 (root) and the agent as uid 65534"
+        ),
+        "{e}"
+    );
+    assert!(!e.contains("security module"), "{e}");
     let _: HashMap<(), ()> = HashMap::new();
 }
 

@@ -1301,7 +1301,16 @@ fn sigkilled_agent_spool_sent_by_next_run() {
     assert!(left.len() >= 3);
     let profiler1 = std::fs::read_to_string(&id1).unwrap().trim().to_string();
     for f in &left {
-        let v: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+        // A header line (destination, chunk id, length), then the chunk.
+        let bytes = std::fs::read(f).unwrap();
+        let nl = bytes.iter().position(|&b| b == b'\n').unwrap();
+        let header: Value = serde_json::from_slice(&bytes[..nl]).unwrap();
+        assert_eq!(header["chunk_id"], spool_chunk_id(f).as_str());
+        assert!(
+            !header.to_string().contains(&KEY[..8]),
+            "no key in the spool"
+        );
+        let v: Value = serde_json::from_slice(&bytes[nl + 1..]).unwrap();
         validate_item(&v, None).unwrap();
         assert_eq!(v["profiler_id"], profiler1.as_str());
         assert_eq!(v["chunk_id"], spool_chunk_id(f).as_str());
@@ -1550,8 +1559,9 @@ fn bad_dsn_is_a_clear_error() {
             }
             let (status, stderr) = Agent::spawn(&a, &env).wait(Duration::from_secs(30));
             assert_eq!(status.code(), Some(1), "{dsn}: {stderr}");
+            let from = if via_env { "SENTRY_DSN" } else { "--dsn" };
             assert!(
-                stderr.contains("profiler: error: --dsn: invalid DSN"),
+                stderr.contains(&format!("profiler: error: {from}: invalid DSN")),
                 "{dsn}: {stderr}"
             );
             assert!(stderr.contains(why), "{dsn}: expected {why:?} in {stderr}");

@@ -310,7 +310,7 @@ fn abrupt_stop_then_next_run_sends_the_spool() {
     // What a SIGKILL during a write leaves behind.
     let half = tmp.path().join("00000000000000000001-deadbeef.chunk.tmp");
     std::fs::write(&half, br#"{"version":"2","platf"#).unwrap();
-    // A damaged spool file (oldest name): deleted and counted, never sent.
+    // A damaged spool file (oldest name): not a chunk this agent wrote, deleted unsent.
     let garbage = tmp.path().join("00000000000000000002-garbage.chunk");
     std::fs::write(&garbage, b"not a chunk").unwrap();
 
@@ -328,9 +328,10 @@ fn abrupt_stop_then_next_run_sends_the_spool() {
     let stats2 = up2.finish();
     state.assert_no_errors();
     assert_each_once(&state.accepted_ids(), &ids);
-    assert_eq!(stats2.chunks_from_earlier_runs, 4);
+    assert_eq!(stats2.chunks_from_earlier_runs, 3);
     assert_eq!(stats2.chunks_accepted, 3);
-    assert_eq!(stats2.dropped_io, 1);
+    assert_eq!(stats2.foreign_removed, 1);
+    assert_eq!(stats2.dropped_io, 0);
     assert!(!garbage.exists());
     assert!(
         reps2
@@ -343,6 +344,135 @@ fn abrupt_stop_then_next_run_sends_the_spool() {
     assert!(spool_files(tmp.path()).is_empty());
     assert_key_hidden(&reps);
     assert_key_hidden(&reps2);
+}
+
+/// Issue 13: the spool is keyed by destination. Chunks spooled for one project (server A,
+/// down) are not sent by a run for another (server B): that run sends only its own, keeps
+/// A's (and says so), and the next run for A sends them.
+#[test]
+fn spool_sends_each_chunk_only_to_its_own_project() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port_a = closed_port();
+    let reps = reports();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let up = Uploader::spawn(config(port_a, tmp.path(), &reps), rx).unwrap();
+    let ids_a = send_chunks(&tx, 3);
+    wait_for("spooling", Duration::from_secs(5), || {
+        up.stats().chunks_spooled == 3
+    });
+    up.abort();
+    drop(tx);
+
+    let state_a = Arc::new(ServerState::default());
+    let (_server_a, _) = TestServer::start(port_a, Arc::clone(&state_a));
+    let state_b = Arc::new(ServerState::default());
+    let (_server_b, port_b) = TestServer::start(0, Arc::clone(&state_b));
+    let reps_b = reports();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let up = Uploader::spawn(config(port_b, tmp.path(), &reps_b), rx).unwrap();
+    let ids_b = send_chunks(&tx, 2);
+    drop(tx);
+    let stats = up.finish();
+    state_b.assert_no_errors();
+    assert_each_once(&state_b.accepted_ids(), &ids_b);
+    assert!(
+        state_a.received().is_empty(),
+        "nothing sent to A by B's run"
+    );
+    assert_eq!(stats.chunks_from_earlier_runs, 0);
+    assert_eq!(stats.kept_for_others, 3);
+    assert!(
+        stats
+            .to_string()
+            .contains("3 for other projects kept in the spool"),
+        "{stats}"
+    );
+    let dest_a = format!("127.0.0.1:{port_a}/{PROJECT}");
+    assert!(
+        reps_b
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, m)| m.contains(&format!(
+                "3 chunk(s) in the spool are for another Sentry project ({dest_a})"
+            ))),
+        "{:?}",
+        reps_b.lock().unwrap()
+    );
+    assert_eq!(spool_files(tmp.path()).len(), 3);
+
+    let reps_a = reports();
+    let (tx, rx) = crossbeam_channel::unbounded::<ProfileChunk>();
+    let up = Uploader::spawn(config(port_a, tmp.path(), &reps_a), rx).unwrap();
+    drop(tx);
+    let stats = up.finish();
+    state_a.assert_no_errors();
+    assert_each_once(&state_a.accepted_ids(), &ids_a);
+    assert_eq!(stats.chunks_from_earlier_runs, 3);
+    assert_eq!(stats.kept_for_others, 0);
+    assert_eq!(state_b.accepted_ids().len(), 2, "B got nothing more");
+    assert!(spool_files(tmp.path()).is_empty());
+    for r in [&reps, &reps_b, &reps_a] {
+        assert_key_hidden(r);
+    }
+}
+
+/// Issue 13: a file in the spool that this agent did not write is deleted with a warning
+/// and never sent, even when its content is a perfect chunk: one owned by another user,
+/// and a symbolic link to a chunk elsewhere.
+#[test]
+fn spool_files_the_agent_did_not_write_are_never_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = tmp.path().join("spool");
+    let port = closed_port();
+    let reps = reports();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let up = Uploader::spawn(config(port, &spool, &reps), rx).unwrap();
+    let ids = send_chunks(&tx, 3);
+    wait_for("spooling", Duration::from_secs(5), || {
+        up.stats().chunks_spooled == 3
+    });
+    up.abort();
+    drop(tx);
+    let files = spool_files(&spool);
+    // A chunk moved out of the spool and linked back under a new (older) name.
+    let outside = tmp.path().join("outside.chunk");
+    std::fs::rename(&files[0], &outside).unwrap();
+    let link = spool.join("00000000000000000001-linked.chunk");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let mut expect_sent = ids[1..].to_vec();
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        // Another user's file (as if planted by them): a perfect chunk, not the agent's.
+        std::os::unix::fs::chown(&files[1], Some(65534), Some(65534)).unwrap();
+        expect_sent.remove(0);
+    }
+
+    let state = Arc::new(ServerState::default());
+    let (_server, _) = TestServer::start(port, Arc::clone(&state));
+    let reps2 = reports();
+    let (tx, rx) = crossbeam_channel::unbounded::<ProfileChunk>();
+    let up = Uploader::spawn(config(port, &spool, &reps2), rx).unwrap();
+    drop(tx);
+    let stats = up.finish();
+    state.assert_no_errors();
+    assert_each_once(&state.accepted_ids(), &expect_sent);
+    let warned = |needle: &str| {
+        reps2.lock().unwrap().iter().any(|(l, m)| {
+            *l == Level::Warn && m.contains("is not a chunk this agent wrote") && m.contains(needle)
+        })
+    };
+    assert!(warned("symbolic link"), "{:?}", reps2.lock().unwrap());
+    assert!(
+        !link.exists() && outside.exists(),
+        "the link removed, not its target"
+    );
+    if root {
+        assert!(warned("owned by uid 65534"), "{:?}", reps2.lock().unwrap());
+        assert!(!files[1].exists());
+    }
+    assert_eq!(stats.foreign_removed, if root { 2 } else { 1 });
+    assert!(spool_files(&spool).is_empty());
 }
 
 /// Scenario 3 with a real SIGKILL: a child process produces chunks into the spool
@@ -662,6 +792,9 @@ fn files_without_dsn() {
         drop(tx);
         (ids, up.finish())
     };
+    // The agent creates the envelope directory, not its parents.
+    std::fs::create_dir(tmp.path().join("out")).unwrap();
+    std::fs::create_dir(tmp.path().join("one")).unwrap();
     let dir = tmp.path().join("out/chunks");
     let (ids, stats) = run(dir.clone(), 3);
     assert_eq!(stats.chunks_written, 3);

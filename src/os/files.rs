@@ -164,7 +164,9 @@ pub fn read_mapping(pid: Pid, mapping: &Mapping) -> Option<Bytes> {
         return None;
     }
     let mut buf = vec![0u8; len];
-    (vm::read(pid, mapping.start, &mut buf) == len).then(|| Bytes::from_owner(buf))
+    // Through a live thread: a main thread that exited has no memory left to read.
+    let reader = proc::live_task(pid).unwrap_or(pid);
+    (vm::read(reader, mapping.start, &mut buf) == len).then(|| Bytes::from_owner(buf))
 }
 
 /// The files of a live target, read through its root: the [`ModuleSource`] of a session.

@@ -12,15 +12,43 @@ pub fn proc_dir(pid: Pid) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}"))
 }
 
+/// True for the state of a task that has exited (`Z` zombie, `X` dead).
+pub fn is_exited_state(state: char) -> bool {
+    matches!(state, 'Z' | 'X')
+}
+
+/// A live thread of process `pid`: `pid` itself while its main thread runs, else the first
+/// thread that has not exited (a main thread that called `pthread_exit` while others run
+/// on is a zombie). None when every thread has exited.
+pub fn live_task(pid: Pid) -> Option<Tid> {
+    if stat(pid).is_some_and(|s| !is_exited_state(s.state)) {
+        return Some(pid);
+    }
+    list_tasks(pid)
+        .ok()?
+        .into_iter()
+        .find(|&t| thread_stat(pid, t).is_some_and(|s| !is_exited_state(s.state)))
+}
+
+/// The `/proc` directory holding process `pid`'s memory map, root and executable:
+/// `/proc/PID`, or `/proc/PID/task/TID` of a live thread once the main thread has exited
+/// (the main thread's own entries are then empty or unreadable).
+pub fn task_dir(pid: Pid) -> PathBuf {
+    match live_task(pid) {
+        Some(t) if t != pid => proc_dir(pid).join("task").join(t.to_string()),
+        _ => proc_dir(pid),
+    }
+}
+
 /// The target's root directory as the agent can open it (`/proc/PID/root`): paths of the
 /// target's files are opened below it, so a target in another mount namespace works.
 pub fn root_dir(pid: Pid) -> PathBuf {
-    proc_dir(pid).join("root")
+    task_dir(pid).join("root")
 }
 
-/// The text of `/proc/PID/maps`.
+/// The text of `/proc/PID/maps` (through a live thread once the main thread has exited).
 pub fn read_maps(pid: Pid) -> io::Result<String> {
-    std::fs::read_to_string(proc_dir(pid).join("maps"))
+    std::fs::read_to_string(task_dir(pid).join("maps"))
 }
 
 /// Thread ids listed in `/proc/PID/task`.
@@ -68,12 +96,87 @@ pub fn status_field_in(status: &str, key: &str) -> Option<String> {
     })
 }
 
-/// The pid of the process tracing `pid`, if any.
-pub fn tracer_pid(pid: Pid) -> Option<Pid> {
+/// The thread tracing `pid`, if any (`TracerPid` names the tracer's thread, not its
+/// process: see [`tgid_of`]).
+pub fn tracer_pid(pid: Pid) -> Option<Tid> {
     status_field(pid, "TracerPid")?
         .parse()
         .ok()
         .filter(|&p| p != 0)
+}
+
+/// The process (thread group) a thread belongs to.
+pub fn tgid_of(tid: Tid) -> Option<Pid> {
+    status_field(tid, "Tgid")?.parse().ok()
+}
+
+/// The fields of `/proc/PID/status` that say who may trace a process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Real, effective, saved and filesystem uids.
+    pub uids: [u32; 4],
+    /// Real, effective, saved and filesystem gids.
+    pub gids: [u32; 4],
+    /// Permitted capabilities.
+    pub cap_prm: u64,
+    /// Effective capabilities.
+    pub cap_eff: u64,
+    /// Bounding capabilities.
+    pub cap_bnd: u64,
+    /// The pid in each PID namespace, from the reader's down to the process's own.
+    pub nspid: Vec<Pid>,
+    /// The tracer's thread id (0: not traced).
+    pub tracer: Tid,
+    /// Seccomp mode (0 none, 1 strict, 2 filter).
+    pub seccomp: u32,
+}
+
+impl Status {
+    /// Parse the text of a `status` file; missing fields stay at their defaults.
+    pub fn parse(text: &str) -> Status {
+        let ids = |k: &str| {
+            let mut out = [0u32; 4];
+            if let Some(v) = status_field_in(text, k) {
+                for (o, f) in out.iter_mut().zip(v.split_whitespace()) {
+                    *o = f.parse().unwrap_or(0);
+                }
+            }
+            out
+        };
+        let hex = |k: &str| {
+            status_field_in(text, k)
+                .and_then(|v| u64::from_str_radix(&v, 16).ok())
+                .unwrap_or(0)
+        };
+        let num = |k: &str| status_field_in(text, k).and_then(|v| v.parse::<i64>().ok());
+        Status {
+            uids: ids("Uid"),
+            gids: ids("Gid"),
+            cap_prm: hex("CapPrm"),
+            cap_eff: hex("CapEff"),
+            cap_bnd: hex("CapBnd"),
+            nspid: status_field_in(text, "NSpid")
+                .map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            tracer: num("TracerPid")
+                .and_then(|v| Tid::try_from(v).ok())
+                .unwrap_or(0),
+            seccomp: num("Seccomp")
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// `/proc/PID/status`, parsed (`pid` may be `self`).
+pub fn status(pid: &str) -> Option<Status> {
+    Some(Status::parse(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+    ))
 }
 
 /// The fields of `/proc/PID/stat` the agent uses. The command name is in parentheses and
@@ -84,6 +187,8 @@ pub struct Stat {
     pub comm: String,
     /// One-letter state (`R`, `S`, `D`, `t`, `Z`, ...).
     pub state: char,
+    /// The parent's pid.
+    pub ppid: Pid,
     /// The process flags (`PF_*`).
     pub flags: u64,
     /// Start time in clock ticks after boot: with the pid, a process's identity.
@@ -100,11 +205,13 @@ impl Stat {
         let mut rest = text.get(close + 1..)?.split_ascii_whitespace();
         let state = rest.next()?.chars().next()?;
         let mut fields = rest;
-        let flags = fields.nth(5)?.parse().ok()?;
+        let ppid = fields.next()?.parse().ok()?;
+        let flags = fields.nth(4)?.parse().ok()?;
         let start_time = fields.nth(12)?.parse().ok()?;
         Some(Stat {
             comm,
             state,
+            ppid,
             flags,
             start_time,
         })
@@ -156,7 +263,7 @@ pub fn list_pids() -> Vec<Pid> {
 
 /// The file name of a process's executable (without a ` (deleted)` suffix).
 pub fn exe_name(pid: Pid) -> Option<String> {
-    let p = std::fs::read_link(proc_dir(pid).join("exe")).ok()?;
+    let p = std::fs::read_link(task_dir(pid).join("exe")).ok()?;
     Some(
         p.file_name()?
             .to_string_lossy()
@@ -167,7 +274,7 @@ pub fn exe_name(pid: Pid) -> Option<String> {
 
 /// The path of a process's executable as it sees it (without a ` (deleted)` suffix).
 pub fn exe_path(pid: Pid) -> Option<String> {
-    let p = std::fs::read_link(proc_dir(pid).join("exe")).ok()?;
+    let p = std::fs::read_link(task_dir(pid).join("exe")).ok()?;
     Some(
         p.to_string_lossy()
             .trim_end_matches(" (deleted)")
@@ -269,6 +376,7 @@ mod tests {
         let s = Stat::parse(line).unwrap();
         assert_eq!(s.comm, "a (b) c");
         assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
         assert_eq!(s.flags, 4194560);
         assert_eq!(s.start_time, 987654);
         assert!(!s.is_kernel_thread());
@@ -354,5 +462,21 @@ mod tests {
         let s = "Name:\tdemo\nTracerPid:\t42\nUid:\t0\t0\t0\t0\n";
         assert_eq!(status_field_in(s, "TracerPid").as_deref(), Some("42"));
         assert_eq!(status_field_in(s, "Missing"), None);
+        let text = "Name:\tsvc\nTgid:\t4567\nNSpid:\t4567\t1\nTracerPid:\t0\n\
+                    Uid:\t1000\t1001\t1002\t1003\nGid:\t5\t6\t7\t8\n\
+                    CapPrm:\t000001ffffffffff\nCapEff:\t0000000000080000\n\
+                    CapBnd:\t000001fffeffffff\nSeccomp:\t2\n";
+        let st = Status::parse(text);
+        assert_eq!(st.uids, [1000, 1001, 1002, 1003]);
+        assert_eq!(st.gids, [5, 6, 7, 8]);
+        assert_eq!(st.cap_prm, 0x1ff_ffff_ffff);
+        assert_eq!(st.cap_eff, 1 << 19);
+        assert_eq!(st.cap_bnd, 0x1ff_feff_ffff);
+        assert_eq!(st.nspid, [4567, 1]);
+        assert_eq!(st.seccomp, 2);
+        assert_eq!(Status::parse("garbage"), Status::default());
+        let me = std::process::id() as Pid;
+        assert_eq!(tgid_of(me), Some(me));
+        assert_eq!(status("self").unwrap().nspid.last(), Some(&me));
     }
 }

@@ -143,6 +143,11 @@ fn wait_nohang(tid: Option<Tid>) -> Result<Status, Errno> {
     })
 }
 
+/// True when thread `tid` of `pid` has exited (a zombie, not yet reaped).
+fn thread_exited(pid: Pid, tid: Tid) -> bool {
+    super::proc::thread_stat(pid, tid).is_some_and(|s| super::proc::is_exited_state(s.state))
+}
+
 /// Resume a stopped tracee, delivering `sig` (0 for none).
 fn resume(tid: Tid, sig: i32) -> Result<(), Errno> {
     // SAFETY: PTRACE_CONT takes no address and a signal number as data.
@@ -185,13 +190,15 @@ impl Tracer {
             refused: HashMap::new(),
             stop_timeout: Duration::from_millis(20),
         };
+        // The first refusal of a live thread, reported if no thread at all can be seized.
+        let mut first_error = None;
         loop {
             let tids = super::proc::list_tasks(pid).map_err(|e| AttachError {
                 errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::ESRCH)),
             })?;
             let mut new = 0;
             for tid in tids {
-                if tracer.threads.contains_key(&tid) {
+                if tracer.threads.contains_key(&tid) || tracer.refused.contains_key(&tid) {
                     continue;
                 }
                 match ptrace::seize(npid(tid), OPTIONS) {
@@ -200,19 +207,18 @@ impl Tracer {
                         new += 1;
                     }
                     // A thread that exited between the listing and the seize.
-                    Err(Errno::ESRCH) if tid != pid => {}
-                    // Already ours through TRACECLONE of a seized parent.
-                    Err(Errno::EPERM) if tracer.threads.contains_key(&tid) => {}
+                    Err(Errno::ESRCH) => {}
+                    // An exited thread (the kernel answers EPERM for a zombie): a main
+                    // thread that called pthread_exit stays one while the others run on.
+                    Err(Errno::EPERM) if thread_exited(pid, tid) => {}
                     Err(errno) => {
-                        if tracer.threads.is_empty() {
-                            return Err(AttachError { errno });
-                        }
-                        // A later thread failed: it may already be ours through the
-                        // TRACECLONE of its parent (its first stop not yet seen); if it
-                        // never shows up as ours, `refused` reports it.
+                        // It may already be ours through the TRACECLONE of a seized parent
+                        // (its first stop not yet seen); if it never shows up as ours,
+                        // `refused` reports it.
                         if errno != Errno::EPERM {
                             return Err(AttachError { errno });
                         }
+                        first_error.get_or_insert(errno);
                         tracer.refused.insert(tid, errno);
                     }
                 }
@@ -222,8 +228,9 @@ impl Tracer {
             }
         }
         if tracer.threads.is_empty() {
+            // Every live thread refused, or none is left.
             return Err(AttachError {
-                errno: Errno::ESRCH,
+                errno: first_error.unwrap_or(Errno::ESRCH),
             });
         }
         Ok(tracer)

@@ -162,8 +162,9 @@ fn write_one(o: &OutputFile, lines: &[String], title: &str) -> Result<()> {
 }
 
 fn create(path: &Path) -> Result<BufWriter<std::fs::File>> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Parent directories are not created (see `outpath`).
+    if let Some(why) = super::outpath::parent_problem(path) {
+        bail!("--output {}: {why}", path.display());
     }
     // Profiles name the target's code: readable by the owner only.
     let f = std::fs::OpenOptions::new()
@@ -216,6 +217,7 @@ mod tests {
     fn writes_svg_and_folded() {
         let dir = tempfile::tempdir().unwrap();
         let lines = vec!["t;main;work 3".to_string()];
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
         let paths = vec![dir.path().join("p.folded"), dir.path().join("sub/p.svg")];
         write_all(&open_all(&paths).unwrap(), &lines, "test").unwrap();
         assert_eq!(
@@ -234,6 +236,15 @@ mod tests {
         )
         .unwrap();
         assert!(open_all(&[dir.path().join("x.bin")]).is_err());
+        // Missing directories are named, not created; a file on the path is not a directory.
+        let e = open_all(&[dir.path().join("new/p.folded")]).unwrap_err();
+        assert!(format!("{e:#}").contains("new does not exist"), "{e:#}");
+        assert!(!dir.path().join("new").exists());
+        let e = open_all(&[paths[0].join("p.folded")]).unwrap_err();
+        assert!(
+            format!("{e:#}").ends_with(&format!("{} is not a directory", paths[0].display())),
+            "{e:#}"
+        );
         // A second session replaces the first one's profile.
         let outs = open_all(&paths[..1]).unwrap();
         write_all(&outs, &["a;b 1".to_string(), "a;c 2".to_string()], "t").unwrap();

@@ -8,6 +8,7 @@
 //!   envelopes.
 
 pub mod folded;
+pub mod outpath;
 pub mod sentry;
 
 use std::path::PathBuf;

@@ -143,6 +143,9 @@ pub struct SourceStats {
     pub threads_unsampled: u64,
     /// Threads the kernel refused to let the agent trace, with the reason.
     pub threads_refused: Vec<(Tid, String)>,
+    /// Ticks at which every thread of the target was stopped (SIGSTOP and the like):
+    /// nothing to sample.
+    pub ticks_target_stopped: u64,
     /// Why it stopped.
     pub stop: Option<StopReason>,
     /// True when the source ran at a real-time priority.

@@ -100,6 +100,17 @@ impl Dsn {
         )
     }
 
+    /// Where chunks sent with this DSN end up, without the key: `host[:port][/prefix]/project_id`
+    /// (host in lower case). Two DSNs of one project (another key, http or https) share it.
+    pub fn destination(&self) -> String {
+        format!(
+            "{}{}/{}",
+            self.authority().to_ascii_lowercase(),
+            self.path_prefix,
+            self.project_id
+        )
+    }
+
     fn authority(&self) -> String {
         match self.port {
             Some(p) => format!("{}:{p}", self.host),
@@ -310,6 +321,18 @@ mod tests {
         assert_eq!(
             d.auth_header("profiler/0.1.0"),
             "Sentry sentry_key=k, sentry_version=7, sentry_client=profiler/0.1.0, sentry_secret=s3cret"
+        );
+        // The destination names the project, never the key or the secret.
+        assert_eq!(d.destination(), "sentry.local:9000/sub/dir/7");
+        let other_key = dsn("https://other@SENTRY.local:9000/sub/dir/7");
+        assert_eq!(other_key.destination(), d.destination());
+        assert_ne!(
+            dsn("http://k@sentry.local:9000/sub/dir/8").destination(),
+            d.destination()
+        );
+        assert_ne!(
+            dsn("http://k@sentry.local/sub/dir/7").destination(),
+            d.destination()
         );
     }
 

@@ -214,7 +214,12 @@ impl Sink for SentrySink {
             drop(chunks);
             let stats: UploadStats = handle.finish();
             report.lines.push(format!("sentry: {stats}"));
-            if let Some(o) = output {
+            report
+                .failures
+                .extend(write_failure(&stats, output.as_deref()));
+            if let Some(o) = output
+                && stats.chunks_written > 0
+            {
                 report
                     .lines
                     .push(format!("sentry: envelopes written to {}", o.display()));
@@ -222,6 +227,27 @@ impl Sink for SentrySink {
         }
         report
     }
+}
+
+/// The failure to report when chunks could not be written (to envelope files at `output`,
+/// or to the spool): the run then ends with an error.
+pub fn write_failure(stats: &UploadStats, output: Option<&std::path::Path>) -> Option<String> {
+    let why = stats.write_error.as_deref()?;
+    let lost = stats.dropped_io;
+    Some(match output {
+        Some(o) if stats.chunks_written == 0 => format!(
+            "envelopes {}: {lost} chunk(s) could not be written ({why}); nothing was written there",
+            o.display()
+        ),
+        Some(o) => format!(
+            "envelopes {}: {lost} chunk(s) could not be written ({why}); only {} of {} were \
+             written there",
+            o.display(),
+            stats.chunks_written,
+            stats.chunks_written + lost
+        ),
+        None => format!("the spool: {lost} chunk(s) could not be stored ({why}) and were not sent"),
+    })
 }
 
 #[cfg(test)]
@@ -237,6 +263,28 @@ mod tests {
         n.function = Some(format!("f{:x}", key.addr).into());
         n.label = n.function.clone().unwrap();
         vec![n]
+    }
+
+    #[test]
+    fn failed_writes_are_failures() {
+        let mut st = UploadStats::default();
+        assert_eq!(write_failure(&st, Some(std::path::Path::new("/o/"))), None);
+        st.dropped_io = 2;
+        st.write_error = Some("/o/x.envelope: No such file or directory".into());
+        let f = write_failure(&st, Some(std::path::Path::new("/o/"))).unwrap();
+        assert!(
+            f.starts_with("envelopes /o/: 2 chunk(s) could not be written (/o/x.envelope: No such")
+                && f.ends_with("nothing was written there"),
+            "{f}"
+        );
+        st.chunks_written = 3;
+        let f = write_failure(&st, Some(std::path::Path::new("/o/"))).unwrap();
+        assert!(f.ends_with("only 3 of 5 were written there"), "{f}");
+        let f = write_failure(&st, None).unwrap();
+        assert!(
+            f.starts_with("the spool: 2 chunk(s) could not be stored"),
+            "{f}"
+        );
     }
 
     #[test]

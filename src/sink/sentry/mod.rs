@@ -21,12 +21,36 @@ pub mod chunks;
 
 pub use chunks::{ChunkOut, SentrySink};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::config::SentryConfig;
 use crate::os::proc;
 use crate::types::Pid;
 use profiler_sentry::{ChunkMeta, InAppRules};
+
+/// Check, with the agent's final privileges and before any target is touched, that the
+/// Sentry side can keep what it makes: the spool directory is the agent's own (created if
+/// missing), or the envelope output can be written. A session does the same again when it
+/// starts; this finds a bad path before waiting for a target.
+pub fn preflight(sc: &SentryConfig) -> Result<()> {
+    if sc.dsn.is_some() {
+        spool::secure_dir(&sc.spool_dir)
+            .map_err(|e| anyhow!("cannot use spool directory {}: {e}", sc.spool_dir.display()))?;
+    } else if let Some(o) = &sc.output {
+        crate::sink::outpath::prepare_envelope_output(o).map_err(|why| {
+            anyhow!(
+                "cannot write envelopes to {}: {why}; nothing would be written there",
+                o.display()
+            )
+        })?;
+    }
+    if let Some(f) = &sc.profiler_id_file
+        && let Some(why) = crate::sink::outpath::parent_problem(f)
+    {
+        bail!("cannot write the profiler id to {}: {why}", f.display());
+    }
+    Ok(())
+}
 
 /// Set up the Sentry side of a session: a new `profiler_id` (written to
 /// `--profiler-id-file`), the uploader thread, and the sink that makes chunks. Every step

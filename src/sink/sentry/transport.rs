@@ -80,7 +80,21 @@ impl HttpTransport {
 
     /// POST one envelope (uncompressed bytes; gzipped here).
     pub fn send(&self, envelope: &[u8]) -> Response {
+        self.send_unless(envelope, &std::sync::atomic::AtomicBool::new(false))
+            .expect("never cancelled")
+    }
+
+    /// [`HttpTransport::send`], unless `cancel` is set by the time the body is ready: then
+    /// nothing is sent and None is returned.
+    pub fn send_unless(
+        &self,
+        envelope: &[u8],
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Option<Response> {
         let body = gzip(envelope);
+        if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         let result = self
             .agent
             .post(&self.url)
@@ -107,14 +121,14 @@ impl HttpTransport {
                     .read_to_vec()
                     .unwrap_or_default();
                 let body = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-                Response::Http {
+                Some(Response::Http {
                     status,
                     rate_limits,
                     retry_after,
                     body,
-                }
+                })
             }
-            Err(e) => Response::Failed(e.to_string()),
+            Err(e) => Some(Response::Failed(e.to_string())),
         }
     }
 }

@@ -36,6 +36,8 @@ use profiler_sentry::{ProfileChunk, SDK_NAME, SDK_VERSION};
 
 /// Default bound of the spool directory.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest [`UploaderHandle::abort`] waits for the request already on its way.
+const ABORT_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Default time [`UploaderHandle::finish`] keeps sending.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -120,7 +122,7 @@ pub enum UploadError {
     /// Neither a DSN nor an output path.
     #[error("no Sentry DSN and no output path for profile chunks")]
     NoDestination,
-    /// The spool directory cannot be used.
+    /// The spool directory cannot be used (or must not be: see `spool::secure_dir`).
     #[error("cannot use spool directory {path}: {source}")]
     Spool {
         /// The directory.
@@ -128,13 +130,13 @@ pub enum UploadError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The output directory cannot be created.
-    #[error("cannot create output directory {path}: {source}")]
+    /// Envelope files cannot be written where asked.
+    #[error("cannot write envelopes to {path}: {reason}; nothing would be written there")]
     Output {
-        /// The directory.
+        /// The directory or file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// Why.
+        reason: String,
     },
     /// The thread could not be started.
     #[error("cannot start the uploader thread: {0}")]
@@ -144,6 +146,8 @@ pub enum UploadError {
 /// Counters for the closing summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UploadStats {
+    /// True when writing envelope files (no DSN).
+    pub to_files: bool,
     /// Chunks taken from the channel.
     pub chunks_received: u64,
     /// Envelope files written (no DSN).
@@ -172,13 +176,19 @@ pub struct UploadStats {
     pub dropped_spool_full: u64,
     /// Chunks lost to I/O errors (spool or output write failed, unreadable spool file).
     pub dropped_io: u64,
+    /// The first failed write (spool or envelope file): path and error.
+    pub write_error: Option<String>,
     /// Chunks still in the spool when the uploader stopped.
     pub left_in_spool: u64,
+    /// Chunks in the spool meant for other Sentry projects (kept, not sent) at the end.
+    pub kept_for_others: u64,
+    /// Files in the spool that were not chunks this agent wrote, deleted unsent.
+    pub foreign_removed: u64,
 }
 
 impl std::fmt::Display for UploadStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.chunks_written > 0 {
+        if self.to_files {
             write!(
                 f,
                 "{} chunks written ({} samples)",
@@ -209,6 +219,20 @@ impl std::fmt::Display for UploadStats {
         }
         if self.left_in_spool > 0 {
             write!(f, ", {} left in the spool", self.left_in_spool)?;
+        }
+        if self.kept_for_others > 0 {
+            write!(
+                f,
+                ", {} for other projects kept in the spool",
+                self.kept_for_others
+            )?;
+        }
+        if self.foreign_removed > 0 {
+            write!(
+                f,
+                ", {} spool files not written by this agent deleted unsent",
+                self.foreign_removed
+            )?;
         }
         Ok(())
     }
@@ -245,19 +269,43 @@ impl Uploader {
         });
         let sink = match (&cfg.dsn, &cfg.output) {
             (Some(dsn), _) => {
-                let (spool, tmp_removed) = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)
-                    .map_err(|source| UploadError::Spool {
-                        path: cfg.spool_dir.clone(),
-                        source,
-                    })?;
-                if tmp_removed > 0 {
+                let (spool, found) =
+                    Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &dsn.destination()).map_err(
+                        |source| UploadError::Spool {
+                            path: cfg.spool_dir.clone(),
+                            source,
+                        },
+                    )?;
+                if found.tmp_removed > 0 {
                     report(
                         Level::Info,
                         &format!(
-                            "removed {tmp_removed} partly written chunk file(s) from the spool"
+                            "removed {} partly written chunk file(s) from the spool",
+                            found.tmp_removed
                         ),
                     );
                 }
+                for (path, why) in &found.rejected {
+                    report(
+                        Level::Warn,
+                        &format!(
+                            "spool file {} is not a chunk this agent wrote ({why}); deleted, \
+                             never sent",
+                            path.display()
+                        ),
+                    );
+                }
+                for (dest, n) in &found.others {
+                    report(
+                        Level::Info,
+                        &format!(
+                            "{n} chunk(s) in the spool are for another Sentry project ({dest}): \
+                             kept for an agent sending there, not sent to {}",
+                            dsn.destination()
+                        ),
+                    );
+                }
+                stats.lock().unwrap().foreign_removed = found.rejected.len() as u64;
                 if !spool.is_empty() {
                     report(
                         Level::Info,
@@ -271,7 +319,10 @@ impl Uploader {
                 let transport = HttpTransport::new(dsn, &cfg.user_agent, cfg.request_timeout);
                 Sink::Http(Box::new(HttpSink::new(transport, spool, &cfg)?))
             }
-            (None, Some(out)) => Sink::Files(FileSink::new(out)?),
+            (None, Some(out)) => {
+                stats.lock().unwrap().to_files = true;
+                Sink::Files(FileSink::new(out)?)
+            }
             (None, None) => return Err(UploadError::NoDestination),
         };
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
@@ -283,6 +334,7 @@ impl Uploader {
             report,
             sink,
             flush_timeout: cfg.flush_timeout,
+            request_timeout: cfg.request_timeout,
             deadline: None,
             aborted: false,
         };
@@ -310,8 +362,9 @@ impl UploaderHandle {
         self.stop(Control::Finish)
     }
 
-    /// Stop as soon as the current request (if any) ends, without flushing; the spool keeps
-    /// everything not yet accepted. Dropping the handle does the same.
+    /// Stop as soon as the current request (if any) ends (within its timeout, 5 s at
+    /// most), without flushing; the spool keeps everything not yet accepted. Dropping the
+    /// handle does the same.
     pub fn abort(mut self) -> UploadStats {
         self.stop(Control::Abort)
     }
@@ -334,6 +387,8 @@ impl Drop for UploaderHandle {
 /// What the sender needs from a spooled payload.
 #[derive(Deserialize)]
 struct ChunkInfo {
+    version: String,
+    chunk_id: String,
     platform: String,
     profile: SampleList,
 }
@@ -358,6 +413,9 @@ struct HttpSink {
     url: String,
     /// Envelopes to the HTTP thread; dropping it ends that thread.
     requests: Sender<Vec<u8>>,
+    /// Set when the uploader stops: the HTTP thread starts no request after that (the chunk
+    /// stays in the spool; sending it later too would send it twice).
+    stopped: Arc<std::sync::atomic::AtomicBool>,
     /// Its answers.
     responses: Receiver<Response>,
     in_flight: Option<InFlight>,
@@ -381,13 +439,18 @@ impl HttpSink {
         cfg: &UploadConfig,
     ) -> Result<Self, UploadError> {
         let url = transport.url().to_string();
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stopped);
         let (req_tx, req_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
         let (resp_tx, resp_rx) = crossbeam_channel::unbounded();
         std::thread::Builder::new()
             .name("sentry-http".into())
             .spawn(move || {
                 for envelope in req_rx {
-                    if resp_tx.send(transport.send(&envelope)).is_err() {
+                    let Some(response) = transport.send_unless(&envelope, &stop_flag) else {
+                        break;
+                    };
+                    if resp_tx.send(response).is_err() {
                         break;
                     }
                 }
@@ -396,6 +459,7 @@ impl HttpSink {
         Ok(HttpSink {
             url,
             requests: req_tx,
+            stopped,
             responses: resp_rx,
             in_flight: None,
             spool,
@@ -422,6 +486,13 @@ impl HttpSink {
     }
 }
 
+impl Drop for HttpSink {
+    fn drop(&mut self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 enum OutputTarget {
     Dir(PathBuf),
     File(PathBuf),
@@ -433,23 +504,15 @@ struct FileSink {
 }
 
 impl FileSink {
+    /// Check (and create) the output now, before any chunk: see
+    /// `outpath::prepare_envelope_output`.
     fn new(out: &Path) -> Result<Self, UploadError> {
-        let is_file = !out.is_dir()
-            && out
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(".envelope"));
-        let dir = if is_file {
-            out.parent().filter(|p| !p.as_os_str().is_empty())
-        } else {
-            Some(out)
-        };
-        if let Some(d) = dir {
-            std::fs::create_dir_all(d).map_err(|source| UploadError::Output {
-                path: d.to_path_buf(),
-                source,
-            })?;
-        }
+        let is_file = crate::sink::outpath::prepare_envelope_output(out).map_err(|reason| {
+            UploadError::Output {
+                path: out.to_path_buf(),
+                reason,
+            }
+        })?;
         Ok(FileSink {
             target: if is_file {
                 OutputTarget::File(out.to_path_buf())
@@ -489,6 +552,7 @@ struct Worker {
     report: Reporter,
     sink: Sink,
     flush_timeout: Duration,
+    request_timeout: Duration,
     deadline: Option<Instant>,
     aborted: bool,
 }
@@ -582,7 +646,26 @@ impl Worker {
                 default(timeout) => {}
             }
         }
+        if self.aborted {
+            self.await_in_flight();
+        }
         self.finish_up();
+    }
+
+    /// Let the request already on its way end (within its timeout) and take its answer: a
+    /// chunk Sentry accepts after the uploader stopped would otherwise stay in the spool and
+    /// be sent again by the next run.
+    fn await_in_flight(&mut self) {
+        let Sink::Http(h) = &self.sink else { return };
+        if h.in_flight.is_none() {
+            return;
+        }
+        if let Ok(r) = h
+            .responses
+            .recv_timeout(self.request_timeout.min(ABORT_WAIT_MAX))
+        {
+            self.on_response(r);
+        }
     }
 
     fn finish_up(&mut self) {
@@ -590,8 +673,10 @@ impl Worker {
         if let Sink::Http(h) = &mut self.sink {
             let wait = h.rl_wait_since.take().map(|t| now - t);
             let left = h.spool.len() as u64;
+            let others = h.spool.others() as u64;
             bump(&self.stats, |s| {
                 s.left_in_spool = left;
+                s.kept_for_others = others;
                 if let Some(w) = wait {
                     s.rate_limited_time += w;
                 }
@@ -671,7 +756,11 @@ impl Worker {
                         });
                     }
                     Err(e) => {
-                        bump(stats, |s| s.dropped_io += 1);
+                        bump(stats, |s| {
+                            s.dropped_io += 1;
+                            s.write_error
+                                .get_or_insert_with(|| format!("{}: {e}", path.display()));
+                        });
                         warn(&format!(
                             "cannot write chunk {} to {}: {e}; chunk dropped",
                             chunk.chunk_id(),
@@ -708,7 +797,11 @@ impl Worker {
                         }
                     }
                     Err(e) => {
-                        bump(stats, |s| s.dropped_io += 1);
+                        bump(stats, |s| {
+                            s.dropped_io += 1;
+                            s.write_error
+                                .get_or_insert_with(|| format!("{}: {e}", h.spool.dir().display()));
+                        });
                         warn(&format!(
                             "cannot write chunk {} to the spool {}: {e}; chunk dropped",
                             chunk.chunk_id(),
@@ -732,25 +825,27 @@ impl Worker {
         let Some(entry) = h.spool.front().cloned() else {
             return;
         };
-        let parsed = h
-            .spool
-            .read(&entry)
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                serde_json::from_slice::<ChunkInfo>(&p)
-                    .map(|i| (p, i))
-                    .map_err(|e| format!("not a chunk: {e}"))
-            });
+        let parsed = h.spool.read(&entry).and_then(|p| {
+            let info = serde_json::from_slice::<ChunkInfo>(&p)
+                .map_err(|e| format!("not a profile chunk: {e}"))?;
+            if info.version != "2" || info.chunk_id != entry.chunk_id() {
+                return Err(format!(
+                    "not a profile chunk of this agent (version {:?}, chunk_id {:?})",
+                    info.version, info.chunk_id
+                ));
+            }
+            Ok((p, info))
+        });
         let (payload, info) = match parsed {
             Ok(x) => x,
             Err(e) => {
                 h.spool.remove(&entry);
-                bump(stats, |s| s.dropped_io += 1);
+                bump(stats, |s| s.foreign_removed += 1);
                 report(
                     Level::Warn,
                     &format!(
-                        "spooled chunk {} is unreadable ({e}); deleted",
-                        entry.chunk_id()
+                        "spool file {} is not a chunk this agent wrote ({e}); deleted, never sent",
+                        entry.path.display()
                     ),
                 );
                 return;

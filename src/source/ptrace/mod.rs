@@ -410,6 +410,14 @@ impl Sampler {
             let p = self.tracer.pauses()[i];
             self.stats.record_pause(p);
         }
+        if !self.threads.is_empty()
+            && self
+                .threads
+                .keys()
+                .all(|&t| self.tracer.is_group_stopped(t))
+        {
+            self.stats.ticks_target_stopped += 1;
+        }
         !self.out.closed()
     }
 }
