@@ -30,10 +30,7 @@ const NOBODY: [&str; 5] = [
 ];
 
 fn profiler(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_profiler"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::ptrace_agent().args(args).output().unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -76,7 +73,9 @@ impl Shared {
 
     /// Run the profiler through `setpriv` with `privs`.
     fn run(&self, privs: &[&str], args: &[&str]) -> Output {
+        // The refusals are ptrace's (the perf source has its own rules).
         Command::new("setpriv")
+            .env("PROFILER_SAMPLER", "ptrace")
             .args(privs)
             .arg("--")
             .arg(self.path("profiler"))
@@ -94,7 +93,7 @@ struct Agent {
 
 impl Agent {
     fn spawn(args: &[&str]) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_profiler"))
+        let mut child = common::ptrace_agent()
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -210,7 +209,7 @@ fn outputs_are_checked_before_the_first_sample() {
 
     // An envelope directory that the agent's user cannot write (another user's, 0755).
     if !is_root() || !has("setpriv", &["--version"]) {
-        eprintln!("skipped the other-user part: needs root and setpriv");
+        common::skip("the other-user part needs root and setpriv");
         return;
     }
     let shared = Shared::new();
@@ -282,7 +281,7 @@ fn an_empty_dsn_flag_is_an_error_an_empty_variable_is_not_set() {
     let pid = fx.pid().to_string();
     let o = profiler(&["attach", "--pid", &pid, "-d", "0.3", "--dsn", ""]);
     refused_before_attaching(&o, &fx, "profiler: error: --dsn is empty");
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args(["attach", "--pid", &pid, "-d", "0.3"])
         .env("SENTRY_DSN", "")
         .output()
@@ -298,7 +297,7 @@ fn an_empty_dsn_flag_is_an_error_an_empty_variable_is_not_set() {
 fn spool_directories_of_other_users_are_refused() {
     let _l = live();
     if !is_root() || !has("setpriv", &["--version"]) {
-        eprintln!("skipped: needs root and setpriv");
+        common::skip("needs root and setpriv");
         return;
     }
     let fx = Fixture::spawn("c_workers", &[]);
@@ -461,7 +460,7 @@ fn another_tracer_is_named_by_its_process() {
     let fx = Fixture::spawn("c_workers", &[]);
     let pid = fx.pid().to_string();
     let first = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_profiler"))
+        common::ptrace_agent()
             .args(["attach", "--pid", &pid, "-d", "20"])
             .stderr(Stdio::null())
             .spawn()
@@ -506,7 +505,7 @@ fn a_target_already_stopped_is_reported() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     // A target that runs throughout gets no such line.
     let o = profiler(&["attach", "--pid", &fx.pid().to_string(), "-d", "0.5"]);
-    assert!(!stderr(&o).contains("stopped"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("SIGSTOP"), "{}", stderr(&o));
 }
 
 #[test]
@@ -550,7 +549,7 @@ fn refusals_name_the_cause_from_the_targets_status() {
         || !has("setpriv", &["--version"])
         || !has("unshare", &["--pid", "--fork", "true"])
     {
-        eprintln!("skipped: needs root, setpriv and unshare");
+        common::skip("needs root, setpriv and unshare");
         return;
     }
     let ns = KillOnDrop(
@@ -597,11 +596,12 @@ fn refusals_name_the_cause_from_the_targets_status() {
 
     // From inside a user namespace, a process outside it.
     if !has("unshare", &["--user", "--map-root-user", "true"]) {
-        eprintln!("skipped the user namespace part: no unprivileged user namespaces");
+        common::skip("the user namespace part needs unprivileged user namespaces");
         return;
     }
     let fx = Fixture::spawn("c_workers", &[]);
     let o = Command::new("unshare")
+        .env("PROFILER_SAMPLER", "ptrace")
         .args(["--user", "--map-root-user", "--"])
         .arg(shared.path("profiler"))
         .args(["attach", "--pid", &fx.pid().to_string(), "-d", "1"])
