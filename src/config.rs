@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::cli::AttachArgs;
-use crate::sink::folded;
+use crate::sink::output;
 use crate::types::Pid;
 use profiler_sentry::Dsn;
 
@@ -36,7 +36,9 @@ pub struct AttachConfig {
     /// Output files, opened by `open_outputs`.
     pub outputs: Vec<PathBuf>,
     /// The opened outputs.
-    pub files: std::sync::Arc<Vec<folded::OutputFile>>,
+    pub files: std::sync::Arc<Vec<output::OutputFile>>,
+    /// Local outputs count waiting threads too (wall-clock), not only threads that ran.
+    pub idle: bool,
     /// Extra debug file directories.
     pub debug_dirs: Vec<PathBuf>,
     /// Stack copy limit.
@@ -49,6 +51,13 @@ pub struct AttachConfig {
     pub realtime: bool,
     /// Sentry chunks, when a DSN or an envelope output is given.
     pub sentry: Option<SentryConfig>,
+    /// Keep a status line on stderr while sampling (stderr is a terminal).
+    pub status_line: bool,
+    /// The live view of `profiler top`.
+    pub top: Option<crate::sink::top::TopConfig>,
+    /// The name of the program the agent started (`profiler record`), stopped before its
+    /// first instruction; None when attaching to a running process.
+    pub launched: Option<String>,
 }
 
 /// Settings of the Sentry side.
@@ -80,7 +89,8 @@ pub struct SentryConfig {
 
 /// True for an output that asks for Sentry envelopes: `*.envelope` or a directory.
 pub fn is_envelope_output(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e == "envelope")
+    p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("envelope"))
         || p.as_os_str().to_string_lossy().ends_with('/')
         || p.is_dir()
 }
@@ -90,13 +100,12 @@ impl AttachConfig {
     /// gives up its privileges, and so that a path that cannot be written is found before
     /// an hour of sampling rather than after.
     pub fn open_outputs(&mut self) -> Result<()> {
-        self.files = std::sync::Arc::new(folded::open_all(&self.outputs)?);
+        self.files = std::sync::Arc::new(output::open_all(&self.outputs)?);
         if let Some(sc) = &self.sentry {
-            if let Some(o) = sc
-                .output
-                .as_ref()
-                .filter(|o| !o.to_string_lossy().ends_with(".envelope"))
-            {
+            if let Some(o) = sc.output.as_ref().filter(|o| {
+                !o.extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("envelope"))
+            }) {
                 std::fs::create_dir_all(o).with_context(|| format!("creating {}", o.display()))?;
             }
             if sc.dsn.is_some() {
@@ -109,6 +118,23 @@ impl AttachConfig {
             }
         }
         Ok(())
+    }
+
+    /// Check the arguments of `profiler record` (`attach`'s, without a target: the pid is
+    /// set once the program is started).
+    pub fn for_record(a: &AttachArgs, command: &[String]) -> Result<AttachConfig> {
+        if a.pid.is_some() || a.pid_file.is_some() || a.process_name.is_some() {
+            bail!(
+                "record starts the program given after `--`; --pid, --pid-file and \
+                 --process-name are for `profiler attach`"
+            );
+        }
+        let mut a = a.clone();
+        a.pid = Some(0);
+        let mut cfg = AttachConfig::from_args(&a)?;
+        let program = command.first().map(String::as_str).unwrap_or_default();
+        cfg.launched = Some(program.rsplit('/').next().unwrap_or(program).to_string());
+        Ok(cfg)
     }
 
     /// Check the arguments.
@@ -133,13 +159,14 @@ impl AttachConfig {
                 if envelope_out.replace(o.clone()).is_some() {
                     bail!("--output: give at most one envelope file or directory");
                 }
-            } else if folded::format_of(o).is_some() {
+            } else if output::format_of(o).is_some() {
                 outputs.push(o.clone());
             } else {
                 bail!(
-                    "--output {}: unknown format; use a name ending in .folded, .svg or \
-                     .envelope, or a directory ending in /",
-                    o.display()
+                    "--output {}: unknown format; use a name ending in {}, or \
+                     *.envelope or a directory ending in / (Sentry envelopes)",
+                    o.display(),
+                    output::Format::NAMES
                 );
             }
         }
@@ -182,12 +209,16 @@ impl AttachConfig {
             duration,
             outputs,
             files: Default::default(),
+            idle: a.idle,
             debug_dirs: a.debug_dir.clone(),
             max_stack_bytes: a.max_stack_bytes.max(4096),
             max_frames: a.max_frames,
             verbose: a.verbose,
             realtime: !a.no_realtime,
             sentry,
+            status_line: false,
+            top: None,
+            launched: None,
         })
     }
 }

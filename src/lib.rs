@@ -21,6 +21,8 @@ pub mod modules;
 pub mod os;
 pub mod pipeline;
 pub mod procmaps;
+pub mod progress;
+pub mod record;
 pub mod session;
 pub mod sink;
 pub mod source;

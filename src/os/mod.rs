@@ -3,8 +3,10 @@
 //! each block with a `// SAFETY:` note.
 
 pub mod files;
+pub mod launch;
 pub mod permissions;
 pub mod proc;
 pub mod ptrace;
 pub mod signals;
+pub mod term;
 pub mod vm;

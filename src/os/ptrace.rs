@@ -70,6 +70,8 @@ pub struct Tracer {
     pauses: Vec<Duration>,
     /// Threads listed in the process that the kernel refused to let us seize, by error.
     refused: HashMap<Tid, Errno>,
+    /// The process's wait status, once its exit was reported here.
+    exit_status: Option<i32>,
     /// How long to wait for an interrupted thread to stop.
     pub stop_timeout: Duration,
 }
@@ -107,8 +109,8 @@ fn is_stop_signal(sig: i32) -> bool {
 enum Status {
     /// Nothing to report.
     StillAlive,
-    /// The thread exited or was killed.
-    Exited(Tid),
+    /// The thread exited or was killed, with its raw wait status.
+    Exited(Tid, i32),
     /// Signal-delivery-stop: the signal about to be delivered.
     Stopped(Tid, i32),
     /// A ptrace event stop: (signal, event).
@@ -129,7 +131,7 @@ fn wait_nohang(tid: Option<Tid>) -> Result<Status, Errno> {
         return Ok(Status::StillAlive);
     }
     Ok(if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-        Status::Exited(r)
+        Status::Exited(r, status)
     } else if libc::WIFSTOPPED(status) {
         let sig = libc::WSTOPSIG(status);
         let event = (status >> 16) & 0xff;
@@ -183,6 +185,7 @@ impl Tracer {
             process_exited: false,
             pauses: Vec::new(),
             refused: HashMap::new(),
+            exit_status: None,
             stop_timeout: Duration::from_millis(20),
         };
         loop {
@@ -247,6 +250,12 @@ impl Tracer {
         self.pid
     }
 
+    /// The process's wait status (`waitpid`'s), once its exit was seen here. For a child of
+    /// the agent this wait reaps it: the status is nowhere else.
+    pub fn exit_status(&self) -> Option<i32> {
+        self.exit_status
+    }
+
     /// The threads currently traced.
     pub fn threads(&self) -> Vec<Tid> {
         let mut v: Vec<Tid> = self.threads.keys().copied().collect();
@@ -307,7 +316,12 @@ impl Tracer {
     /// e.g. a signal about to be delivered or a clone), so such a stop is the sample.
     fn handle(&mut self, status: Status) -> Option<(Tid, i32)> {
         match status {
-            Status::Exited(tid) => self.thread_gone(tid),
+            Status::Exited(tid, status) => {
+                if tid == self.pid {
+                    self.exit_status = Some(status);
+                }
+                self.thread_gone(tid)
+            }
             Status::Event(tid, sig, event) => {
                 self.threads.entry(tid).or_default();
                 return self.ptrace_event(tid, sig, event);

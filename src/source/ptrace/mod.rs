@@ -16,6 +16,7 @@ use crate::os::signals::{self, Wake};
 use crate::os::vm;
 use crate::procmaps::{self, Mapping};
 use crate::types::{Pid, Regs, Tid};
+use nix::sys::signal::Signal;
 use profiler_unwind::StackSnapshot;
 use timer::Schedule;
 
@@ -32,14 +33,23 @@ pub struct SamplerConfig {
     pub max_stack_bytes: usize,
     /// Try to run the sampler thread at a real-time priority.
     pub realtime: bool,
+    /// The target is a program the agent started (`profiler record`), stopped (SIGSTOP)
+    /// before its `execve`: it is continued once seized, so sampling starts at its first
+    /// instruction. Stop signals are then the program's business: SIGINT (a terminal's Ctrl-C,
+    /// which reaches the program too, as it is in the same process group) is ignored,
+    /// SIGTERM and SIGHUP are passed on to it, and sampling goes on until it exits.
+    pub launched: bool,
 }
 
 struct ThreadSlot {
     captured: bool,
     /// Tick time of the interrupt sent and not yet answered.
     requested_at: Option<u64>,
-    /// Later tick times while that interrupt is outstanding.
-    waiting: Vec<u64>,
+    /// Whether the thread was running or ready to run when that interrupt was sent.
+    requested_on_cpu: bool,
+    /// Later tick times while that interrupt is outstanding, each with whether the thread
+    /// was ready to run then (waiting for a CPU) rather than blocked.
+    waiting: Vec<(u64, bool)>,
     /// Where the thread waits and how it runs, read without stopping it.
     watch: Option<ThreadWatch>,
     /// The scheduler counts read when the thread was last seen waiting where its last
@@ -96,6 +106,11 @@ impl Sampler {
         for tid in s.tracer.threads() {
             s.add_thread(tid);
         }
+        if s.cfg.launched {
+            // Seized while stopped before its exec: let it run into the exec (reported as
+            // an event, which re-reads the maps), and so to its first instruction.
+            signals::send(s.cfg.pid, Signal::SIGCONT);
+        }
         Ok(s)
     }
 
@@ -111,6 +126,7 @@ impl Sampler {
             ThreadSlot {
                 captured: false,
                 requested_at: None,
+                requested_on_cpu: true,
                 waiting: Vec::new(),
                 watch: None,
                 still: None,
@@ -205,9 +221,26 @@ impl Sampler {
                         return Some(StopReason::TargetExited);
                     }
                 }
-                Wake::Stop(sig) => return Some(StopReason::Signal(sig)),
+                Wake::Stop(sig) => {
+                    if let Some(r) = self.stop_signal(sig) {
+                        return Some(r);
+                    }
+                }
             }
         }
+    }
+
+    /// A stop signal for the agent: the end of sampling; or, for a program the agent
+    /// started, passed on to it (SIGTERM, SIGHUP) or left to it (SIGINT, which a terminal
+    /// sends to the program as well).
+    fn stop_signal(&mut self, sig: Signal) -> Option<StopReason> {
+        if !self.cfg.launched {
+            return Some(StopReason::Signal(sig));
+        }
+        if matches!(sig, Signal::SIGTERM | Signal::SIGHUP) {
+            signals::send(self.cfg.pid, sig);
+        }
+        None
     }
 
     /// Run until the duration ends, a stop signal arrives or the target exits. Detaches
@@ -237,8 +270,12 @@ impl Sampler {
             if let Some(r) = self.sleep_until(deadline) {
                 break r;
             }
-            if let Some(sig) = self.tracer.take_stop_request() {
-                break StopReason::Signal(sig);
+            if let Some(r) = self
+                .tracer
+                .take_stop_request()
+                .and_then(|sig| self.stop_signal(sig))
+            {
+                break r;
             }
             self.drain();
             self.handle_events();
@@ -258,8 +295,12 @@ impl Sampler {
             if !self.tick() {
                 break StopReason::Aborted;
             }
-            if let Some(sig) = self.tracer.take_stop_request() {
-                break StopReason::Signal(sig);
+            if let Some(r) = self
+                .tracer
+                .take_stop_request()
+                .and_then(|sig| self.stop_signal(sig))
+            {
+                break r;
             }
         };
         self.stats.ticks_skipped = schedule.skipped();
@@ -268,6 +309,7 @@ impl Sampler {
             + schedule.period_ns() as f64 / 1e9;
         self.stats.stop = Some(stop);
         self.tracer.detach_all();
+        self.stats.exit_status = self.tracer.exit_status();
         self.stats.threads_refused = self
             .tracer
             .refused()
@@ -344,10 +386,12 @@ impl Sampler {
                 }
             }
             if pending {
-                // Still waiting for its stop from an earlier tick (it waits for a CPU): it
-                // has not run since, so that stop stands for this tick too.
+                // Still waiting for its stop from an earlier tick (it waits for a CPU, or
+                // sleeps uninterruptibly): it has not run since, so that stop stands for
+                // this tick too.
                 if slot.waiting.len() < MAX_WAITING {
-                    slot.waiting.push(now_ns);
+                    let on_cpu = slot.watch.as_mut().is_none_or(|w| w.blocked_at().is_none());
+                    slot.waiting.push((now_ns, on_cpu));
                 } else {
                     self.stats.missed += 1;
                 }
@@ -379,6 +423,9 @@ impl Sampler {
             slot.still = if unchanged { sched } else { None };
             if !unchanged {
                 slot.requested_at = Some(now_ns);
+                // Running or runnable now, unless the kernel says it waits somewhere (a
+                // thread whose files cannot be read counts as running).
+                slot.requested_on_cpu = blocked.is_none();
                 to_sample.push(tid);
             } else {
                 self.stats.repeated += 1;
@@ -386,7 +433,7 @@ impl Sampler {
             }
         }
         if !repeats.is_empty() {
-            self.out.repeat(repeats, now_ns, &mut self.stats);
+            self.out.repeat(repeats, now_ns, false, &mut self.stats);
         }
         let wait = self.tick_wait;
         self.with_capture(|tracer, cap| {
@@ -454,21 +501,23 @@ impl Capture<'_> {
                 self.stats.captured += 1;
                 self.stats.stack_bytes += n as u64;
                 let now = self.epoch.elapsed().as_nanos() as u64;
-                let (time_ns, waiting) = match slot {
+                let (time_ns, on_cpu, waiting) = match slot {
                     Some(slot) => {
                         slot.stack_range = range;
                         slot.captured = true;
                         slot.last_sp_pc = Some((sp, regs.ip()));
                         (
                             slot.requested_at.take().unwrap_or(now),
+                            slot.requested_on_cpu,
                             std::mem::take(&mut slot.waiting),
                         )
                     }
-                    None => (now, Vec::new()),
+                    None => (now, true, Vec::new()),
                 };
                 let sample = RawSample {
                     tid,
                     time_ns,
+                    on_cpu,
                     captured: Captured::Stack {
                         regs: *regs,
                         stack: StackSnapshot {
@@ -483,8 +532,8 @@ impl Capture<'_> {
                 // Ticks that passed while the stop was on its way: the thread did not run
                 // in between, so they share this stack.
                 self.stats.deferred += waiting.len() as u64;
-                for t in waiting {
-                    self.out.repeat(vec![tid], t, self.stats);
+                for (t, on_cpu) in waiting {
+                    self.out.repeat(vec![tid], t, on_cpu, self.stats);
                 }
             }
             Err(m) => {
