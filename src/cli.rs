@@ -22,8 +22,53 @@ pub enum Command {
     /// Start a program and profile it from its first instruction to its exit; the agent
     /// exits with the program's exit code.
     Record(Box<RecordArgs>),
+    /// Show the hottest functions of a running process, live (like `top`); plain text
+    /// tables when standard output is not a terminal.
+    Top(TopArgs),
     /// Check whether a process can be profiled from here, and say what to fix.
     Doctor(DoctorArgs),
+}
+
+/// `profiler top`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "%OWN: share of the samples of the last interval in which the function \
+    was the innermost frame; %TOTAL: in which it was anywhere on the stack; OWN and TOTAL: \
+    the time those samples stand for since the start. Only threads that ran count, unless \
+    --idle is given."
+)]
+pub struct TopArgs {
+    /// Process to watch.
+    #[arg(long, short = 'p')]
+    pub pid: i32,
+
+    /// Samples per second per thread.
+    #[arg(long, short = 'F', default_value_t = 100.0)]
+    pub frequency: f64,
+
+    /// Seconds between two tables.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+
+    /// Stop after this many seconds (default: until Ctrl-C or the process exits).
+    #[arg(long, short = 'd')]
+    pub duration: Option<f64>,
+
+    /// One row per thread and function, rather than per function of all threads.
+    #[arg(long)]
+    pub by_thread: bool,
+
+    /// Count waiting threads too (where they wait), not only threads that ran.
+    #[arg(long)]
+    pub idle: bool,
+
+    /// Most rows per table (default: what fits the terminal, else 20).
+    #[arg(long)]
+    pub rows: Option<usize>,
+
+    /// Extra directory to search for separate debug files.
+    #[arg(long)]
+    pub debug_dir: Vec<PathBuf>,
 }
 
 /// `profiler doctor`.

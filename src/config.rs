@@ -137,6 +137,30 @@ impl AttachConfig {
         Ok(cfg)
     }
 
+    /// The settings of `profiler top`: `attach`'s defaults for `--pid`, with the live view.
+    pub fn for_top(t: &crate::cli::TopArgs) -> Result<AttachConfig> {
+        use clap::{Args, FromArgMatches};
+        if !(t.interval.is_finite() && t.interval >= 0.1) {
+            bail!("--interval must be at least 0.1 s (got {})", t.interval);
+        }
+        let pid = t.pid.to_string();
+        let matches = AttachArgs::augment_args(clap::Command::new("top"))
+            .try_get_matches_from(["top", "--pid", &pid])?;
+        let mut a = AttachArgs::from_arg_matches(&matches)?;
+        a.frequency = t.frequency;
+        a.duration = t.duration;
+        a.idle = t.idle;
+        a.debug_dir = t.debug_dir.clone();
+        let mut cfg = AttachConfig::from_args(&a)?;
+        cfg.top = Some(crate::sink::top::TopConfig {
+            interval: Duration::from_secs_f64(t.interval),
+            by_thread: t.by_thread,
+            rows: t.rows,
+            terminal: crate::os::term::stdout_is_terminal(),
+        });
+        Ok(cfg)
+    }
+
     /// Check the arguments.
     pub fn from_args(a: &AttachArgs) -> Result<AttachConfig> {
         if !(a.frequency.is_finite() && a.frequency >= 1.0 && a.frequency <= 20_000.0) {

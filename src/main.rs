@@ -59,6 +59,13 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Top(args) => config::AttachConfig::for_top(&args).and_then(|mut cfg| {
+            cfg.open_outputs()?;
+            drop_privileges(cfg.verbose);
+            session::run_attach(&cfg, &mut |m| err(&format!("profiler: {m}\n")), &mut |s| {
+                err(&s.to_string())
+            })
+        }),
         Command::Doctor(args) => profiler::doctor::run(args.pid, &args.debug_dir).map(|report| {
             out(&report.to_string());
             if !report.can_attach() {
