@@ -25,6 +25,9 @@ pub enum Command {
     /// Show the hottest functions of a running process, live (like `top`); plain text
     /// tables when standard output is not a terminal.
     Top(TopArgs),
+    /// Print every thread of a process once: name, state (sleeping in which system call),
+    /// and its whole stack with files and lines. For a process that hangs.
+    Dump(DumpArgs),
     /// Check whether a process can be profiled from here, and say what to fix.
     Doctor(DoctorArgs),
 }
@@ -65,6 +68,28 @@ pub struct TopArgs {
     /// Most rows per table (default: what fits the terminal, else 20).
     #[arg(long)]
     pub rows: Option<usize>,
+
+    /// Extra directory to search for separate debug files.
+    #[arg(long)]
+    pub debug_dir: Vec<PathBuf>,
+}
+
+/// `profiler dump`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each thread is stopped only while its registers and stack are \
+    copied (microseconds), all at once; nothing is unwound or named until every thread runs \
+    again and the agent has detached."
+)]
+pub struct DumpArgs {
+    /// Process to dump.
+    #[arg(long, short = 'p')]
+    pub pid: i32,
+
+    /// Print JSON (one object: the process and its threads with their frames) instead of
+    /// text.
+    #[arg(long)]
+    pub json: bool,
 
     /// Extra directory to search for separate debug files.
     #[arg(long)]

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod dump;
 pub mod elf;
 pub mod modules;
 pub mod os;

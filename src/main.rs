@@ -66,6 +66,18 @@ fn main() -> ExitCode {
                 err(&s.to_string())
             })
         }),
+        Command::Dump(args) => {
+            drop_privileges(false);
+            profiler::dump::run(args.pid, &args.debug_dir).and_then(|d| {
+                if args.json {
+                    out(&serde_json::to_string_pretty(&d)?);
+                    out("\n");
+                } else {
+                    out(&d.to_string());
+                }
+                Ok(())
+            })
+        }
         Command::Doctor(args) => profiler::doctor::run(args.pid, &args.debug_dir).map(|report| {
             out(&report.to_string());
             if !report.can_attach() {

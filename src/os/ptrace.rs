@@ -552,79 +552,68 @@ impl Tracer {
     }
 
     /// Detach from every thread, leaving the target running (or group-stopped, if it was).
-    /// Signals that arrive meanwhile are delivered by the detach itself.
+    /// Signals that arrive meanwhile are delivered by the detach itself. Every thread is
+    /// interrupted first and each is detached as its stop arrives, so the wait for a
+    /// thousand threads to be scheduled overlaps; a thread that has not stopped within
+    /// 500 ms (an uninterruptible sleep) is left to the kernel, which detaches it when
+    /// the agent exits.
     pub fn detach_all(&mut self) {
-        let tids = self.threads();
-        for tid in tids {
-            self.detach_thread(tid);
-        }
-        self.threads.clear();
-        // Reap anything left for threads that exited meanwhile.
-        while let Ok(s) = wait_nohang(None) {
-            if s == Status::StillAlive {
-                break;
+        let mut pending: std::collections::HashSet<Tid> = std::collections::HashSet::new();
+        for (&tid, state) in &self.threads {
+            // A thread parked with PTRACE_LISTEN accepts only PTRACE_INTERRUPT: interrupt
+            // it too; it then reports a stop and can be detached, staying in its group-stop.
+            if state.interrupt_pending || ptrace::interrupt(npid(tid)).is_ok() {
+                pending.insert(tid);
             }
         }
-    }
-
-    fn detach_thread(&mut self, tid: Tid) {
-        let Some(state) = self.threads.get(&tid).copied() else {
-            return;
-        };
-        // A thread parked with PTRACE_LISTEN accepts only PTRACE_INTERRUPT: interrupt it
-        // too; it then reports a stop and can be detached, staying in its group-stop.
-        if !state.interrupt_pending && ptrace::interrupt(npid(tid)).is_err() {
-            return;
-        }
+        self.threads.clear();
         let deadline = Instant::now() + Duration::from_millis(500);
-        loop {
-            match wait_nohang(Some(tid)) {
+        while !pending.is_empty() {
+            match wait_nohang(None) {
                 Ok(Status::StillAlive) => {
-                    if Instant::now() >= deadline {
-                        // Still running (uninterruptible sleep). Leave it; when the agent
-                        // exits the kernel detaches it.
-                        return;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
                     }
-                    if let Wake::Stop(sig) = signals::wait(Duration::from_millis(5)) {
+                    let nap = (deadline - now).min(Duration::from_millis(5));
+                    if let Wake::Stop(sig) = signals::wait(nap) {
                         self.stop_request = Some(sig);
                     }
                 }
-                Ok(Status::Stopped(_, sig)) => {
+                Ok(Status::Stopped(tid, sig)) => {
                     // A signal on its way: deliver it with the detach.
                     detach_with(tid, sig);
-                    return;
+                    pending.remove(&tid);
                 }
-                Ok(Status::Event(_, _, libc::PTRACE_EVENT_CLONE)) => {
-                    // The new thread was attached automatically: detach it too.
+                Ok(Status::Event(tid, _, libc::PTRACE_EVENT_CLONE)) => {
+                    // The new thread was attached automatically: its first stop comes
+                    // here too, and it is detached then.
                     if let Ok(new) = ptrace::getevent(npid(tid)) {
-                        self.detach_new_thread(new as Tid);
+                        pending.insert(new as Tid);
                     }
                     detach_with(tid, 0);
-                    return;
+                    pending.remove(&tid);
                 }
-                Ok(Status::Event(..)) => {
+                Ok(Status::Event(tid, ..)) => {
                     detach_with(tid, 0);
-                    return;
+                    pending.remove(&tid);
                 }
-                Ok(_) | Err(_) => return,
+                Ok(Status::Exited(tid, status)) => {
+                    if tid == self.pid {
+                        self.exit_status = Some(status);
+                    }
+                    pending.remove(&tid);
+                }
+                Ok(Status::Other(_)) | Err(Errno::EINTR) => {}
+                Err(_) => break,
             }
         }
-    }
-
-    fn detach_new_thread(&mut self, tid: Tid) {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline {
-            match wait_nohang(Some(tid)) {
-                Ok(Status::StillAlive) => std::thread::sleep(Duration::from_micros(200)),
-                Ok(Status::Stopped(_, sig)) => {
-                    detach_with(tid, sig);
-                    return;
-                }
-                Ok(Status::Event(..)) => {
-                    detach_with(tid, 0);
-                    return;
-                }
-                _ => return,
+        // Reap anything left for threads that exited meanwhile.
+        while let Ok(s) = wait_nohang(None) {
+            match s {
+                Status::StillAlive => break,
+                Status::Exited(tid, status) if tid == self.pid => self.exit_status = Some(status),
+                _ => {}
             }
         }
     }
