@@ -2,6 +2,8 @@
 CARGO ?= cargo
 DEMO_SECONDS ?= 5
 DEMO_DIR ?= demo-output
+# Where cargo puts its builds (CARGO_TARGET_DIR when set).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: all build release fixtures test check fmt clippy doc demo bench bench-quick soak fuzz clean
 
@@ -37,7 +39,7 @@ check:
 # profile in every local format, print the top functions and where each file opens.
 demo: build fixtures
 	@mkdir -p $(DEMO_DIR)
-	@./target/release/profiler record \
+	@$(TARGET_DIR)/release/profiler record \
 	    --output $(DEMO_DIR)/c_workers.svg --output $(DEMO_DIR)/c_workers.folded \
 	    --output $(DEMO_DIR)/c_workers.speedscope.json --output $(DEMO_DIR)/c_workers.json.gz \
 	    --output $(DEMO_DIR)/c_workers.pb.gz \

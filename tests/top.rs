@@ -79,7 +79,7 @@ fn plain_text_tables_when_not_a_terminal() {
     let leaf = row(last, "mix_bits").unwrap();
     assert_eq!(leaf.0, leaf.1, "a leaf's own share is its total share");
     for (head, rows) in &t[..t.len() - 1] {
-        assert!(head.contains("in the last 0."), "{head}");
+        assert!(head.contains("of 1 threads in the last 0."), "{head}");
         assert!(!rows.is_empty(), "{head}");
         // Rows sorted by their own share, highest first.
         assert!(rows.windows(2).all(|w| w[0].0 >= w[1].0), "{rows:?}");

@@ -130,23 +130,17 @@ impl TopSink {
             (
                 self.counted_now,
                 format!(
-                    "{} {} samples in the last {:.1} s ({} of {} threads)",
+                    "{} {} samples of {} threads in the last {:.1} s",
                     self.counted_now,
                     self.info.mode(),
-                    self.window_start.elapsed().as_secs_f64(),
                     self.threads_now.len(),
-                    store.threads().len()
+                    self.window_start.elapsed().as_secs_f64(),
                 ),
             )
         } else {
             (
                 self.counted,
-                format!(
-                    "{} {} samples in all ({} threads)",
-                    self.counted,
-                    self.info.mode(),
-                    store.all_threads().count()
-                ),
+                format!("{} {} samples in all", self.counted, self.info.mode()),
             )
         };
         let mut out = String::new();
