@@ -2,6 +2,8 @@
 CARGO ?= cargo
 DEMO_SECONDS ?= 5
 DEMO_DIR ?= demo-output
+# Where cargo puts its builds (CARGO_TARGET_DIR when set).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: all build release fixtures test test-long check fmt clippy doc demo bench bench-quick soak fuzz image clean
 
@@ -54,16 +56,20 @@ image: build
 	./scripts/agent-image.sh target/release/profiler $(IMAGE)
 	@docker image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "image $(IMAGE): %.1f MB\n", $$1/1e6}'
 
-# Start the C fixture, attach for a few seconds, write a flame graph and folded stacks,
-# print the top functions.
+# Run the C fixture under the profiler for a few seconds (`profiler record`), write the
+# profile in every local format, print the top functions and where each file opens.
 demo: build fixtures
 	@mkdir -p $(DEMO_DIR)
-	@./fixtures/bin/c_workers > $(DEMO_DIR)/fixture.log & pid=$$!; \
-	  sleep 0.3; \
-	  ./target/release/profiler attach --pid $$pid --duration $(DEMO_SECONDS) \
-	    --output $(DEMO_DIR)/c_workers.svg --output $(DEMO_DIR)/c_workers.folded; \
-	  status=$$?; kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; \
-	  echo "flame graph: $(DEMO_DIR)/c_workers.svg"; exit $$status
+	@$(TARGET_DIR)/release/profiler record \
+	    --output $(DEMO_DIR)/c_workers.svg --output $(DEMO_DIR)/c_workers.folded \
+	    --output $(DEMO_DIR)/c_workers.speedscope.json --output $(DEMO_DIR)/c_workers.json.gz \
+	    --output $(DEMO_DIR)/c_workers.pb.gz \
+	    -- ./fixtures/bin/c_workers --seconds $(DEMO_SECONDS) > $(DEMO_DIR)/fixture.log
+	@echo
+	@echo "flame graph:       $(DEMO_DIR)/c_workers.svg (open it in a browser; click to zoom, Search at the top right)"
+	@echo "speedscope:        $(DEMO_DIR)/c_workers.speedscope.json (drop it on https://www.speedscope.app)"
+	@echo "Firefox Profiler:  $(DEMO_DIR)/c_workers.json.gz (https://profiler.firefox.com, Load a profile from file)"
+	@echo "pprof:             $(DEMO_DIR)/c_workers.pb.gz (go tool pprof -http=: $(DEMO_DIR)/c_workers.pb.gz)"
 
 # Writes the report to docs/benchmark-report.md and the README's figures from it.
 bench: build fixtures

@@ -19,8 +19,81 @@ pub struct Cli {
 pub enum Command {
     /// Attach to a running process and sample every thread's stack.
     Attach(Box<AttachArgs>),
+    /// Start a program and profile it from its first instruction to its exit; the agent
+    /// exits with the program's exit code.
+    Record(Box<RecordArgs>),
+    /// Show the hottest functions of a running process, live (like `top`); plain text
+    /// tables when standard output is not a terminal.
+    Top(TopArgs),
+    /// Print every thread of a process once: name, state (sleeping in which system call),
+    /// and its whole stack with files and lines. For a process that hangs.
+    Dump(DumpArgs),
     /// Check whether a process can be profiled from here, and say what to fix.
     Doctor(DoctorArgs),
+}
+
+/// `profiler top`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "%OWN: share of the samples of the last interval in which the function \
+    was the innermost frame; %TOTAL: in which it was anywhere on the stack; OWN and TOTAL: \
+    the time those samples stand for since the start. Only threads that ran count, unless \
+    --idle is given."
+)]
+pub struct TopArgs {
+    /// Process to watch.
+    #[arg(long, short = 'p')]
+    pub pid: i32,
+
+    /// Samples per second per thread.
+    #[arg(long, short = 'F', default_value_t = 100.0)]
+    pub frequency: f64,
+
+    /// Seconds between two tables.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+
+    /// Stop after this many seconds (default: until Ctrl-C or the process exits).
+    #[arg(long, short = 'd')]
+    pub duration: Option<f64>,
+
+    /// One row per thread and function, rather than per function of all threads.
+    #[arg(long)]
+    pub by_thread: bool,
+
+    /// Count waiting threads too (where they wait), not only threads that ran.
+    #[arg(long)]
+    pub idle: bool,
+
+    /// Most rows per table (default: what fits the terminal, else 20).
+    #[arg(long)]
+    pub rows: Option<usize>,
+
+    /// Extra directory to search for separate debug files.
+    #[arg(long)]
+    pub debug_dir: Vec<PathBuf>,
+}
+
+/// `profiler dump`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each thread is stopped only while its registers and stack are \
+    copied (microseconds), all at once; nothing is unwound or named until every thread runs \
+    again and the agent has detached."
+)]
+pub struct DumpArgs {
+    /// Process to dump.
+    #[arg(long, short = 'p')]
+    pub pid: i32,
+
+    /// Print JSON (one object: the process and its threads with their frames) instead of
+    /// text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Extra directory to search for separate debug files.
+    #[arg(long)]
+    pub debug_dir: Vec<PathBuf>,
 }
 
 /// `profiler doctor`.
@@ -47,7 +120,31 @@ pub enum SamplerChoice {
 }
 
 /// `profiler attach`.
+/// `profiler record [OPTIONS] -- PROGRAM [ARGS...]`: `attach`'s options, without a target.
 #[derive(Debug, Args)]
+#[command(
+    mut_group("target", |g| g.required(false)),
+    mut_arg("pid", |a| a.hide(true)),
+    mut_arg("pid_file", |a| a.hide(true)),
+    mut_arg("process_name", |a| a.hide(true)),
+    after_help = "The program's standard input, output and error are left as they are. Ctrl-C \
+        in a terminal reaches the program (the agent goes on until it exits); SIGTERM and \
+        SIGHUP sent to the agent are passed on to it. The outputs are written when the \
+        program exits (or at the end of --duration), and the agent exits with the program's \
+        exit code (128 + N when signal N ended it)."
+)]
+pub struct RecordArgs {
+    /// Sampling and output options, as for `attach`.
+    #[command(flatten)]
+    pub attach: AttachArgs,
+
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub command: Vec<String>,
+}
+
+/// `profiler attach`.
+#[derive(Clone, Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "pid_file", "process_name"])))]
 pub struct AttachArgs {
     /// Process to profile (as seen in the agent's PID namespace).
@@ -72,11 +169,22 @@ pub struct AttachArgs {
     #[arg(long, short = 'd')]
     pub duration: Option<f64>,
 
-    /// Where to write the profile; the format follows the name: `*.folded` (folded stacks),
-    /// `*.svg` (flame graph), `*.envelope` or a directory (`DIR/`: Sentry profile chunks as
-    /// the exact envelopes that would be sent). May be given more than once.
+    /// Where to write the profile; the format follows the name (in any case): `*.folded`
+    /// (folded stacks; `-` = standard output), `*.svg` (flame graph), `*.speedscope.json`
+    /// (speedscope), `*.pb.gz` (pprof), `*.json.gz` (Firefox Profiler), `*.envelope` or a
+    /// directory (`DIR/`: Sentry profile chunks as the exact envelopes that would be sent).
+    /// May be given more than once. Local outputs count on-CPU samples only (threads that
+    /// ran) unless --idle is given; Sentry chunks are always wall-clock (every thread,
+    /// waiting or not).
     #[arg(long, short = 'o')]
     pub output: Vec<PathBuf>,
+
+    /// Count waiting threads too in local outputs (folded, SVG, speedscope, pprof,
+    /// Firefox Profiler, top): wall-clock profiles, where a thread blocked in a system call
+    /// shows the stack it waits in. Without it only samples of threads that were running
+    /// or ready to run count (on-CPU, as perf and py-spy do).
+    #[arg(long)]
+    pub idle: bool,
 
     /// Extra directory to search for separate debug files (by build-id and
     /// .gnu_debuglink), besides /usr/lib/debug. May be given more than once.
@@ -149,7 +257,7 @@ pub struct AttachArgs {
     #[arg(long)]
     pub no_realtime: bool,
 
-    /// Print progress and internal counters.
+    /// Internal counters in the summary (and the time to the first sample).
     #[arg(long, short = 'v')]
     pub verbose: bool,
 }
@@ -200,6 +308,22 @@ mod tests {
         assert_eq!(parse(&["--sampler", "ptrace"]), Ok(SamplerChoice::Ptrace));
         let e = parse(&["--sampler", "ebpf"]).unwrap_err();
         assert!(e.contains("possible values: auto, perf, ptrace"), "{e}");
+    }
+
+    #[test]
+    fn record_takes_the_command_after_dashes() {
+        let cli = Cli::try_parse_from([
+            "profiler", "record", "-F", "200", "-o", "p.svg", "--", "ls", "-l", "--", "x",
+        ])
+        .unwrap();
+        let Command::Record(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.command, ["ls", "-l", "--", "x"]);
+        assert_eq!(r.attach.frequency, 200.0);
+        assert_eq!(r.attach.pid, None);
+        assert!(Cli::try_parse_from(["profiler", "record"]).is_err());
+        assert!(Cli::try_parse_from(["profiler", "record", "--"]).is_err());
     }
 
     #[test]

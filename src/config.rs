@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 
 use crate::cli::{AttachArgs, SamplerChoice};
-use crate::sink::folded;
+use crate::sink::output;
 use crate::types::Pid;
 use profiler_sentry::Dsn;
 
@@ -36,7 +36,9 @@ pub struct AttachConfig {
     /// Output files, opened by `open_outputs`.
     pub outputs: Vec<PathBuf>,
     /// The opened outputs.
-    pub files: std::sync::Arc<Vec<folded::OutputFile>>,
+    pub files: std::sync::Arc<Vec<output::OutputFile>>,
+    /// Local outputs count waiting threads too (wall-clock), not only threads that ran.
+    pub idle: bool,
     /// Extra debug file directories.
     pub debug_dirs: Vec<PathBuf>,
     /// Stack copy limit.
@@ -51,6 +53,13 @@ pub struct AttachConfig {
     pub sentry: Option<SentryConfig>,
     /// Which stack source to use.
     pub sampler: SamplerChoice,
+    /// Keep a status line on stderr while sampling (stderr is a terminal).
+    pub status_line: bool,
+    /// The live view of `profiler top`.
+    pub top: Option<crate::sink::top::TopConfig>,
+    /// The name of the program the agent started (`profiler record`), stopped before its
+    /// first instruction; None when attaching to a running process.
+    pub launched: Option<String>,
 }
 
 /// Settings of the Sentry side.
@@ -108,7 +117,8 @@ pub fn default_spool_dir(euid: u32, env: &dyn Fn(&str) -> Option<String>) -> Res
 
 /// True for an output that asks for Sentry envelopes: `*.envelope` or a directory.
 pub fn is_envelope_output(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e == "envelope")
+    p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("envelope"))
         || p.as_os_str().to_string_lossy().ends_with('/')
         || p.is_dir()
 }
@@ -119,8 +129,49 @@ impl AttachConfig {
     /// (Envelope directories and the spool are checked with the agent's final privileges:
     /// `sink::sentry::preflight`.)
     pub fn open_outputs(&mut self) -> Result<()> {
-        self.files = std::sync::Arc::new(folded::open_all(&self.outputs)?);
+        self.files = std::sync::Arc::new(output::open_all(&self.outputs)?);
         Ok(())
+    }
+
+    /// Check the arguments of `profiler record` (`attach`'s, without a target: the pid is
+    /// set once the program is started).
+    pub fn for_record(a: &AttachArgs, command: &[String]) -> Result<AttachConfig> {
+        if a.pid.is_some() || a.pid_file.is_some() || a.process_name.is_some() {
+            bail!(
+                "record starts the program given after `--`; --pid, --pid-file and \
+                 --process-name are for `profiler attach`"
+            );
+        }
+        let mut a = a.clone();
+        a.pid = Some(0);
+        let mut cfg = AttachConfig::from_args(&a)?;
+        let program = command.first().map(String::as_str).unwrap_or_default();
+        cfg.launched = Some(program.rsplit('/').next().unwrap_or(program).to_string());
+        Ok(cfg)
+    }
+
+    /// The settings of `profiler top`: `attach`'s defaults for `--pid`, with the live view.
+    pub fn for_top(t: &crate::cli::TopArgs) -> Result<AttachConfig> {
+        use clap::{Args, FromArgMatches};
+        if !(t.interval.is_finite() && t.interval >= 0.1) {
+            bail!("--interval must be at least 0.1 s (got {})", t.interval);
+        }
+        let pid = t.pid.to_string();
+        let matches = AttachArgs::augment_args(clap::Command::new("top"))
+            .try_get_matches_from(["top", "--pid", &pid])?;
+        let mut a = AttachArgs::from_arg_matches(&matches)?;
+        a.frequency = t.frequency;
+        a.duration = t.duration;
+        a.idle = t.idle;
+        a.debug_dir = t.debug_dir.clone();
+        let mut cfg = AttachConfig::from_args(&a)?;
+        cfg.top = Some(crate::sink::top::TopConfig {
+            interval: Duration::from_secs_f64(t.interval),
+            by_thread: t.by_thread,
+            rows: t.rows,
+            terminal: crate::os::term::stdout_is_terminal(),
+        });
+        Ok(cfg)
     }
 
     /// Check the arguments (the environment supplies `SENTRY_DSN` and the default spool).
@@ -153,13 +204,14 @@ impl AttachConfig {
                 if envelope_out.replace(o.clone()).is_some() {
                     bail!("--output: give at most one envelope file or directory");
                 }
-            } else if folded::format_of(o).is_some() {
+            } else if output::format_of(o).is_some() {
                 outputs.push(o.clone());
             } else {
                 bail!(
-                    "--output {}: unknown format; use a name ending in .folded, .svg or \
-                     .envelope, or a directory ending in /",
-                    o.display()
+                    "--output {}: unknown format; use a name ending in {}, or \
+                     *.envelope or a directory ending in / (Sentry envelopes)",
+                    o.display(),
+                    output::Format::NAMES
                 );
             }
         }
@@ -217,6 +269,7 @@ impl AttachConfig {
             duration,
             outputs,
             files: Default::default(),
+            idle: a.idle,
             debug_dirs: a.debug_dir.clone(),
             max_stack_bytes: a.max_stack_bytes.max(4096),
             max_frames: a.max_frames,
@@ -224,6 +277,9 @@ impl AttachConfig {
             realtime: !a.no_realtime,
             sentry,
             sampler: a.sampler,
+            status_line: false,
+            top: None,
+            launched: None,
         })
     }
 }

@@ -16,12 +16,15 @@
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod dump;
 pub mod elf;
 pub mod modules;
 pub mod os;
 pub mod perfmap;
 pub mod pipeline;
 pub mod procmaps;
+pub mod progress;
+pub mod record;
 pub mod session;
 pub mod sink;
 pub mod source;

@@ -40,12 +40,44 @@ fn main() -> ExitCode {
     profiler::os::proc::raise_open_files_limit();
     let result = match cli.command {
         Command::Attach(args) => config::AttachConfig::from_args(&args).and_then(|mut cfg| {
+            cfg.status_line = profiler::os::term::stderr_is_terminal();
             cfg.open_outputs()?;
             drop_privileges(cfg.verbose);
             session::run_attach(&cfg, &mut |m| err(&format!("profiler: {m}\n")), &mut |s| {
                 err(&s.to_string())
             })
         }),
+        Command::Record(args) => {
+            let code = profiler::record::run(
+                &args,
+                &mut |m| err(&format!("profiler: {m}\n")),
+                &mut |s| err(&s.to_string()),
+                drop_privileges,
+            );
+            match code {
+                Ok(code) => return ExitCode::from(code),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Top(args) => config::AttachConfig::for_top(&args).and_then(|mut cfg| {
+            cfg.open_outputs()?;
+            drop_privileges(cfg.verbose);
+            session::run_attach(&cfg, &mut |m| err(&format!("profiler: {m}\n")), &mut |s| {
+                err(&s.to_string())
+            })
+        }),
+        Command::Dump(args) => {
+            drop_privileges(false);
+            profiler::dump::run(args.pid, &args.debug_dir).and_then(|d| {
+                if args.json {
+                    out(&serde_json::to_string_pretty(&d)?);
+                    out("\n");
+                } else {
+                    out(&d.to_string());
+                }
+                Ok(())
+            })
+        }
         Command::Doctor(args) => profiler::doctor::run(args.pid, &args.debug_dir).map(|report| {
             out(&report.to_string());
             if !report.can_attach() {

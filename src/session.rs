@@ -2,7 +2,8 @@
 //! another, and the naming stage with the sinks on the calling thread.
 //!
 //! ```text
-//! source ─▶ unwind ─▶ name + store ─▶ sinks (folded/SVG, Sentry)
+//! source ─▶ unwind ─▶ name + store ─▶ sinks (folded/SVG, speedscope, pprof, Firefox
+//!                                          Profiler, top, Sentry)
 //! ```
 //!
 //! Everything that can fail is done before the first `PTRACE_SEIZE`, so a refusal never
@@ -23,12 +24,17 @@ use crate::os::{permissions, proc};
 use crate::perfmap::PerfMap;
 use crate::pipeline::naming::{Namer, NamingStage};
 use crate::pipeline::unwind::UnwindStage;
+use crate::progress::{Reporter, status_text};
+use crate::sink::firefox::FirefoxSink;
 use crate::sink::folded::FoldedSink;
-use crate::sink::{Sink, sentry};
+use crate::sink::pprof::PprofSink;
+use crate::sink::speedscope::SpeedscopeSink;
+use crate::sink::top::TopSink;
+use crate::sink::{SessionInfo, Sink, sentry};
 use crate::source::perf::{PerfConfig, PerfSource};
 use crate::source::ptrace::{Sampler, SamplerConfig};
 use crate::source::{Outbox, StackSource, StopReason};
-use crate::summary::Summary;
+use crate::summary::{Summary, ThreadLine};
 use crate::target::{check_target, wait_for_target};
 use crate::types::Pid;
 use profiler_symbolize::Symbolizer;
@@ -51,25 +57,60 @@ fn monotonic_seconds() -> f64 {
         .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
 }
 
-/// Run one session against `cfg.pid`. `progress` receives one-line progress messages.
+/// The local sinks `cfg` asks for (files and the live view).
+fn local_sinks(cfg: &AttachConfig, info: &SessionInfo) -> Vec<Box<dyn Sink>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let files = &cfg.files;
+    if FoldedSink::wanted(files) {
+        sinks.push(Box::new(FoldedSink::new(files.clone(), info.clone())));
+    }
+    if SpeedscopeSink::wanted(files) {
+        sinks.push(Box::new(SpeedscopeSink::new(files.clone(), info.clone())));
+    }
+    if PprofSink::wanted(files) {
+        sinks.push(Box::new(PprofSink::new(files.clone(), info.clone())));
+    }
+    if FirefoxSink::wanted(files) {
+        sinks.push(Box::new(FirefoxSink::new(files.clone(), info.clone())));
+    }
+    if let Some(top) = &cfg.top {
+        sinks.push(Box::new(TopSink::new(info.clone(), top.clone())));
+    }
+    sinks
+}
+
+/// Run one session against `cfg.pid`. `progress` receives one-line progress messages; when
+/// `cfg.status_line`, a status line on stderr is kept up to date meanwhile.
 pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summary> {
+    let mut rep = Reporter::new(progress, cfg.status_line);
+    attach_reporting(cfg, &mut rep)
+}
+
+fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summary> {
     check_target(cfg.pid)?;
-    let name = proc::process_name(cfg.pid).unwrap_or_default();
+    // A program the agent started has not reached its exec yet: its comm is still ours.
+    let name = match &cfg.launched {
+        Some(program) => program.clone(),
+        None => proc::process_name(cfg.pid).unwrap_or_default(),
+    };
     let state_at_start = proc::stat(cfg.pid).map(|s| s.state);
     let wall0 = std::time::SystemTime::now();
     let epoch = Instant::now();
 
     // The sinks first: their setup (profiler-id file, uploader) can fail, and must do so
     // before the target is touched.
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if !cfg.files.is_empty() {
-        sinks.push(Box::new(FoldedSink::new(
-            cfg.files.clone(),
-            format!("profiler: {name} ({})", cfg.pid),
-        )));
-    }
+    let info = SessionInfo {
+        program: name.clone(),
+        pid: cfg.pid,
+        frequency: cfg.frequency,
+        idle: cfg.idle,
+        start: wall0,
+    };
+    let mut sinks = local_sinks(cfg, &info);
     if let Some(sc) = &cfg.sentry {
-        sinks.push(Box::new(sentry::start(sc, cfg.pid, wall0, progress)?));
+        sinks.push(Box::new(sentry::start(sc, cfg.pid, wall0, &mut |m| {
+            rep.message(m)
+        })?));
     }
     let bounded_memory = cfg.files.is_empty().then_some(MAX_FRAMES_KEPT);
     let naming = NamingStage::new(
@@ -88,6 +129,7 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         duration: cfg.duration,
         max_stack_bytes: cfg.max_stack_bytes,
         realtime: cfg.realtime,
+        launched: cfg.launched.is_some(),
     };
     let pcfg = PerfConfig {
         pid: cfg.pid,
@@ -129,21 +171,32 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
     };
     let main_exited = state_at_start.is_some_and(proc::is_exited_state);
     if main_exited {
-        progress(&format!(
+        rep.message(&format!(
             "the main thread of {} has exited (pthread_exit); its other threads run on and \
              are profiled",
             cfg.pid
         ));
     }
-    progress(&format!(
-        "attached to {} ({name}): {threads} threads, sampling at {} Hz{}; Ctrl-C to stop",
-        cfg.pid,
-        cfg.frequency,
-        cfg.duration
-            .map(|d| format!(" for {:.1} s", d.as_secs_f64()))
-            .unwrap_or_default()
-    ));
-    progress(&sampler_note);
+    if cfg.launched.is_some() {
+        rep.message(&format!(
+            "profiling {} ({name}) from its start at {} Hz{}",
+            cfg.pid,
+            cfg.frequency,
+            cfg.duration
+                .map(|d| format!(" for {:.1} s", d.as_secs_f64()))
+                .unwrap_or_default()
+        ));
+    } else {
+        rep.message(&format!(
+            "attached to {} ({name}): {threads} threads, sampling at {} Hz{}; Ctrl-C to stop",
+            cfg.pid,
+            cfg.frequency,
+            cfg.duration
+                .map(|d| format!(" for {:.1} s", d.as_secs_f64()))
+                .unwrap_or_default()
+        ));
+    }
+    rep.message(&sampler_note);
 
     let (un_tx, un_rx) = bounded(4096);
     let pid = cfg.pid;
@@ -157,31 +210,31 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         .context("starting the unwinder thread")?;
 
     let mut naming = naming.with_perf_map(perf_map);
-    let mut next_report = 10_000_000_000u64;
     let mut first_sample = cfg.verbose;
-    naming.run(&un_rx, |stage, t| {
+    naming.run(&un_rx, |stage, _| {
         let store = stage.store();
         if first_sample && let Some(at) = stage.first_sample() {
             // For benchmarks: the launch-to-first-sample time (unwound, before naming), on a
             // clock other processes share.
             first_sample = false;
             let ago = at.elapsed().as_secs_f64();
-            progress(&format!(
+            rep.message(&format!(
                 "first sample unwound {:.1} ms after start (CLOCK_MONOTONIC {:.6} s)",
                 (at - epoch).as_secs_f64() * 1e3,
                 monotonic_seconds() - ago
             ));
         }
-        if t >= next_report {
-            next_report += 10_000_000_000;
-            progress(&format!(
-                "{:.0} s: {} samples, {:.1}% complete stacks",
-                t as f64 / 1e9,
+        rep.status(|| {
+            status_text(
+                epoch.elapsed().as_secs_f64(),
                 store.total_samples(),
-                100.0 * store.complete_samples() as f64 / store.total_samples().max(1) as f64
-            ));
-        }
+                store.on_cpu_samples(),
+                store.threads().len(),
+                &stage.statuses(),
+            )
+        });
     });
+    rep.clear();
     let sampler_stats = source
         .join()
         .map_err(|_| anyhow!("the sampler thread panicked"))?
@@ -190,8 +243,8 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         .join()
         .map_err(|_| anyhow!("the unwinder thread panicked"))?;
     let stop = sampler_stats.stop.unwrap_or(StopReason::Aborted);
-    if stop == StopReason::TargetExited {
-        progress(&format!(
+    if stop == StopReason::TargetExited && cfg.launched.is_none() {
+        rep.message(&format!(
             "target {} exited; writing what was collected",
             cfg.pid
         ));
@@ -207,9 +260,15 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         failures.extend(r.failures);
     }
     let threads = store
-        .threads()
-        .iter()
-        .map(|(tid, t)| (*tid, t.name.clone(), t.samples, t.complete))
+        .all_threads()
+        .map(|(tid, t, exited)| ThreadLine {
+            tid,
+            name: t.name.clone(),
+            samples: t.samples,
+            on_cpu: t.on_cpu,
+            complete: t.complete,
+            exited,
+        })
         .collect();
     let mut details = Vec::new();
     if cfg.verbose {
@@ -251,10 +310,12 @@ pub fn attach(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) -> Result<Summ
         name,
         stop,
         samples: store.total_samples(),
+        on_cpu: store.on_cpu_samples(),
+        idle: cfg.idle,
         complete: store.complete_samples(),
         threads,
         frequency: cfg.frequency,
-        top: store.top_functions(10),
+        top: store.top_functions_counted(10, cfg.idle),
         files,
         agent_cpu: agent_cpu_seconds(),
         sampler: sampler_stats,
@@ -356,6 +417,17 @@ fn target_notes(
     notes
 }
 
+/// Without any output the profile is only summarised: say so, and how to keep it.
+pub fn say_where_outputs_go(cfg: &AttachConfig, progress: &mut dyn FnMut(&str)) {
+    if cfg.files.is_empty() && cfg.sentry.is_none() && cfg.top.is_none() {
+        progress(&format!(
+            "no --output given: the profile is only summarised at the end; to keep it add \
+             -o FILE ({}, or a directory for Sentry envelopes)",
+            crate::sink::output::Format::NAMES
+        ));
+    }
+}
+
 /// Run `profiler attach`: once for `--pid`; for `--pid-file` and `--process-name`, wait for
 /// the target, profile it until it exits, and wait for the next one, until stopped.
 /// `on_summary` gets each session's summary. A session whose outputs could not be written
@@ -379,6 +451,7 @@ pub fn run_attach(
     if let Some(sc) = &cfg.sentry {
         sentry::preflight(sc)?;
     }
+    say_where_outputs_go(cfg, progress);
     if let Target::Pid(pid) = cfg.target {
         let mut c = cfg.clone();
         c.pid = pid;

@@ -7,6 +7,23 @@ use std::path::PathBuf;
 use crate::source::{SourceStats, StopReason};
 use crate::types::Pid;
 
+/// One thread in the summary's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadLine {
+    /// Thread id.
+    pub tid: i32,
+    /// Latest name.
+    pub name: String,
+    /// Samples (wall-clock: running or waiting).
+    pub samples: u64,
+    /// Samples taken while it ran or was ready to run.
+    pub on_cpu: u64,
+    /// Samples whose stack reached its root.
+    pub complete: u64,
+    /// It exited during the session.
+    pub exited: bool,
+}
+
 /// What a run did, for the closing summary.
 #[derive(Debug)]
 pub struct Summary {
@@ -18,15 +35,19 @@ pub struct Summary {
     pub stop: StopReason,
     /// The source's counters.
     pub sampler: SourceStats,
-    /// Samples per thread: (tid, name, samples, complete).
-    pub threads: Vec<(i32, String, u64, u64)>,
+    /// Every thread sampled, exited ones included.
+    pub threads: Vec<ThreadLine>,
     /// All samples.
     pub samples: u64,
+    /// Samples of threads that ran or were ready to run.
+    pub on_cpu: u64,
+    /// Local outputs and `top` count waiting threads too (`--idle`).
+    pub idle: bool,
     /// Samples whose stack reached the thread's root.
     pub complete: u64,
     /// Requested rate.
     pub frequency: f64,
-    /// Top functions by self samples (shares are of `samples`).
+    /// Top functions by self samples (of on-CPU samples, or of all with `idle`).
     pub top: Vec<(String, u64)>,
     /// Files written.
     pub files: Vec<PathBuf>,
@@ -36,7 +57,8 @@ pub struct Summary {
     pub details: Vec<String>,
     /// Sentry lines.
     pub sentry: Vec<String>,
-    /// Threads that exited during the session and their samples.
+    /// Threads that exited during the session and are no longer listed one by one, with
+    /// their samples.
     pub retired: (u64, u64),
     /// Outputs that could not be written, with the reason.
     pub failures: Vec<String>,
@@ -89,14 +111,37 @@ impl fmt::Display for Summary {
         } else {
             String::new()
         };
+        let threads = self.threads.len() as u64 + self.retired.0;
+        let exited = self.threads.iter().filter(|t| t.exited).count() as u64 + self.retired.0;
         writeln!(
             f,
-            "  samples: {} in {} threads; rate {:.1} Hz (asked {:.0} Hz{late}); {:.1}% of stacks reached their root",
+            "  samples: {} in {threads} threads{}; rate {:.1} Hz (asked {:.0} Hz{late}); {:.1}% of stacks reached their root",
             self.samples,
-            self.threads.len(),
+            if exited > 0 {
+                format!(" ({exited} exited)")
+            } else {
+                String::new()
+            },
             self.achieved_rate(),
             self.frequency,
             pct(self.complete, self.samples)
+        )?;
+        writeln!(
+            f,
+            "  {}",
+            if self.idle {
+                format!(
+                    "wall-clock (--idle): local outputs count all {} samples, waiting threads included ({} on-CPU)",
+                    self.samples, self.on_cpu
+                )
+            } else {
+                format!(
+                    "on-CPU: local outputs count the {} samples of threads that ran ({:.1}%); --idle adds the {} of waiting threads",
+                    self.on_cpu,
+                    pct(self.on_cpu, self.samples),
+                    self.samples - self.on_cpu.min(self.samples)
+                )
+            }
         )?;
         let s = &self.sampler;
         writeln!(
@@ -140,29 +185,55 @@ impl fmt::Display for Summary {
                 }
             )?;
         }
-        writeln!(f, "  threads:")?;
-        for (tid, name, n, c) in self.threads.iter().take(20) {
+        if !self.threads.is_empty() {
+            writeln!(f, "  threads (busiest first):")?;
+        }
+        let mut order: Vec<&ThreadLine> = self.threads.iter().collect();
+        let key = |t: &ThreadLine| if self.idle { t.samples } else { t.on_cpu };
+        order.sort_by(|a, b| key(b).cmp(&key(a)).then(a.tid.cmp(&b.tid)));
+        for t in order.iter().take(20) {
             writeln!(
                 f,
-                "    {tid:>8} {name:<20} {n:>8} samples ({:.1}% complete)",
-                pct(*c, *n)
+                "    {:>8} {:<20} {:>8} samples, {:>5.1}% on-CPU, {:>5.1}% complete{}",
+                t.tid,
+                t.name,
+                t.samples,
+                pct(t.on_cpu, t.samples),
+                pct(t.complete, t.samples),
+                if t.exited { " (exited)" } else { "" }
             )?;
         }
-        if self.threads.len() > 20 {
-            writeln!(f, "    ... and {} more", self.threads.len() - 20)?;
+        if order.len() > 20 {
+            let rest = &order[20..];
+            writeln!(
+                f,
+                "    ... and {} more threads: {} samples",
+                rest.len(),
+                rest.iter().map(|t| t.samples).sum::<u64>()
+            )?;
         }
         if self.retired.0 > 0 {
             writeln!(
                 f,
-                "    {} threads that exited: {} samples",
+                "    {} more threads that exited: {} samples",
                 self.retired.0, self.retired.1
             )?;
         }
         if !self.top.is_empty() {
-            writeln!(f, "  top functions (self):")?;
+            let (what, of) = if self.idle {
+                ("all samples", self.samples)
+            } else {
+                ("on-CPU samples", self.on_cpu)
+            };
+            writeln!(f, "  top functions (self, share of {what}):")?;
             for (name, n) in &self.top {
-                writeln!(f, "    {:>5.1}%  {name}", pct(*n, self.samples))?;
+                writeln!(f, "    {:>5.1}%  {name}", pct(*n, of))?;
             }
+        } else if !self.idle && self.samples > 0 {
+            writeln!(
+                f,
+                "  no thread ran during the session: every sample is of a waiting thread (--idle shows where they wait)"
+            )?;
         }
         for l in &self.sentry {
             writeln!(f, "  {l}")?;
@@ -171,7 +242,11 @@ impl fmt::Display for Summary {
             writeln!(f, "  {d}")?;
         }
         for p in &self.files {
-            writeln!(f, "  wrote {}", p.display())?;
+            if crate::sink::output::is_stdout(p) {
+                writeln!(f, "  wrote standard output (folded stacks)")?;
+            } else {
+                writeln!(f, "  wrote {}", p.display())?;
+            }
         }
         for e in &self.failures {
             writeln!(f, "  NOT WRITTEN: {e}")?;

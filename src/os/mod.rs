@@ -4,9 +4,11 @@
 
 pub mod demangle;
 pub mod files;
+pub mod launch;
 pub mod perf;
 pub mod permissions;
 pub mod proc;
 pub mod ptrace;
 pub mod signals;
+pub mod term;
 pub mod vm;

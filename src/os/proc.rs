@@ -346,6 +346,43 @@ pub fn parse_syscall(text: &str) -> Option<(u64, u64)> {
     ))
 }
 
+/// Where a thread is, per its `syscall` file, read without stopping it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallState {
+    /// Running or ready to run.
+    Running,
+    /// Blocked: in system call `nr` (None when blocked outside one, e.g. on a page
+    /// fault), with its user stack pointer and pc.
+    Blocked {
+        /// System call number.
+        nr: Option<i64>,
+        /// User stack pointer.
+        sp: u64,
+        /// User pc.
+        pc: u64,
+    },
+}
+
+/// Parse a `syscall` file fully: `running`, `NR ARG1..ARG6 SP PC` or `-1 SP PC`.
+pub fn parse_syscall_state(text: &str) -> Option<SyscallState> {
+    let t = text.trim();
+    if t == "running" {
+        return Some(SyscallState::Running);
+    }
+    let (sp, pc) = parse_syscall(t)?;
+    let nr = t.split_whitespace().next()?.parse::<i64>().ok()?;
+    Some(SyscallState::Blocked {
+        nr: (nr >= 0).then_some(nr),
+        sp,
+        pc,
+    })
+}
+
+/// `/proc/PID/task/TID/syscall`, parsed; None when it cannot be read.
+pub fn thread_syscall(pid: Pid, tid: Tid) -> Option<SyscallState> {
+    parse_syscall_state(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+}
+
 /// Raise the agent's soft limit on open files to its hard limit, as far as allowed: the
 /// sampler keeps two `/proc` files open per traced thread, so a target with a few hundred
 /// threads would otherwise exhaust the usual soft limit of 1024. Returns the limit now in
@@ -455,6 +492,27 @@ mod tests {
         );
         assert_eq!(parse_syscall("-1 0x7ffc 0x4010\n"), Some((0x7ffc, 0x4010)));
         assert_eq!(parse_syscall(""), None);
+        assert_eq!(
+            parse_syscall_state("running\n"),
+            Some(SyscallState::Running)
+        );
+        assert_eq!(
+            parse_syscall_state("202 0x1 0x0 0x0 0x0 0x0 0x0 0x7ffd 0x7f71\n"),
+            Some(SyscallState::Blocked {
+                nr: Some(202),
+                sp: 0x7ffd,
+                pc: 0x7f71
+            })
+        );
+        assert_eq!(
+            parse_syscall_state("-1 0x7ffc 0x4010\n"),
+            Some(SyscallState::Blocked {
+                nr: None,
+                sp: 0x7ffc,
+                pc: 0x4010
+            })
+        );
+        assert_eq!(parse_syscall_state("x"), None);
     }
 
     #[test]

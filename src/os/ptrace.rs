@@ -70,6 +70,8 @@ pub struct Tracer {
     pauses: Vec<Duration>,
     /// Threads listed in the process that the kernel refused to let us seize, by error.
     refused: HashMap<Tid, Errno>,
+    /// The process's wait status, once its exit was reported here.
+    exit_status: Option<i32>,
     /// How long to wait for an interrupted thread to stop.
     pub stop_timeout: Duration,
 }
@@ -107,8 +109,8 @@ fn is_stop_signal(sig: i32) -> bool {
 enum Status {
     /// Nothing to report.
     StillAlive,
-    /// The thread exited or was killed.
-    Exited(Tid),
+    /// The thread exited or was killed, with its raw wait status.
+    Exited(Tid, i32),
     /// Signal-delivery-stop: the signal about to be delivered.
     Stopped(Tid, i32),
     /// A ptrace event stop: (signal, event).
@@ -129,7 +131,7 @@ fn wait_nohang(tid: Option<Tid>) -> Result<Status, Errno> {
         return Ok(Status::StillAlive);
     }
     Ok(if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-        Status::Exited(r)
+        Status::Exited(r, status)
     } else if libc::WIFSTOPPED(status) {
         let sig = libc::WSTOPSIG(status);
         let event = (status >> 16) & 0xff;
@@ -188,6 +190,7 @@ impl Tracer {
             process_exited: false,
             pauses: Vec::new(),
             refused: HashMap::new(),
+            exit_status: None,
             stop_timeout: Duration::from_millis(20),
         };
         // The first refusal of a live thread, reported if no thread at all can be seized.
@@ -254,6 +257,12 @@ impl Tracer {
         self.pid
     }
 
+    /// The process's wait status (`waitpid`'s), once its exit was seen here. For a child of
+    /// the agent this wait reaps it: the status is nowhere else.
+    pub fn exit_status(&self) -> Option<i32> {
+        self.exit_status
+    }
+
     /// The threads currently traced.
     pub fn threads(&self) -> Vec<Tid> {
         let mut v: Vec<Tid> = self.threads.keys().copied().collect();
@@ -314,7 +323,12 @@ impl Tracer {
     /// e.g. a signal about to be delivered or a clone), so such a stop is the sample.
     fn handle(&mut self, status: Status) -> Option<(Tid, i32)> {
         match status {
-            Status::Exited(tid) => self.thread_gone(tid),
+            Status::Exited(tid, status) => {
+                if tid == self.pid {
+                    self.exit_status = Some(status);
+                }
+                self.thread_gone(tid)
+            }
             Status::Event(tid, sig, event) => {
                 self.threads.entry(tid).or_default();
                 return self.ptrace_event(tid, sig, event);
@@ -545,79 +559,68 @@ impl Tracer {
     }
 
     /// Detach from every thread, leaving the target running (or group-stopped, if it was).
-    /// Signals that arrive meanwhile are delivered by the detach itself.
+    /// Signals that arrive meanwhile are delivered by the detach itself. Every thread is
+    /// interrupted first and each is detached as its stop arrives, so the wait for a
+    /// thousand threads to be scheduled overlaps; a thread that has not stopped within
+    /// 500 ms (an uninterruptible sleep) is left to the kernel, which detaches it when
+    /// the agent exits.
     pub fn detach_all(&mut self) {
-        let tids = self.threads();
-        for tid in tids {
-            self.detach_thread(tid);
-        }
-        self.threads.clear();
-        // Reap anything left for threads that exited meanwhile.
-        while let Ok(s) = wait_nohang(None) {
-            if s == Status::StillAlive {
-                break;
+        let mut pending: std::collections::HashSet<Tid> = std::collections::HashSet::new();
+        for (&tid, state) in &self.threads {
+            // A thread parked with PTRACE_LISTEN accepts only PTRACE_INTERRUPT: interrupt
+            // it too; it then reports a stop and can be detached, staying in its group-stop.
+            if state.interrupt_pending || ptrace::interrupt(npid(tid)).is_ok() {
+                pending.insert(tid);
             }
         }
-    }
-
-    fn detach_thread(&mut self, tid: Tid) {
-        let Some(state) = self.threads.get(&tid).copied() else {
-            return;
-        };
-        // A thread parked with PTRACE_LISTEN accepts only PTRACE_INTERRUPT: interrupt it
-        // too; it then reports a stop and can be detached, staying in its group-stop.
-        if !state.interrupt_pending && ptrace::interrupt(npid(tid)).is_err() {
-            return;
-        }
+        self.threads.clear();
         let deadline = Instant::now() + Duration::from_millis(500);
-        loop {
-            match wait_nohang(Some(tid)) {
+        while !pending.is_empty() {
+            match wait_nohang(None) {
                 Ok(Status::StillAlive) => {
-                    if Instant::now() >= deadline {
-                        // Still running (uninterruptible sleep). Leave it; when the agent
-                        // exits the kernel detaches it.
-                        return;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
                     }
-                    if let Wake::Stop(sig) = signals::wait(Duration::from_millis(5)) {
+                    let nap = (deadline - now).min(Duration::from_millis(5));
+                    if let Wake::Stop(sig) = signals::wait(nap) {
                         self.stop_request = Some(sig);
                     }
                 }
-                Ok(Status::Stopped(_, sig)) => {
+                Ok(Status::Stopped(tid, sig)) => {
                     // A signal on its way: deliver it with the detach.
                     detach_with(tid, sig);
-                    return;
+                    pending.remove(&tid);
                 }
-                Ok(Status::Event(_, _, libc::PTRACE_EVENT_CLONE)) => {
-                    // The new thread was attached automatically: detach it too.
+                Ok(Status::Event(tid, _, libc::PTRACE_EVENT_CLONE)) => {
+                    // The new thread was attached automatically: its first stop comes
+                    // here too, and it is detached then.
                     if let Ok(new) = ptrace::getevent(npid(tid)) {
-                        self.detach_new_thread(new as Tid);
+                        pending.insert(new as Tid);
                     }
                     detach_with(tid, 0);
-                    return;
+                    pending.remove(&tid);
                 }
-                Ok(Status::Event(..)) => {
+                Ok(Status::Event(tid, ..)) => {
                     detach_with(tid, 0);
-                    return;
+                    pending.remove(&tid);
                 }
-                Ok(_) | Err(_) => return,
+                Ok(Status::Exited(tid, status)) => {
+                    if tid == self.pid {
+                        self.exit_status = Some(status);
+                    }
+                    pending.remove(&tid);
+                }
+                Ok(Status::Other(_)) | Err(Errno::EINTR) => {}
+                Err(_) => break,
             }
         }
-    }
-
-    fn detach_new_thread(&mut self, tid: Tid) {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline {
-            match wait_nohang(Some(tid)) {
-                Ok(Status::StillAlive) => std::thread::sleep(Duration::from_micros(200)),
-                Ok(Status::Stopped(_, sig)) => {
-                    detach_with(tid, sig);
-                    return;
-                }
-                Ok(Status::Event(..)) => {
-                    detach_with(tid, 0);
-                    return;
-                }
-                _ => return,
+        // Reap anything left for threads that exited meanwhile.
+        while let Ok(s) = wait_nohang(None) {
+            match s {
+                Status::StillAlive => break,
+                Status::Exited(tid, status) if tid == self.pid => self.exit_status = Some(status),
+                _ => {}
             }
         }
     }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+use nix::unistd::Pid as NixPid;
 
 /// The signals the sampler waits for.
 pub fn agent_signals() -> SigSet {
@@ -70,4 +71,10 @@ pub fn raise_priority() -> bool {
     unsafe {
         libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) == 0
     }
+}
+
+/// Send `sig` to process `pid` (a program the agent started, passing a stop request on);
+/// a process already gone is no error worth reporting.
+pub fn send(pid: i32, sig: Signal) {
+    let _ = nix::sys::signal::kill(NixPid::from_raw(pid), sig);
 }

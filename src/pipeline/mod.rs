@@ -67,6 +67,8 @@ pub enum Unwound {
         tid: Tid,
         /// Nanoseconds since the session's start.
         time_ns: u64,
+        /// Running or ready to run (see [`crate::source::RawSample::on_cpu`]).
+        on_cpu: bool,
         /// Its stack.
         stack: UnwoundStack,
     },
@@ -76,6 +78,8 @@ pub enum Unwound {
         tids: Vec<Tid>,
         /// Nanoseconds since the session's start.
         time_ns: u64,
+        /// Running or ready to run.
+        on_cpu: bool,
     },
     /// A thread's name.
     ThreadName {

@@ -234,20 +234,43 @@ impl NamingStage {
         &self.store
     }
 
-    /// Handle events until the unwind stage hangs up, calling `on_sample` with the stage
-    /// and the time of each sample.
-    pub fn run(&mut self, rx: &Receiver<Unwound>, mut on_sample: impl FnMut(&NamingStage, u64)) {
+    /// Handle events until the unwind stage hangs up, calling `on_event` with the stage and
+    /// the time of each sample, and with None whenever the channel is found empty (every
+    /// few milliseconds while nothing arrives). Sinks get their `tick` as often.
+    pub fn run(&mut self, rx: &Receiver<Unwound>, mut on_event: impl FnMut(&Self, Option<u64>)) {
+        let mut since_tick = 0u32;
         loop {
             match rx.try_recv() {
                 Ok(ev) => {
                     if let Some(t) = self.handle(ev) {
-                        on_sample(self, t);
+                        on_event(self, Some(t));
+                    }
+                    since_tick += 1;
+                    if since_tick >= 256 {
+                        since_tick = 0;
+                        self.tick();
                     }
                 }
-                Err(TryRecvError::Empty) => std::thread::sleep(POLL_INTERVAL),
+                Err(TryRecvError::Empty) => {
+                    self.tick();
+                    on_event(self, None);
+                    std::thread::sleep(POLL_INTERVAL);
+                }
                 Err(TryRecvError::Disconnected) => break,
             }
         }
+    }
+
+    /// Let the sinks that show something live draw it.
+    fn tick(&mut self) {
+        for s in &mut self.sinks {
+            s.tick(&self.store);
+        }
+    }
+
+    /// What the sinks say of their progress (`3 chunks sent`).
+    pub fn statuses(&self) -> Vec<String> {
+        self.sinks.iter().filter_map(|s| s.status()).collect()
     }
 
     /// Handle one event; returns the sample time for samples.
@@ -266,10 +289,14 @@ impl NamingStage {
                 self.store.retire_thread(tid);
                 None
             }
-            Unwound::Repeat { tids, time_ns } => {
+            Unwound::Repeat {
+                tids,
+                time_ns,
+                on_cpu,
+            } => {
                 for tid in tids {
                     if let Some(&(stack, end)) = self.last.get(&tid) {
-                        self.record(tid, time_ns, stack, end);
+                        self.record(tid, time_ns, stack, end, on_cpu);
                     }
                 }
                 Some(time_ns)
@@ -277,6 +304,7 @@ impl NamingStage {
             Unwound::Sample {
                 tid,
                 time_ns,
+                on_cpu,
                 stack,
             } => {
                 self.first_sample
@@ -296,20 +324,28 @@ impl NamingStage {
                     namer.name(key, modules)
                 });
                 self.last.insert(tid, (id, stack.end));
-                self.record(tid, time_ns, id, stack.end);
+                self.record(tid, time_ns, id, stack.end, on_cpu);
                 Some(time_ns)
             }
         }
     }
 
-    fn record(&mut self, tid: Tid, time_ns: u64, stack: Option<StackId>, end: StackEnd) {
-        let thread = self.store.add_sample(tid, stack, end);
+    fn record(
+        &mut self,
+        tid: Tid,
+        time_ns: u64,
+        stack: Option<StackId>,
+        end: StackEnd,
+        on_cpu: bool,
+    ) {
+        let thread = self.store.add_sample(tid, stack, end, on_cpu);
         let sample = SampleRef {
             tid,
             thread,
             time_ns,
             stack,
             end,
+            on_cpu,
         };
         for s in &mut self.sinks {
             s.on_sample(&sample, &self.store);

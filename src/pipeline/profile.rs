@@ -36,6 +36,10 @@ fn marker_key(end: StackEnd) -> Option<FrameKey> {
     })
 }
 
+/// Most exited threads listed one by one; past this the ones with the fewest samples are
+/// folded into one total, so a target that creates threads all day does not grow the table.
+const MAX_EXITED_LISTED: usize = 1000;
+
 /// Per-thread facts.
 #[derive(Clone, Debug, Default)]
 pub struct ThreadStats {
@@ -43,6 +47,8 @@ pub struct ThreadStats {
     pub name: String,
     /// Samples taken.
     pub samples: u64,
+    /// Samples taken while the thread was running or ready to run.
+    pub on_cpu: u64,
     /// Samples whose stack reached the thread's root.
     pub complete: u64,
     /// The name id samples are counted under, once known (reset when the name changes).
@@ -60,11 +66,16 @@ pub struct Store {
     thread_names: Vec<String>,
     thread_name_index: HashMap<String, u32>,
     threads: BTreeMap<Tid, ThreadStats>,
+    /// Threads that exited, still listed (at most about `MAX_EXITED_LISTED`).
+    exited: Vec<(Tid, ThreadStats)>,
+    /// Totals of the exited threads no longer listed one by one.
     retired: ThreadStats,
     retired_threads: u64,
     modules: Vec<Arc<Module>>,
     /// Samples by the innermost function of their leaf frame.
     top: HashMap<Arc<str>, u64>,
+    /// The same, of on-CPU samples only.
+    top_on_cpu: HashMap<Arc<str>, u64>,
     /// How stacks ended, over all samples.
     pub ends: FxHashMap<StackEnd, u64>,
 }
@@ -170,8 +181,15 @@ impl Store {
         &self.names[index as usize]
     }
 
-    /// Count one sample of `tid`; returns the id of the thread name it counts under.
-    pub fn add_sample(&mut self, tid: Tid, stack: Option<StackId>, end: StackEnd) -> u32 {
+    /// Count one sample of `tid` (`on_cpu`: running or ready to run); returns the id of the
+    /// thread name it counts under.
+    pub fn add_sample(
+        &mut self,
+        tid: Tid,
+        stack: Option<StackId>,
+        end: StackEnd,
+        on_cpu: bool,
+    ) -> u32 {
         let t = self.threads.entry(tid).or_default();
         let name_id = match t.name_id {
             Some(i) => i,
@@ -198,16 +216,26 @@ impl Store {
             return name_id;
         };
         t.samples += 1;
+        if on_cpu {
+            t.on_cpu += 1;
+        }
         if end.is_complete() {
             t.complete += 1;
         }
         *self.ends.entry(end).or_default() += 1;
         let (_, leaf) = self.nodes[stack as usize];
         let label = &self.names[leaf as usize][0].label;
-        match self.top.get_mut(label) {
-            Some(n) => *n += 1,
-            None => {
-                self.top.insert(label.clone(), 1);
+        let tops = if on_cpu {
+            [Some(&mut self.top), Some(&mut self.top_on_cpu)]
+        } else {
+            [Some(&mut self.top), None]
+        };
+        for top in tops.into_iter().flatten() {
+            match top.get_mut(label) {
+                Some(n) => *n += 1,
+                None => {
+                    top.insert(label.clone(), 1);
+                }
             }
         }
         name_id
@@ -232,19 +260,42 @@ impl Store {
         self.threads.get(&tid).map_or("", |t| t.name.as_str())
     }
 
-    /// A thread that exited: fold its totals into the retired ones, so a target that
-    /// creates threads all day does not grow the table.
+    /// A thread that exited: it stays listed among the exited threads; past
+    /// `MAX_EXITED_LISTED` of them, those with the fewest samples are folded into one
+    /// total, so a target that creates threads all day does not grow the table.
     pub fn retire_thread(&mut self, tid: Tid) {
-        if let Some(t) = self.threads.remove(&tid) {
-            self.retired.samples += t.samples;
-            self.retired.complete += t.complete;
-            self.retired_threads += 1;
+        let Some(t) = self.threads.remove(&tid) else {
+            return;
+        };
+        self.exited.push((tid, t));
+        if self.exited.len() >= 2 * MAX_EXITED_LISTED {
+            self.exited
+                .sort_by(|a, b| b.1.samples.cmp(&a.1.samples).then(a.0.cmp(&b.0)));
+            for (_, t) in self.exited.drain(MAX_EXITED_LISTED..) {
+                self.retired.samples += t.samples;
+                self.retired.on_cpu += t.on_cpu;
+                self.retired.complete += t.complete;
+                self.retired_threads += 1;
+            }
         }
     }
 
-    /// Threads retired so far and their samples.
+    /// Threads that exited and are still listed one by one, with their facts.
+    pub fn exited_threads(&self) -> &[(Tid, ThreadStats)] {
+        &self.exited
+    }
+
+    /// Exited threads no longer listed one by one, and their samples.
     pub fn retired(&self) -> (u64, u64) {
         (self.retired_threads, self.retired.samples)
+    }
+
+    /// Every thread's facts: live ones, then exited ones still listed (with `true`).
+    pub fn all_threads(&self) -> impl Iterator<Item = (Tid, &ThreadStats, bool)> {
+        self.threads
+            .iter()
+            .map(|(&tid, t)| (tid, t, false))
+            .chain(self.exited.iter().map(|(tid, t)| (*tid, t, true)))
     }
 
     /// The thread name behind a name id.
@@ -256,18 +307,33 @@ impl Store {
 
     /// All samples with a stack.
     pub fn total_samples(&self) -> u64 {
-        self.retired.samples + self.threads.values().map(|t| t.samples).sum::<u64>()
+        self.retired.samples + self.all_threads().map(|(_, t, _)| t.samples).sum::<u64>()
+    }
+
+    /// Samples with a stack taken while their thread was running or ready to run.
+    pub fn on_cpu_samples(&self) -> u64 {
+        self.retired.on_cpu + self.all_threads().map(|(_, t, _)| t.on_cpu).sum::<u64>()
     }
 
     /// Samples whose stack reached the root.
     pub fn complete_samples(&self) -> u64 {
-        self.retired.complete + self.threads.values().map(|t| t.complete).sum::<u64>()
+        self.retired.complete + self.all_threads().map(|(_, t, _)| t.complete).sum::<u64>()
     }
 
     /// The `n` functions most often innermost (self samples), most first, with their
-    /// counts; the shares are of [`Store::total_samples`].
+    /// counts; the shares are of [`Store::total_samples`] (or, with `on_cpu_only`, of
+    /// [`Store::on_cpu_samples`]).
     pub fn top_functions(&self, n: usize) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = self.top.iter().map(|(k, &v)| (k.to_string(), v)).collect();
+        Self::top_of(&self.top, n)
+    }
+
+    /// [`Store::top_functions`] of on-CPU samples only, or of all with `idle`.
+    pub fn top_functions_counted(&self, n: usize, idle: bool) -> Vec<(String, u64)> {
+        Self::top_of(if idle { &self.top } else { &self.top_on_cpu }, n)
+    }
+
+    fn top_of(top: &HashMap<Arc<str>, u64>, n: usize) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = top.iter().map(|(k, &v)| (k.to_string(), v)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
         v
@@ -338,25 +404,59 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(&*p.names(out[1])[0].label, "[truncated]");
         p.set_thread_name(5, "worker");
-        let id = p.add_sample(5, Some(s), StackEnd::Truncated);
-        p.add_sample(5, Some(s), StackEnd::Truncated);
+        let id = p.add_sample(5, Some(s), StackEnd::Truncated, true);
+        p.add_sample(5, Some(s), StackEnd::Truncated, false);
         assert_eq!(p.thread_name(id), "worker");
         assert_eq!(p.total_samples(), 2);
         assert_eq!(p.complete_samples(), 0);
         assert_eq!(p.top_functions(5), vec![("f9".to_string(), 2)]);
-        // A retired thread keeps its samples in the totals.
+        assert_eq!(p.on_cpu_samples(), 1);
+        assert_eq!(
+            p.top_functions_counted(5, false),
+            vec![("f9".to_string(), 1)]
+        );
+        // A thread that exited stays listed, and keeps its samples in the totals.
         p.retire_thread(5);
         assert!(p.threads().is_empty());
+        let listed: Vec<(Tid, u64, bool)> =
+            p.all_threads().map(|(t, s, e)| (t, s.samples, e)).collect();
+        assert_eq!(listed, vec![(5, 2, true)]);
         assert_eq!(p.total_samples(), 2);
-        assert_eq!(p.retired(), (1, 2));
+        assert_eq!(p.on_cpu_samples(), 1);
+        assert_eq!(p.retired(), (0, 0));
         assert!(p.intern(&[], StackEnd::Root, label).is_none());
         // After a reset the totals and the top functions stay.
         p.reset_interning();
         assert_eq!(p.frame_count(), 0);
         let t = p.intern(&[f(7)], StackEnd::Root, label).unwrap();
-        p.add_sample(6, Some(t), StackEnd::Root);
+        p.add_sample(6, Some(t), StackEnd::Root, true);
         assert_eq!(p.total_samples(), 3);
         let top = p.top_functions(5);
         assert_eq!(top.iter().map(|(_, n)| n).sum::<u64>(), p.total_samples());
+    }
+
+    #[test]
+    fn exited_threads_stay_listed_within_a_bound() {
+        let mut p = Store::new();
+        let s = p.intern(&[f(1)], StackEnd::Root, label).unwrap();
+        let n = 2 * MAX_EXITED_LISTED as Tid + 10;
+        for tid in 1..=n {
+            // Thread `tid` gets `tid % 7` samples: the busiest are the ones kept listed.
+            p.set_thread_name(tid, "worker");
+            for _ in 0..tid % 7 {
+                p.add_sample(tid, Some(s), StackEnd::Root, true);
+            }
+            p.retire_thread(tid);
+        }
+        let listed = p.exited_threads().len();
+        assert!((MAX_EXITED_LISTED..=2 * MAX_EXITED_LISTED).contains(&listed));
+        let (folded, folded_samples) = p.retired();
+        assert_eq!(folded as usize + listed, n as usize);
+        let expected: u64 = (1..=n).map(|t| (t % 7) as u64).sum();
+        assert_eq!(p.total_samples(), expected);
+        assert!(
+            folded_samples < expected / 2,
+            "the busiest threads stay listed"
+        );
     }
 }

@@ -138,7 +138,15 @@ impl<S: ModuleSource> UnwindStage<S> {
             }
             SourceEvent::ThreadName { tid, name } => out(Unwound::ThreadName { tid, name }),
             SourceEvent::ThreadExited(tid) => out(Unwound::ThreadExited(tid)),
-            SourceEvent::Repeat { tids, time_ns } => out(Unwound::Repeat { tids, time_ns }),
+            SourceEvent::Repeat {
+                tids,
+                time_ns,
+                on_cpu,
+            } => out(Unwound::Repeat {
+                tids,
+                time_ns,
+                on_cpu,
+            }),
             SourceEvent::Sample(s) => {
                 let end = match s.captured {
                     Captured::Stack { regs, stack } => {
@@ -189,6 +197,7 @@ impl<S: ModuleSource> UnwindStage<S> {
                 out(Unwound::Sample {
                     tid: s.tid,
                     time_ns: s.time_ns,
+                    on_cpu: s.on_cpu,
                     stack: UnwoundStack { frames, end },
                 });
             }

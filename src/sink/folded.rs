@@ -1,52 +1,46 @@
-//! Local outputs: Brendan Gregg's folded stacks (`*.folded`) and flame graphs (`*.svg`,
-//! drawn by inferno).
+//! Brendan Gregg's folded stacks (`*.folded`, or `-` for standard output) and flame
+//! graphs (`*.svg`, drawn by inferno, with a title saying what was profiled and a search
+//! box).
 
 use std::collections::HashMap;
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use rustc_hash::FxHashMap;
 
-use super::{SampleRef, Sink, SinkReport};
+use super::output::{self, Format, OutputFile};
+use super::{SampleRef, SessionInfo, Sink, SinkReport, Span};
 use crate::pipeline::profile::{StackId, Store};
 
-/// Output formats chosen by file name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// `*.folded`
-    Folded,
-    /// `*.svg`
-    Svg,
-}
-
-/// The format a path asks for, or None for a name this module does not write.
-pub fn format_of(path: &Path) -> Option<Format> {
-    match path.extension()?.to_str()? {
-        "folded" | "txt" => Some(Format::Folded),
-        "svg" => Some(Format::Svg),
-        _ => None,
-    }
-}
-
 /// The folded-stacks and flame-graph sink: counts samples by (thread name, stack) and
-/// writes every output file at the end of the session.
+/// writes every output file of these formats at the end of the session.
 pub struct FoldedSink {
-    outputs: std::sync::Arc<Vec<OutputFile>>,
-    title: String,
+    outputs: Arc<Vec<OutputFile>>,
+    info: SessionInfo,
     counts: FxHashMap<(u32, StackId), u64>,
+    counted: u64,
+    span: Span,
 }
 
 impl FoldedSink {
-    /// A sink writing `outputs` (opened already) with `title` on flame graphs.
-    pub fn new(outputs: std::sync::Arc<Vec<OutputFile>>, title: String) -> Self {
+    /// A sink writing the folded and SVG ones of `outputs` (opened already).
+    pub fn new(outputs: Arc<Vec<OutputFile>>, info: SessionInfo) -> Self {
         FoldedSink {
             outputs,
-            title,
+            info,
             counts: FxHashMap::default(),
+            counted: 0,
+            span: Span::default(),
         }
+    }
+
+    /// True when `outputs` holds a file this sink writes.
+    pub fn wanted(outputs: &[OutputFile]) -> bool {
+        outputs
+            .iter()
+            .any(|o| matches!(o.format, Format::Folded | Format::Svg))
     }
 
     /// Folded stack lines, `thread;root;...;leaf count`, sorted, one per unique stack
@@ -69,11 +63,35 @@ impl FoldedSink {
         lines.sort();
         lines
     }
+
+    /// The flame graph's title and subtitle.
+    fn titles(&self) -> (String, String) {
+        let secs = self.span.seconds(self.info.period_ns());
+        (
+            format!("{} (pid {})", self.info.program, self.info.pid),
+            format!(
+                "{secs:.1} s at {} Hz: {} {} samples{}",
+                self.info.frequency,
+                self.counted,
+                self.info.mode(),
+                if self.info.idle {
+                    " (waiting threads included)"
+                } else {
+                    " (threads that ran; --idle adds waiting ones)"
+                }
+            ),
+        )
+    }
 }
 
 impl Sink for FoldedSink {
     fn on_sample(&mut self, sample: &SampleRef, _store: &Store) {
+        self.span.see(sample.time_ns);
+        if !self.info.counts(sample) {
+            return;
+        }
         if let Some(stack) = sample.stack {
+            self.counted += 1;
             *self.counts.entry((sample.thread, stack)).or_default() += 1;
         }
     }
@@ -84,19 +102,20 @@ impl Sink for FoldedSink {
 
     fn finish(self: Box<Self>, store: &Store) -> SinkReport {
         let mut report = SinkReport::default();
-        if self.outputs.is_empty() {
+        let mine: Vec<&OutputFile> = self
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.format, Format::Folded | Format::Svg))
+            .collect();
+        if mine.is_empty() {
             return report;
         }
         let lines = self.lines(store);
-        for o in self.outputs.iter() {
-            match write_one(o, &lines, &self.title) {
-                Ok(()) => report.files.push(o.path.clone()),
-                Err(e) => report.failures.push(format!(
-                    "{}: {e:#}; nothing was written there",
-                    o.path.display()
-                )),
-            }
-        }
+        let (title, subtitle) = self.titles();
+        output::write_each(&mine, &mut report, |o, w| match o.format {
+            Format::Svg => svg_to(w, &lines, &title, &subtitle),
+            _ => folded_to(w, &lines),
+        });
         report
     }
 }
@@ -106,92 +125,23 @@ fn clean(name: &str) -> String {
     name.replace([';', '\n'], ",")
 }
 
-/// An output file opened at start, before the agent gives up its privileges, and written
-/// (again) at the end of each session.
-#[derive(Debug)]
-pub struct OutputFile {
-    /// Its path.
-    pub path: PathBuf,
-    file: std::sync::Mutex<std::fs::File>,
-}
-
-/// Open (create, 0600) every output, failing now rather than after the profiling.
-pub fn open_all(paths: &[PathBuf]) -> Result<Vec<OutputFile>> {
-    paths
-        .iter()
-        .map(|p| {
-            if format_of(p).is_none() {
-                bail!("unknown output format for {}", p.display());
-            }
-            let w = create(p)?;
-            let file = w
-                .into_inner()
-                .map_err(|e| anyhow::anyhow!("{}", e.error()))?;
-            Ok(OutputFile {
-                path: p.clone(),
-                file: std::sync::Mutex::new(file),
-            })
-        })
-        .collect()
-}
-
-/// Write `lines` to every output in the format its name asks for, replacing what an
-/// earlier session wrote.
-pub fn write_all(outputs: &[OutputFile], lines: &[String], title: &str) -> Result<()> {
-    for o in outputs {
-        write_one(o, lines, title)?;
-    }
-    Ok(())
-}
-
-/// Write `lines` to one output, replacing what an earlier session wrote.
-fn write_one(o: &OutputFile, lines: &[String], title: &str) -> Result<()> {
-    use std::io::Seek;
-    let mut f = o.file.lock().unwrap_or_else(|e| e.into_inner());
-    f.set_len(0)
-        .and_then(|_| f.rewind())
-        .with_context(|| format!("writing {}", o.path.display()))?;
-    let mut w = BufWriter::new(&mut *f);
-    match format_of(&o.path) {
-        Some(Format::Folded) => folded_to(&mut w, lines),
-        Some(Format::Svg) => svg_to(&mut w, lines, title),
-        None => bail!("unknown output format for {}", o.path.display()),
-    }
-    .and_then(|_| w.flush().map_err(Into::into))
-    .with_context(|| format!("writing {}", o.path.display()))
-}
-
-fn create(path: &Path) -> Result<BufWriter<std::fs::File>> {
-    // Parent directories are not created (see `outpath`).
-    if let Some(why) = super::outpath::parent_problem(path) {
-        bail!("--output {}: {why}", path.display());
-    }
-    // Profiles name the target's code: readable by the owner only.
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    Ok(BufWriter::new(f))
-}
-
-fn folded_to(w: &mut impl Write, lines: &[String]) -> Result<()> {
+fn folded_to(w: &mut dyn Write, lines: &[String]) -> Result<()> {
     for l in lines {
         writeln!(w, "{l}")?;
     }
     Ok(())
 }
 
-fn svg_to(w: &mut impl Write, lines: &[String], title: &str) -> Result<()> {
+fn svg_to(w: &mut dyn Write, lines: &[String], title: &str, subtitle: &str) -> Result<()> {
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_string();
+    opts.subtitle = Some(subtitle.to_string());
     opts.count_name = "samples".to_string();
     if lines.is_empty() {
         // inferno refuses empty input; an empty profile still gets a valid picture.
         let mut o = inferno::flamegraph::Options::default();
-        o.title = format!("{title} (no samples)");
+        o.title = format!("{title}: no samples");
+        o.subtitle = Some(subtitle.to_string());
         inferno::flamegraph::from_lines(&mut o, ["no-samples 1"].iter().copied(), w)
             .context("drawing the flame graph")?;
     } else {
@@ -205,50 +155,102 @@ fn svg_to(w: &mut impl Write, lines: &[String], title: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn formats_by_name() {
-        assert_eq!(format_of(Path::new("a/b.folded")), Some(Format::Folded));
-        assert_eq!(format_of(Path::new("b.svg")), Some(Format::Svg));
-        assert_eq!(format_of(Path::new("b.json")), None);
-        assert_eq!(format_of(Path::new("b")), None);
+    fn read(p: &std::path::Path) -> String {
+        std::fs::read_to_string(p).unwrap()
     }
 
     #[test]
-    fn writes_svg_and_folded() {
+    fn writes_svg_with_title_and_search_and_folded() {
         let dir = tempfile::tempdir().unwrap();
         let lines = vec!["t;main;work 3".to_string()];
-        std::fs::create_dir(dir.path().join("sub")).unwrap();
-        let paths = vec![dir.path().join("p.folded"), dir.path().join("sub/p.svg")];
-        write_all(&open_all(&paths).unwrap(), &lines, "test").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&paths[0]).unwrap(),
-            "t;main;work 3\n"
-        );
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&paths[0]).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "profiles are private to their owner");
-        let svg = std::fs::read_to_string(&paths[1]).unwrap();
+        let paths = [dir.path().join("p.folded"), dir.path().join("sub/p.SVG")];
+        let outs = output::open_all(&paths).unwrap();
+        folded_to(&mut Vec::new(), &lines).unwrap();
+        let mut report = SinkReport::default();
+        let refs: Vec<&OutputFile> = outs.iter().collect();
+        output::write_each(&refs, &mut report, |o, w| match o.format {
+            Format::Svg => svg_to(
+                w,
+                &lines,
+                "demo (pid 42)",
+                "5.0 s at 100 Hz: 3 on-CPU samples",
+            ),
+            _ => folded_to(w, &lines),
+        });
+        assert_eq!(report.files.len(), 2);
+        assert_eq!(read(&paths[0]), "t;main;work 3\n");
+        let svg = read(&paths[1]);
         assert!(svg.contains("<svg") && svg.contains("work"));
-        write_all(
-            &open_all(&[dir.path().join("e.svg")]).unwrap(),
-            &[],
-            "empty",
-        )
-        .unwrap();
-        assert!(open_all(&[dir.path().join("x.bin")]).is_err());
-        // Missing directories are named, not created; a file on the path is not a directory.
-        let e = open_all(&[dir.path().join("new/p.folded")]).unwrap_err();
-        assert!(format!("{e:#}").contains("new does not exist"), "{e:#}");
-        assert!(!dir.path().join("new").exists());
-        let e = open_all(&[paths[0].join("p.folded")]).unwrap_err();
+        assert!(svg.contains("demo (pid 42)"), "title");
         assert!(
-            format!("{e:#}").ends_with(&format!("{} is not a directory", paths[0].display())),
-            "{e:#}"
+            svg.contains("5.0 s at 100 Hz: 3 on-CPU samples"),
+            "subtitle"
         );
-        // A second session replaces the first one's profile.
-        let outs = open_all(&paths[..1]).unwrap();
-        write_all(&outs, &["a;b 1".to_string(), "a;c 2".to_string()], "t").unwrap();
-        write_all(&outs, &["x 1".to_string()], "t").unwrap();
-        assert_eq!(std::fs::read_to_string(&paths[0]).unwrap(), "x 1\n");
+        assert!(svg.contains("id=\"search\""), "search box");
+        // An empty profile still gets a valid picture.
+        let mut empty = Vec::new();
+        svg_to(&mut empty, &[], "t", "s").unwrap();
+        assert!(String::from_utf8(empty).unwrap().contains("no samples"));
+    }
+
+    #[test]
+    fn counts_only_on_cpu_samples_unless_idle() {
+        use crate::pipeline::{FrameKey, NO_MODULE, NamedFrame};
+        use crate::types::StackEnd;
+        let mut store = Store::new();
+        let named = |k: &FrameKey, _: &[Arc<crate::modules::Module>]| {
+            let mut f = NamedFrame::marker(StackEnd::Root);
+            f.kind = crate::pipeline::FrameKind::Native;
+            f.label = format!("f{:x}", k.addr).into();
+            vec![f]
+        };
+        let key = |a| FrameKey {
+            module: NO_MODULE,
+            addr: a,
+            is_return: false,
+        };
+        let run = store.intern(&[key(1), key(0)], StackEnd::Root, named);
+        let wait = store.intern(&[key(2), key(0)], StackEnd::Root, named);
+        for idle in [false, true] {
+            let info = SessionInfo {
+                program: "p".into(),
+                pid: 1,
+                frequency: 100.0,
+                idle,
+                start: std::time::SystemTime::now(),
+            };
+            let mut sink = FoldedSink::new(Arc::new(Vec::new()), info);
+            for i in 0..10u64 {
+                let on_cpu = i < 3;
+                let stack = if on_cpu { run } else { wait };
+                let thread = store.add_sample(5, stack, StackEnd::Root, on_cpu);
+                let s = SampleRef {
+                    tid: 5,
+                    thread,
+                    time_ns: i * 10_000_000,
+                    stack,
+                    end: StackEnd::Root,
+                    on_cpu,
+                };
+                sink.on_sample(&s, &store);
+            }
+            let lines = sink.lines(&store);
+            if idle {
+                assert_eq!(lines, ["tid-5;f0;f1 3", "tid-5;f0;f2 7"]);
+            } else {
+                assert_eq!(lines, ["tid-5;f0;f1 3"]);
+            }
+            let (title, subtitle) = sink.titles();
+            assert_eq!(title, "p (pid 1)");
+            let mode = if idle {
+                "10 wall-clock samples"
+            } else {
+                "3 on-CPU samples"
+            };
+            assert!(
+                subtitle.starts_with(&format!("0.1 s at 100 Hz: {mode}")),
+                "{subtitle}"
+            );
+        }
     }
 }

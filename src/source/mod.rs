@@ -47,6 +47,9 @@ pub struct RawSample {
     pub tid: Tid,
     /// Nanoseconds since the session's start (monotonic).
     pub time_ns: u64,
+    /// True when the thread was running or ready to run at the sample (on-CPU); false
+    /// when it was waiting (asleep, blocked in a system call).
+    pub on_cpu: bool,
     /// What was captured.
     pub captured: Captured,
 }
@@ -75,6 +78,9 @@ pub enum SourceEvent {
         tids: Vec<Tid>,
         /// Nanoseconds since the session's start.
         time_ns: u64,
+        /// True when the threads were ready to run (waiting for a CPU), false when they
+        /// were waiting for something else (asleep where their last samples found them).
+        on_cpu: bool,
     },
     /// A thread's name (when first seen and when it changes).
     ThreadName {
@@ -150,6 +156,8 @@ pub struct SourceStats {
     pub stop: Option<StopReason>,
     /// True when the source ran at a real-time priority.
     pub realtime: bool,
+    /// The target's wait status (as `waitpid` gives it), when the source saw it exit.
+    pub exit_status: Option<i32>,
 }
 
 impl SourceStats {
@@ -294,14 +302,18 @@ impl Outbox {
     }
 
     /// Send repeats of the threads' last stacks, or drop them (counted).
-    pub fn repeat(&mut self, tids: Vec<Tid>, time_ns: u64, stats: &mut SourceStats) {
+    pub fn repeat(&mut self, tids: Vec<Tid>, time_ns: u64, on_cpu: bool, stats: &mut SourceStats) {
         self.flush();
         let n = tids.len() as u64;
         if !self.held.is_empty() {
             stats.dropped += n;
             return;
         }
-        match self.tx.try_send(SourceEvent::Repeat { tids, time_ns }) {
+        match self.tx.try_send(SourceEvent::Repeat {
+            tids,
+            time_ns,
+            on_cpu,
+        }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => stats.dropped += n,
             Err(TrySendError::Disconnected(_)) => self.closed = true,
@@ -356,6 +368,7 @@ mod tests {
         RawSample {
             tid,
             time_ns: 0,
+            on_cpu: true,
             captured: Captured::Stack {
                 regs: Regs::default(),
                 stack: StackSnapshot {
@@ -410,7 +423,7 @@ mod tests {
         out.control(SourceEvent::ThreadExited(1));
         // A sample behind held control events is dropped (it would overtake them).
         assert!(!out.sample(sample(1, 16), 0, &mut stats));
-        out.repeat(vec![1, 2], 5, &mut stats);
+        out.repeat(vec![1, 2], 5, false, &mut stats);
         assert_eq!(stats.dropped, 3);
         let mut seen = Vec::new();
         for _ in 0..4 {

@@ -3,6 +3,8 @@
 //! protocol (`ready <pid>` first, then program-specific lines) and reaping them.
 #![allow(dead_code)]
 
+pub mod formats;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};

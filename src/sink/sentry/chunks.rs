@@ -192,6 +192,23 @@ impl Sink for SentrySink {
         }
     }
 
+    fn status(&self) -> Option<String> {
+        Some(match &self.out {
+            ChunkOut::Uploader { handle, .. } => {
+                let st = handle.stats();
+                if st.chunks_written > 0 {
+                    format!("{} chunks written", st.chunks_written)
+                } else {
+                    format!(
+                        "{} chunks sent, {} spooled",
+                        st.chunks_accepted, st.chunks_spooled
+                    )
+                }
+            }
+            ChunkOut::Memory(v) => format!("{} chunks", v.len()),
+        })
+    }
+
     fn on_reset(&mut self) {
         // Resolved frames are keyed by the store's frame indexes, now invalid. The open
         // chunk holds frames by value, so it stays as it is.
@@ -311,14 +328,17 @@ mod tests {
         // 10 ms apart for 2.5 s, plus one late sample from before the first cut.
         let mut times: Vec<u64> = (0..250).map(|i| i * 10_000_000).collect();
         times.insert(150, 500_000_000);
-        for t in times {
-            let thread = store.add_sample(7, s, StackEnd::Truncated);
+        // Sentry's chunks are wall-clock: waiting samples (every other one here) count too.
+        for (i, t) in times.into_iter().enumerate() {
+            let on_cpu = i % 2 == 0;
+            let thread = store.add_sample(7, s, StackEnd::Truncated, on_cpu);
             let r = SampleRef {
                 tid: 7,
                 thread,
                 time_ns: t,
                 stack: s,
                 end: StackEnd::Truncated,
+                on_cpu,
             };
             sink.on_sample(&r, &store);
         }

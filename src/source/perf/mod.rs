@@ -642,7 +642,7 @@ impl PerfSource {
                     {
                         self.spare.push(old.stack);
                     }
-                    self.send_stack(tid, time_ns, regs, stack, full);
+                    self.send_stack(tid, time_ns, regs, stack, full, true);
                 }
             }
         }
@@ -652,7 +652,15 @@ impl PerfSource {
     }
 
     /// Complete a stack copied by the kernel and send it as `tid`'s sample at `time_ns`.
-    fn send_stack(&mut self, tid: Tid, time_ns: u64, regs: Regs, mut stack: Vec<u8>, full: bool) {
+    fn send_stack(
+        &mut self,
+        tid: Tid,
+        time_ns: u64,
+        regs: Regs,
+        mut stack: Vec<u8>,
+        full: bool,
+        on_cpu: bool,
+    ) {
         let sp = regs.sp();
         let range = procmaps::find(&self.maps, sp).map(|m| (m.start, m.end));
         self.maps_stale |= range.is_none();
@@ -687,6 +695,7 @@ impl PerfSource {
         let sample = RawSample {
             tid,
             time_ns,
+            on_cpu,
             captured: Captured::Stack {
                 regs,
                 stack: StackSnapshot {
@@ -744,7 +753,7 @@ impl PerfSource {
             if let Some(p) = slot.parked.take() {
                 // Switched out (blocked or preempted) and not run since: that stack.
                 self.stats.switch_samples += 1;
-                self.send_stack(tid, now, p.regs, p.stack, p.full);
+                self.send_stack(tid, now, p.regs, p.stack, p.full, false);
                 continue;
             }
             if slot.sent && !slot.blocked_since_sent {
@@ -770,10 +779,10 @@ impl PerfSource {
             let mut stack = self.buffer();
             stack.clear();
             self.stats.proc_captures += 1;
-            self.send_stack(tid, now, regs, stack, true);
+            self.send_stack(tid, now, regs, stack, true, false);
         }
         if !repeats.is_empty() {
-            self.out.repeat(repeats, now, &mut self.stats);
+            self.out.repeat(repeats, now, false, &mut self.stats);
         }
     }
 

@@ -22,6 +22,7 @@ use crate::os::signals::{self, Wake};
 use crate::os::vm;
 use crate::procmaps::{self, Mapping};
 use crate::types::{Pid, Regs, Tid};
+use nix::sys::signal::Signal;
 use profiler_unwind::StackSnapshot;
 use timer::Schedule;
 
@@ -38,14 +39,23 @@ pub struct SamplerConfig {
     pub max_stack_bytes: usize,
     /// Try to run the sampler thread at a real-time priority.
     pub realtime: bool,
+    /// The target is a program the agent started (`profiler record`), stopped (SIGSTOP)
+    /// before its `execve`: it is continued once seized, so sampling starts at its first
+    /// instruction. Stop signals are then the program's business: SIGINT (a terminal's Ctrl-C,
+    /// which reaches the program too, as it is in the same process group) is ignored,
+    /// SIGTERM and SIGHUP are passed on to it, and sampling goes on until it exits.
+    pub launched: bool,
 }
 
 struct ThreadSlot {
     captured: bool,
     /// Tick time of the interrupt sent and not yet answered.
     requested_at: Option<u64>,
-    /// Later tick times while that interrupt is outstanding.
-    waiting: Vec<u64>,
+    /// Whether the thread was running or ready to run when that interrupt was sent.
+    requested_on_cpu: bool,
+    /// Later tick times while that interrupt is outstanding, each with whether the thread
+    /// was ready to run then (waiting for a CPU) rather than blocked.
+    waiting: Vec<(u64, bool)>,
     /// Where the thread waits and how it runs, read without stopping it.
     watch: Option<ThreadWatch>,
     /// The scheduler counts read when the thread was last seen waiting where its last
@@ -104,6 +114,11 @@ impl Sampler {
         for tid in s.tracer.threads() {
             s.add_thread(tid);
         }
+        if s.cfg.launched {
+            // Seized while stopped before its exec: let it run into the exec (reported as
+            // an event, which re-reads the maps), and so to its first instruction.
+            signals::send(s.cfg.pid, Signal::SIGCONT);
+        }
         Ok(s)
     }
 
@@ -119,6 +134,7 @@ impl Sampler {
             ThreadSlot {
                 captured: false,
                 requested_at: None,
+                requested_on_cpu: true,
                 waiting: Vec::new(),
                 watch: None,
                 still: None,
@@ -215,9 +231,26 @@ impl Sampler {
                         return Some(StopReason::TargetExited);
                     }
                 }
-                Wake::Stop(sig) => return Some(StopReason::Signal(sig)),
+                Wake::Stop(sig) => {
+                    if let Some(r) = self.stop_signal(sig) {
+                        return Some(r);
+                    }
+                }
             }
         }
+    }
+
+    /// A stop signal for the agent: the end of sampling; or, for a program the agent
+    /// started, passed on to it (SIGTERM, SIGHUP) or left to it (SIGINT, which a terminal
+    /// sends to the program as well).
+    fn stop_signal(&mut self, sig: Signal) -> Option<StopReason> {
+        if !self.cfg.launched {
+            return Some(StopReason::Signal(sig));
+        }
+        if matches!(sig, Signal::SIGTERM | Signal::SIGHUP) {
+            signals::send(self.cfg.pid, sig);
+        }
+        None
     }
 
     /// Run until the duration ends, a stop signal arrives or the target exits. Detaches
@@ -247,8 +280,12 @@ impl Sampler {
             if let Some(r) = self.sleep_until(deadline) {
                 break r;
             }
-            if let Some(sig) = self.tracer.take_stop_request() {
-                break StopReason::Signal(sig);
+            if let Some(r) = self
+                .tracer
+                .take_stop_request()
+                .and_then(|sig| self.stop_signal(sig))
+            {
+                break r;
             }
             self.drain();
             self.handle_events();
@@ -268,8 +305,12 @@ impl Sampler {
             if !self.tick() {
                 break StopReason::Aborted;
             }
-            if let Some(sig) = self.tracer.take_stop_request() {
-                break StopReason::Signal(sig);
+            if let Some(r) = self
+                .tracer
+                .take_stop_request()
+                .and_then(|sig| self.stop_signal(sig))
+            {
+                break r;
             }
         };
         self.stats.ticks_skipped = schedule.skipped();
@@ -278,6 +319,7 @@ impl Sampler {
             + schedule.period_ns() as f64 / 1e9;
         self.stats.stop = Some(stop);
         self.tracer.detach_all();
+        self.stats.exit_status = self.tracer.exit_status();
         self.stats.threads_refused = self
             .tracer
             .refused()
@@ -358,10 +400,12 @@ impl Sampler {
                 }
             }
             if pending {
-                // Still waiting for its stop from an earlier tick (it waits for a CPU): it
-                // has not run since, so that stop stands for this tick too.
+                // Still waiting for its stop from an earlier tick (it waits for a CPU, or
+                // sleeps uninterruptibly): it has not run since, so that stop stands for
+                // this tick too.
                 if slot.waiting.len() < MAX_WAITING {
-                    slot.waiting.push(now_ns);
+                    let on_cpu = slot.watch.as_mut().is_none_or(|w| w.blocked_at().is_none());
+                    slot.waiting.push((now_ns, on_cpu));
                 } else {
                     self.stats.missed += 1;
                 }
@@ -393,6 +437,9 @@ impl Sampler {
             slot.still = if unchanged { sched } else { None };
             if !unchanged {
                 slot.requested_at = Some(now_ns);
+                // Running or runnable now, unless the kernel says it waits somewhere (a
+                // thread whose files cannot be read counts as running).
+                slot.requested_on_cpu = blocked.is_none();
                 to_sample.push(tid);
             } else {
                 self.stats.repeated += 1;
@@ -400,7 +447,7 @@ impl Sampler {
             }
         }
         if !repeats.is_empty() {
-            self.out.repeat(repeats, now_ns, &mut self.stats);
+            self.out.repeat(repeats, now_ns, false, &mut self.stats);
         }
         let wait = self.tick_wait;
         self.with_capture(|tracer, cap| {
@@ -453,8 +500,13 @@ struct Capture<'a> {
     maps_miss: bool,
     /// Captures waiting for the thread to run again before their stack is completed:
     /// (sample, bytes to add from the previous capture, tick times it also stands for).
-    ready: Vec<(RawSample, usize, Vec<u64>)>,
+    ready: Vec<ReadyCapture>,
 }
+
+/// A capture whose stack is completed after the thread runs again: the sample, the bytes
+/// to add from the previous capture, and the later tick times (with whether the thread was
+/// on a CPU then) it also stands for.
+type ReadyCapture = (RawSample, usize, Vec<(u64, bool)>);
 
 impl Capture<'_> {
     /// Complete the stacks captured (their threads run again) and send them.
@@ -474,8 +526,8 @@ impl Capture<'_> {
             // Ticks that passed while the stop was on its way: the thread did not run
             // in between, so they share this stack.
             self.stats.deferred += waiting.len() as u64;
-            for t in waiting {
-                self.out.repeat(vec![tid], t, self.stats);
+            for (t, on_cpu) in waiting {
+                self.out.repeat(vec![tid], t, on_cpu, self.stats);
             }
         }
     }
@@ -511,21 +563,23 @@ impl Capture<'_> {
                 self.stats.stack_bytes += buf.len() as u64;
                 self.stats.stack_bytes_reused += reused as u64;
                 let now = self.epoch.elapsed().as_nanos() as u64;
-                let (time_ns, waiting) = match slot {
+                let (time_ns, on_cpu, waiting) = match slot {
                     Some(slot) => {
                         slot.stack_range = range;
                         slot.captured = true;
                         slot.last_sp_pc = Some((sp, regs.ip()));
                         (
                             slot.requested_at.take().unwrap_or(now),
+                            slot.requested_on_cpu,
                             std::mem::take(&mut slot.waiting),
                         )
                     }
-                    None => (now, Vec::new()),
+                    None => (now, true, Vec::new()),
                 };
                 let sample = RawSample {
                     tid,
                     time_ns,
+                    on_cpu,
                     captured: Captured::Stack {
                         regs: *regs,
                         stack: StackSnapshot {
