@@ -195,8 +195,9 @@ fn agent_keeps_only_the_capabilities_it_needs() {
             .trim();
         u64::from_str_radix(v, 16).unwrap()
     };
-    // CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19), CAP_SYS_NICE (23), CAP_CHECKPOINT_RESTORE (40).
-    let allowed: u64 = (1 << 2) | (1 << 19) | (1 << 23) | (1 << 40);
+    // CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19), CAP_SYS_NICE (23), CAP_PERFMON (38),
+    // CAP_CHECKPOINT_RESTORE (40).
+    let allowed: u64 = (1 << 2) | (1 << 19) | (1 << 23) | (1 << 38) | (1 << 40);
     for k in ["CapEff:", "CapPrm:", "CapInh:"] {
         assert_eq!(field(k) & !allowed, 0, "{k} {:x}", field(k));
     }
@@ -288,6 +289,7 @@ fn threads_the_kernel_refuses_are_reported() {
     let o = Command::new("setpriv")
         .args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", "--"])
         .arg(env!("CARGO_BIN_EXE_profiler"))
+        .env("PROFILER_SAMPLER", "ptrace")
         .args(["attach", "--pid", &fx.pid().to_string(), "-d", "1", "-o"])
         .arg(&out)
         .output()

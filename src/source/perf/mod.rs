@@ -449,6 +449,7 @@ impl PerfSource {
         let mut items = std::mem::take(&mut self.items);
         let mut lost = 0u64;
         let mut spare = std::mem::take(&mut self.spare);
+        let out = &mut self.out;
         for ring in &mut self.rings {
             ring.drain(|rec| {
                 let time = |t: Option<u64>| t.unwrap_or(0).saturating_sub(mono0);
@@ -475,7 +476,7 @@ impl PerfSource {
                         };
                         let regs = perf::regs_from_perf(|n| regs.get(n));
                         let switch = smp.id.is_some_and(|id| switch_ids.contains(&id));
-                        let mut stack = spare.pop().unwrap_or_default();
+                        let mut stack = spare.pop().unwrap_or_else(|| out.buffer());
                         stack.clear();
                         let mut full = false;
                         if let Some((data, dyn_size)) = smp.user_stack {
@@ -545,6 +546,10 @@ impl PerfSource {
                 }
             });
         }
+        // Kept for reuse: a few, and not the large ones (a deep stack's buffer goes back
+        // through the outbox's pool instead).
+        spare.retain(|b| b.capacity() <= 64 * 1024);
+        spare.truncate(16);
         self.spare = spare;
         self.stats.missed += lost;
         // Stable: records of one CPU are in order already.
