@@ -438,6 +438,7 @@ fn stops_cleanly_four_ways() {
         let child = profiler()
             .args([
                 "attach",
+                "--idle",
                 "--pid",
                 &fx.pid().to_string(),
                 "--output",
@@ -498,7 +499,15 @@ fn signals_app_passes_its_self_check_at_1000hz() {
     let dir = tmp();
     let folded = dir.path().join("p.folded");
     let agent = profiler()
-        .args(["attach", "--pid", &pid, "--frequency", "1000", "--output"])
+        .args([
+            "attach",
+            "--idle",
+            "--pid",
+            &pid,
+            "--frequency",
+            "1000",
+            "--output",
+        ])
         .arg(&folded)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -785,7 +794,13 @@ fn issue_10_perf_source_samples_blocked_and_new_threads() {
     let folded = dir.path().join("p.folded");
     // 1000 Hz: a thread is sampled per millisecond of its CPU time, and each churned
     // thread lives for about one.
-    let o = attach_for(&fx, 3.0, 1000, &folded, &["--sampler", "perf", "-v"]);
+    let o = attach_for(
+        &fx,
+        3.0,
+        1000,
+        &folded,
+        &["--sampler", "perf", "--idle", "-v"],
+    );
     let summary = stderr(&o);
     check_rate(&summary, 1000.0);
     let stacks = read_folded(&folded);
@@ -843,7 +858,13 @@ fn issue_10_perf_source_sleeping_threads_that_wake() {
     }
     let dir = tmp();
     let folded = dir.path().join("p.folded");
-    let o = attach_for(&fx, 4.0, 1000, &folded, &["--sampler", "perf", "-v"]);
+    let o = attach_for(
+        &fx,
+        4.0,
+        1000,
+        &folded,
+        &["--sampler", "perf", "--idle", "-v"],
+    );
     let summary = stderr(&o);
     let stacks = read_folded(&folded);
     let duty: Vec<(Vec<String>, u64)> = stacks
