@@ -125,7 +125,7 @@ fn live() -> std::sync::MutexGuard<'static, ()> {
 
 /// Runs `profiler` with `args`; returns its stderr, after checking it succeeded.
 fn profiler(args: &[String]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let o = common::ptrace_agent()
         .args(args)
         .env_remove("SENTRY_DSN")
         .stdin(Stdio::null())
