@@ -147,6 +147,14 @@ impl AttachConfig {
         let mut cfg = AttachConfig::from_args(&a)?;
         let program = command.first().map(String::as_str).unwrap_or_default();
         cfg.launched = Some(program.rsplit('/').next().unwrap_or(program).to_string());
+        // The program waits, stopped before its exec, for the ptrace source to release it:
+        // `record` samples with ptrace.
+        if cfg.sampler == SamplerChoice::Perf {
+            bail!(
+                "record samples with ptrace (it starts the program under it); drop --sampler perf"
+            );
+        }
+        cfg.sampler = SamplerChoice::Ptrace;
         Ok(cfg)
     }
 
