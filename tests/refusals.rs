@@ -411,6 +411,7 @@ fn the_live_threads_of_a_process_whose_main_thread_exited_are_profiled() {
     let out = tmp.path().join("p.folded");
     let o = profiler(&[
         "attach",
+        "--idle",
         "--pid",
         &pid.to_string(),
         "-d",
