@@ -163,7 +163,7 @@ mod tests {
     fn writes_svg_with_title_and_search_and_folded() {
         let dir = tempfile::tempdir().unwrap();
         let lines = vec!["t;main;work 3".to_string()];
-        let paths = [dir.path().join("p.folded"), dir.path().join("sub/p.SVG")];
+        let paths = [dir.path().join("p.folded"), dir.path().join("p.SVG")];
         let outs = output::open_all(&paths).unwrap();
         folded_to(&mut Vec::new(), &lines).unwrap();
         let mut report = SinkReport::default();

@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn files_are_private_and_rewritten() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("sub/p.folded");
+        let p = dir.path().join("p.folded");
         let outs = open_all(std::slice::from_ref(&p)).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&p).unwrap().permissions().mode();
