@@ -38,6 +38,7 @@ fn main() -> ExitCode {
     }
     // Two /proc files stay open per traced thread.
     profiler::os::proc::raise_open_files_limit();
+    profiler::os::proc::fix_malloc_threshold();
     let result = match cli.command {
         Command::Attach(args) => config::AttachConfig::from_args(&args).and_then(|mut cfg| {
             cfg.status_line = profiler::os::term::stderr_is_terminal();

@@ -99,6 +99,66 @@ pub fn find(maps: &[Mapping], addr: u64) -> Option<&Mapping> {
     maps.get(i).filter(|m| m.contains(addr))
 }
 
+/// Put `new` over `maps` (sorted by address), as the kernel does with a mapping made over
+/// others: what it covers of them is gone.
+pub fn overlay(maps: &mut Vec<Mapping>, new: Mapping) {
+    let mut out = Vec::with_capacity(maps.len() + 2);
+    for m in maps.drain(..) {
+        if m.end <= new.start || m.start >= new.end {
+            out.push(m);
+            continue;
+        }
+        if m.start < new.start {
+            let mut head = m.clone();
+            head.end = new.start;
+            out.push(head);
+        }
+        if m.end > new.end {
+            let mut tail = m;
+            if tail.inode != 0 {
+                tail.offset += new.end - tail.start;
+            }
+            tail.start = new.end;
+            out.push(tail);
+        }
+    }
+    out.push(new);
+    out.sort_by_key(|m| m.start);
+    *maps = out;
+}
+
+/// Maps text for `maps`, in the kernel's layout (private mappings).
+pub fn render(maps: &[Mapping]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for m in maps {
+        let flag = |b: bool, c: char| if b { c } else { '-' };
+        let mut line = format!(
+            "{:08x}-{:08x} {}{}{}p {:08x} {:02x}:{:02x} {} ",
+            m.start,
+            m.end,
+            flag(m.read, 'r'),
+            flag(m.write, 'w'),
+            flag(m.exec, 'x'),
+            m.offset,
+            m.dev_major,
+            m.dev_minor,
+            m.inode
+        );
+        if !m.path.is_empty() {
+            while line.len() < 73 {
+                line.push(' ');
+            }
+            line.push_str(&m.path);
+            if m.deleted {
+                line.push_str(" (deleted)");
+            }
+        }
+        let _ = writeln!(s, "{line}");
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +175,42 @@ mod tests {
 7f1c2c000000-7f1c2c021000 rw-p 00000000 00:00 0 
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
 ";
+
+    #[test]
+    fn rendered_text_parses_back_and_overlays_cut() {
+        let mut maps = parse(SAMPLE);
+        assert_eq!(parse(&render(&maps)), maps);
+        // A library mapped over the middle of libc's text.
+        let new = Mapping {
+            start: 0x7f1c2a030000,
+            end: 0x7f1c2a040000,
+            read: true,
+            write: false,
+            exec: true,
+            offset: 0x1000,
+            dev_major: 8,
+            dev_minor: 1,
+            inode: 77,
+            path: "/opt/other.so".into(),
+            deleted: false,
+        };
+        overlay(&mut maps, new.clone());
+        let text = render(&maps);
+        let back = parse(&text);
+        assert_eq!(back, maps);
+        assert_eq!(find(&back, 0x7f1c2a031000), Some(&new));
+        let head = find(&back, 0x7f1c2a02f000).unwrap();
+        assert_eq!(
+            (head.start, head.end, head.offset),
+            (0x7f1c2a028000, 0x7f1c2a030000, 0x28000)
+        );
+        let tail = find(&back, 0x7f1c2a040000).unwrap();
+        assert_eq!(
+            (tail.start, tail.offset),
+            (0x7f1c2a040000, 0x28000 + 0x18000)
+        );
+        assert!(back.windows(2).all(|w| w[0].start < w[1].start));
+    }
 
     #[test]
     fn parses_every_kind_of_line() {

@@ -288,8 +288,10 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
             sampler_stats.realtime
         ));
         details.push(format!(
-            "stack bytes reused from previous samples {}, perf: seam moved {}, off-CPU from switch samples {}, read from /proc {}",
+            "stack bytes reused from previous samples {}, loaded-object list looked at {} times ({} changed), perf: seam moved {}, off-CPU from switch samples {}, read from /proc {}",
             sampler_stats.stack_bytes_reused,
+            sampler_stats.linkmap_checks,
+            sampler_stats.linkmap_changes,
             sampler_stats.seam_moved,
             sampler_stats.switch_samples,
             sampler_stats.proc_captures

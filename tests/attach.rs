@@ -246,10 +246,10 @@ fn stripped_copies_named_from_debug_files() {
     check_c_workers(
         "c_workers_stripped_buildid",
         1000,
-        3.0,
+        5.0,
         &["--debug-dir", debug_dir.to_str().unwrap()],
     );
-    check_c_workers("c_workers_stripped_debuglink", 1000, 3.0, &[]);
+    check_c_workers("c_workers_stripped_debuglink", 1000, 5.0, &[]);
 }
 
 #[test]

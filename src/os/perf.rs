@@ -120,6 +120,10 @@ impl EventSpec {
             a.set_comm(1);
             a.set_comm_exec(1);
             a.set_context_switch(1);
+            // Executable mappings as they are made, in order with the samples: a library
+            // loaded where another was is known before the samples that ran it.
+            a.set_mmap(1);
+            a.set_mmap2(1);
         }
         a
     }

@@ -51,6 +51,12 @@ pub fn read_maps(pid: Pid) -> io::Result<String> {
     std::fs::read_to_string(task_dir(pid).join("maps"))
 }
 
+/// The process's auxiliary vector (`/proc/PID/auxv`): what the kernel told its dynamic
+/// linker at exec (where its program headers are, among others).
+pub fn read_auxv(pid: Pid) -> io::Result<Vec<u8>> {
+    std::fs::read(proc_dir(pid).join("auxv"))
+}
+
 /// Thread ids listed in `/proc/PID/task`.
 pub fn list_tasks(pid: Pid) -> io::Result<Vec<Tid>> {
     let mut tids: Vec<Tid> = std::fs::read_dir(proc_dir(pid).join("task"))?
@@ -394,6 +400,22 @@ pub fn raise_open_files_limit() -> Option<u64> {
         return Some(hard);
     }
     Some(soft)
+}
+
+/// Keep the agent's memory flat over days: large blocks (a Sentry chunk being built and
+/// encoded is megabytes) come from their own mappings, returned to the system when freed.
+/// glibc otherwise raises its mapping threshold to the largest block freed so far, after
+/// which such blocks are carved from the heap and, fragmented by the small allocations
+/// around them, never given back: measured with `make soak` (100 Hz, 60 s chunks, a target
+/// creating 500 threads a second), RSS grew 16% in 6 minutes that way, and stays within the
+/// size of one open chunk with the threshold fixed. Does nothing on other C libraries.
+pub fn fix_malloc_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes glibc's allocator settings; called at start, before
+    // the agent's threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// Read a small text file fully (sysctl values and the like).

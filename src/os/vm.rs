@@ -34,6 +34,36 @@ impl ReadMemory for LiveProcess {
     }
 }
 
+impl crate::source::linkmap::ReadBatch for LiveProcess {
+    fn read_batch(&self, reqs: &mut [(u64, &mut [u8])]) -> usize {
+        // The kernel takes at most IOV_MAX (1024) vectors a call.
+        let mut done = 0;
+        for chunk in reqs.chunks_mut(1024) {
+            let remote: Vec<RemoteIoVec> = chunk
+                .iter()
+                .map(|(a, b)| RemoteIoVec {
+                    base: *a as usize,
+                    len: b.len(),
+                })
+                .collect();
+            let want: Vec<usize> = chunk.iter().map(|(_, b)| b.len()).collect();
+            let mut local: Vec<IoSliceMut> =
+                chunk.iter_mut().map(|(_, b)| IoSliceMut::new(b)).collect();
+            // A read stops at the first range that is not mapped: count the ranges filled.
+            let mut got =
+                process_vm_readv(NixPid::from_raw(self.0), &mut local, &remote).unwrap_or(0);
+            for w in want {
+                if got < w {
+                    return done;
+                }
+                got -= w;
+                done += 1;
+            }
+        }
+        done
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +76,29 @@ mod tests {
         assert_eq!(n, 256);
         assert_eq!(out, data);
         assert_eq!(read(std::process::id() as Pid, 8, &mut out), 0);
+    }
+
+    #[test]
+    fn batch_reads_count_full_ranges_up_to_the_first_hole() {
+        use crate::source::linkmap::ReadBatch;
+        let me = LiveProcess(std::process::id() as Pid);
+        let a = [1u8; 64];
+        let b = [2u8; 16];
+        let (mut x, mut y, mut z) = ([0u8; 64], [0u8; 16], [0u8; 8]);
+        let mut reqs: Vec<(u64, &mut [u8])> = vec![
+            (a.as_ptr() as u64, &mut x[..]),
+            (b.as_ptr() as u64, &mut y[..]),
+            (8, &mut z[..]),
+        ];
+        assert_eq!(me.read_batch(&mut reqs), 2);
+        assert_eq!((x, y), (a, b));
+        // More ranges than one call takes.
+        let mut bufs = vec![[0u8; 4]; 2500];
+        let mut reqs: Vec<(u64, &mut [u8])> = bufs
+            .iter_mut()
+            .map(|b| (a.as_ptr() as u64, &mut b[..]))
+            .collect();
+        assert_eq!(me.read_batch(&mut reqs), 2500);
+        assert!(bufs.iter().all(|b| *b == [1u8; 4]));
     }
 }

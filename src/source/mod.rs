@@ -7,6 +7,7 @@
 //! A source must never block on the stages after it: [`Outbox`] drops samples (counted)
 //! when they fall behind and holds the few control events until there is room.
 
+pub mod linkmap;
 pub mod perf;
 pub mod ptrace;
 pub mod stack_cache;
@@ -109,6 +110,11 @@ pub enum StopReason {
 /// Counters from a source.
 #[derive(Clone, Debug, Default)]
 pub struct SourceStats {
+    /// Looks at the dynamic linker's list of loaded objects.
+    pub linkmap_checks: u64,
+    /// Looks that found it changed (each followed by a read of the maps before the
+    /// samples of that round were sent).
+    pub linkmap_changes: u64,
     /// Which source ran (`ptrace` or `perf`).
     pub source: &'static str,
     /// Ticks run.

@@ -44,8 +44,13 @@ pub struct SentrySink {
     /// (its thread stopped late) is placed at this time, so chunks never overlap.
     last_cut: u64,
     builder: ChunkBuilder,
-    /// Modules used by the samples of the open chunk.
+    /// Modules used by the samples of the open chunk, with their address ranges.
     used_modules: Vec<u32>,
+    open_images: rustc_hash::FxHashMap<u32, (u64, u64)>,
+    /// Modules of the sample being added.
+    sample_modules: Vec<u32>,
+    /// Chunks closed early because a module took the addresses of another one in them.
+    pub closed_at_swaps: u64,
     resolved: HashMap<u32, Arc<[ResolvedFrame]>>,
     images: HashMap<u32, Option<ImageInfo>>,
     idx: Vec<u32>,
@@ -78,6 +83,9 @@ impl SentrySink {
             window_start: None,
             last_cut: 0,
             used_modules: Vec::new(),
+            open_images: Default::default(),
+            sample_modules: Vec::new(),
+            closed_at_swaps: 0,
             resolved: HashMap::new(),
             images: HashMap::new(),
             idx: Vec::new(),
@@ -113,6 +121,7 @@ impl SentrySink {
             }
         }
         self.used_modules.clear();
+        self.open_images.clear();
         let b = std::mem::replace(
             &mut self.builder,
             ChunkBuilder::new(&self.meta, &self.in_app),
@@ -134,6 +143,41 @@ impl SentrySink {
         }
     }
 
+    /// Add the sample's modules to the open chunk's. A module over the addresses of
+    /// another one the chunk already holds (a library unloaded and another loaded in its
+    /// place) closes the chunk first: the debug images of one chunk never overlap, so
+    /// Sentry can tell which image each address belongs to.
+    fn note_modules(&mut self, store: &Store) {
+        let mut modules = std::mem::take(&mut self.sample_modules);
+        modules.sort_unstable();
+        modules.dedup();
+        let range = |id: u32| {
+            store
+                .module(id)
+                .map_or((0, 0), |m| (m.image_addr, m.image_addr + m.image_size))
+        };
+        let swapped = modules.iter().any(|&id| {
+            if self.open_images.contains_key(&id) {
+                return false;
+            }
+            let (lo, hi) = range(id);
+            self.open_images
+                .values()
+                .any(|&(a, b)| lo < b && a < hi && lo < hi)
+        });
+        if swapped && self.samples_in_open > 0 {
+            self.closed_at_swaps += 1;
+            self.close(store);
+        }
+        for &id in &modules {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.open_images.entry(id) {
+                e.insert(range(id));
+                self.used_modules.push(id);
+            }
+        }
+        self.sample_modules = modules;
+    }
+
     /// Fill `self.frames` with the sample's frames, leaf first, inlined frames sharing
     /// their address; markers are left out.
     fn resolve_stack(&mut self, store: &Store, sample: &SampleRef) {
@@ -143,7 +187,7 @@ impl SentrySink {
         for &f in &self.idx {
             let key = store.frame_key(f);
             if key.module != NO_MODULE {
-                self.used_modules.push(key.module);
+                self.sample_modules.push(key.module);
             }
             let resolved = self.resolved.entry(f).or_insert_with(|| {
                 store
@@ -175,7 +219,9 @@ impl Sink for SentrySink {
             self.last_cut = cut;
             self.window_start = Some(cut);
         }
+        self.sample_modules.clear();
         self.resolve_stack(store, sample);
+        self.note_modules(store);
         let name = store.thread_name_of(sample.tid);
         let ts = self.wall_epoch + t.max(self.last_cut) as f64 / 1e9;
         self.samples_in_open += 1;
@@ -188,6 +234,12 @@ impl Sink for SentrySink {
             self.samples_in_open -= 1;
             self.close(store);
             self.samples_in_open += 1;
+            for &id in &self.sample_modules {
+                let m = store.module(id);
+                let r = m.map_or((0, 0), |m| (m.image_addr, m.image_addr + m.image_size));
+                self.open_images.insert(id, r);
+                self.used_modules.push(id);
+            }
             let _ = self.builder.add_sample(sample.tid, name, ts, &self.frames);
         }
     }
@@ -222,6 +274,12 @@ impl Sink for SentrySink {
             "sentry: profiler_id {}; {} chunks with {} samples ({} samples of threads with a single sample in a window left out, as Sentry requires)",
             self.meta.profiler_id, self.chunks, self.samples_in_chunks, self.samples_left_out
         ));
+        if self.closed_at_swaps > 0 {
+            report.lines.push(format!(
+                "sentry: {} chunks closed early where a library took the place of another (no chunk lists two images at one address)",
+                self.closed_at_swaps
+            ));
+        }
         if let ChunkOut::Uploader {
             chunks,
             handle,

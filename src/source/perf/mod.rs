@@ -155,6 +155,11 @@ enum Item {
         tid: Tid,
         time_ns: u64,
     },
+    /// An executable mapping made.
+    Mmap {
+        time_ns: u64,
+        mapping: Mapping,
+    },
 }
 
 impl Item {
@@ -163,7 +168,8 @@ impl Item {
             Item::Sample { time_ns, .. }
             | Item::Switch { time_ns, .. }
             | Item::Name { time_ns, .. }
-            | Item::Exit { time_ns, .. } => *time_ns,
+            | Item::Exit { time_ns, .. }
+            | Item::Mmap { time_ns, .. } => *time_ns,
         }
     }
 }
@@ -175,6 +181,36 @@ pub struct Refused {
     pub errno: Errno,
     /// The cause and what to do about it.
     pub reason: String,
+}
+
+/// The mapping an `MMAP2` record describes, when it is executable.
+fn exec_mapping(m: &linux_perf_event_reader::Mmap2Record<'_>) -> Option<Mapping> {
+    use linux_perf_event_reader::Mmap2FileId;
+    if m.protection & libc::PROT_EXEC as u32 == 0 {
+        return None;
+    }
+    let (dev_major, dev_minor, inode) = match &m.file_id {
+        Mmap2FileId::InodeAndVersion(f) => (f.major, f.minor, f.inode),
+        Mmap2FileId::BuildId(_) => (0, 0, 0),
+    };
+    let mut path = String::from_utf8_lossy(&m.path.as_slice()).into_owned();
+    let deleted = path.ends_with(" (deleted)");
+    if deleted {
+        path.truncate(path.len() - " (deleted)".len());
+    }
+    Some(Mapping {
+        start: m.address,
+        end: m.address.saturating_add(m.length),
+        read: m.protection & libc::PROT_READ as u32 != 0,
+        write: m.protection & libc::PROT_WRITE as u32 != 0,
+        exec: true,
+        offset: m.page_offset,
+        dev_major,
+        dev_minor,
+        inode,
+        path,
+        deleted,
+    })
 }
 
 fn now_mono_ns() -> u64 {
@@ -421,6 +457,28 @@ impl PerfSource {
         true
     }
 
+    /// An executable mapping was made (records come in order with the samples): unless
+    /// the maps known have it already, read them now, so the samples after it are named
+    /// with it. When the maps read no longer hold it either (changed again since), the
+    /// mapping is put over the known ones for the samples in between.
+    fn mapped(&mut self, m: Mapping) {
+        let known = |maps: &[Mapping]| {
+            procmaps::find(maps, m.start).is_some_and(|k| {
+                k.start == m.start && k.exec && k.inode == m.inode && k.path == m.path
+            })
+        };
+        if known(&self.maps) {
+            return;
+        }
+        self.stats.linkmap_changes += 1;
+        if self.refresh_maps() && known(&self.maps) {
+            return;
+        }
+        procmaps::overlay(&mut self.maps, m);
+        self.out
+            .control(SourceEvent::Maps(procmaps::render(&self.maps)));
+    }
+
     /// False once the target has exited (every thread gone or a zombie).
     fn target_alive(&self) -> bool {
         match proc::stat(self.cfg.pid) {
@@ -526,6 +584,14 @@ impl PerfSource {
                             exec: is_execve,
                         });
                     }
+                    Ok(EventRecord::Mmap2(m)) if m.pid == pid => {
+                        if let Some(mapping) = exec_mapping(&m) {
+                            items.push(Item::Mmap {
+                                time_ns: time(rtime),
+                                mapping,
+                            });
+                        }
+                    }
                     Ok(EventRecord::Exit(e)) if e.pid == pid => {
                         items.push(Item::Exit {
                             tid: e.tid,
@@ -583,6 +649,7 @@ impl PerfSource {
                     }
                 }
                 Item::Exit { tid, .. } => exits.push(tid),
+                Item::Mmap { mapping, .. } => self.mapped(mapping),
                 Item::Switch {
                     tid,
                     time_ns,
@@ -833,18 +900,21 @@ impl PerfSource {
                     break StopReason::TargetExited;
                 }
             }
-            let since = self.maps_read_at.elapsed();
-            if (since >= self.maps_interval || (self.maps_stale && since >= MAPS_STALE_INTERVAL))
-                && !self.refresh_maps()
-            {
-                break StopReason::TargetExited;
-            }
             let tick_ns = self.now_ns();
             first_tick.get_or_insert(tick_ns);
             last_tick = tick_ns;
             self.stats.ticks += 1;
             self.drain();
             self.process();
+            // The maps are read after the samples taken so far are sent, so none of them
+            // is named with maps newer than itself (mappings made before a sample come as
+            // records ahead of it).
+            let since = self.maps_read_at.elapsed();
+            if (since >= self.maps_interval || (self.maps_stale && since >= MAPS_STALE_INTERVAL))
+                && !self.refresh_maps()
+            {
+                break StopReason::TargetExited;
+            }
             self.tick();
             self.out.flush();
             if self.out.closed() {

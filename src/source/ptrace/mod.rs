@@ -14,6 +14,7 @@ pub mod timer;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::linkmap::{self, LinkMapWatch};
 use super::stack_cache::{Completion, StackCache};
 use super::{Captured, Outbox, RawSample, SourceEvent, SourceStats, StackSource, StopReason};
 use crate::os::proc::{self, ThreadWatch};
@@ -87,6 +88,11 @@ pub struct Sampler {
     epoch: Instant,
     stats: SourceStats,
     tick_wait: Duration,
+    /// The dynamic linker's list of loaded objects, looked at after every round of
+    /// captures: a library swapped at one address is seen before the samples that ran it.
+    linkmap: Option<LinkMapWatch>,
+    /// No list to watch (a static program, or one that is not a list).
+    linkmap_off: bool,
 }
 
 impl Sampler {
@@ -109,6 +115,8 @@ impl Sampler {
                 ..SourceStats::default()
             },
             tick_wait: Duration::from_millis(20),
+            linkmap: None,
+            linkmap_off: false,
         };
         s.refresh_maps();
         for tid in s.tracer.threads() {
@@ -167,8 +175,48 @@ impl Sampler {
             for t in self.threads.values_mut() {
                 t.stack_range = None;
             }
+            self.watch_linkmap();
         }
         true
+    }
+
+    /// Start watching the dynamic linker's list of objects once it can be found (its
+    /// address is filled in by the dynamic linker as the program starts, which maps
+    /// libraries: so it is looked for whenever the maps changed, until found).
+    fn watch_linkmap(&mut self) {
+        if self.linkmap.is_some() || self.linkmap_off {
+            return;
+        }
+        let mem = vm::LiveProcess(self.cfg.pid);
+        let Ok(auxv) = proc::read_auxv(self.cfg.pid) else {
+            return;
+        };
+        if let Some(at) = linkmap::find_r_debug(&auxv, &mem) {
+            let w = LinkMapWatch::new(at, &mem);
+            if w.broken() {
+                self.linkmap_off = true;
+            } else {
+                self.linkmap = Some(w);
+            }
+        }
+    }
+
+    /// After a round of captures: when the list of loaded objects changed, re-read the
+    /// maps now, so the samples just taken are unwound and named with the objects they ran.
+    fn check_linkmap(&mut self) {
+        let Some(w) = self.linkmap.as_mut() else {
+            return;
+        };
+        self.stats.linkmap_checks += 1;
+        if !w.changed(&vm::LiveProcess(self.cfg.pid)) {
+            return;
+        }
+        self.stats.linkmap_changes += 1;
+        if w.broken() {
+            self.linkmap = None;
+            self.linkmap_off = true;
+        }
+        self.refresh_maps();
     }
 
     fn now_ns(&self) -> u64 {
@@ -185,6 +233,8 @@ impl Sampler {
                 }
                 Event::ThreadExited(tid) => self.forget(tid),
                 Event::Exec => {
+                    self.linkmap = None;
+                    self.linkmap_off = false;
                     self.refresh_maps();
                     for t in self.threads.values_mut() {
                         t.watch = None;
@@ -360,11 +410,20 @@ impl Sampler {
             ready: Vec::new(),
         };
         f(tracer, &mut cap);
+        let Capture {
+            gone,
+            maps_miss,
+            ready,
+            ..
+        } = cap;
+        self.maps_stale |= maps_miss;
+        // A library swapped since the last look is in the maps before these samples.
+        if !ready.is_empty() {
+            self.check_linkmap();
+        }
         // Every thread captured runs again: complete the stacks from their previous
         // captures and send them.
-        cap.send_ready();
-        let gone = cap.gone;
-        self.maps_stale |= cap.maps_miss;
+        send_ready(ready, &self.threads, &mut self.out, &mut self.stats);
         for tid in gone {
             self.forget(tid);
         }
@@ -508,30 +567,35 @@ struct Capture<'a> {
 /// on a CPU then) it also stands for.
 type ReadyCapture = (RawSample, usize, Vec<(u64, bool)>);
 
-impl Capture<'_> {
-    /// Complete the stacks captured (their threads run again) and send them.
-    fn send_ready(&mut self) {
-        for (mut sample, reused, waiting) in std::mem::take(&mut self.ready) {
-            let tid = sample.tid;
-            if reused > 0
-                && let Captured::Stack { stack, .. } = &mut sample.captured
-                && let Some(slot) = self.threads.get(&tid)
-            {
-                slot.cache
-                    .append_reused(stack.start, &mut stack.bytes, reused);
-            }
-            if !self.out.sample(sample, waiting.len() as u64, self.stats) {
-                continue;
-            }
-            // Ticks that passed while the stop was on its way: the thread did not run
-            // in between, so they share this stack.
-            self.stats.deferred += waiting.len() as u64;
-            for (t, on_cpu) in waiting {
-                self.out.repeat(vec![tid], t, on_cpu, self.stats);
-            }
+/// Complete the stacks captured (their threads run again) and send them.
+fn send_ready(
+    ready: Vec<ReadyCapture>,
+    threads: &HashMap<Tid, ThreadSlot>,
+    out: &mut Outbox,
+    stats: &mut SourceStats,
+) {
+    for (mut sample, reused, waiting) in ready {
+        let tid = sample.tid;
+        if reused > 0
+            && let Captured::Stack { stack, .. } = &mut sample.captured
+            && let Some(slot) = threads.get(&tid)
+        {
+            slot.cache
+                .append_reused(stack.start, &mut stack.bytes, reused);
+        }
+        if !out.sample(sample, waiting.len() as u64, stats) {
+            continue;
+        }
+        // Ticks that passed while the stop was on its way: the thread did not run
+        // in between, so they share this stack.
+        stats.deferred += waiting.len() as u64;
+        for (t, on_cpu) in waiting {
+            out.repeat(vec![tid], t, on_cpu, stats);
         }
     }
+}
 
+impl Capture<'_> {
     /// A thread stopped for its sample (runs while it is stopped: copy the stack), or could
     /// not be sampled.
     fn on_stop(&mut self, tid: Tid, result: Result<&Regs, Missed>) {
