@@ -78,6 +78,35 @@ mod tests {
         assert_eq!(read(std::process::id() as Pid, 8, &mut out), 0);
     }
 
+    /// The agent's own dynamic linker list, read as the sampler reads a target's: found
+    /// through auxv, unchanged between looks, and what a look costs (printed).
+    #[test]
+    fn own_link_map_found_and_unchanged() {
+        use crate::source::linkmap::{LinkMapWatch, find_r_debug};
+        let pid = std::process::id() as Pid;
+        let me = LiveProcess(pid);
+        let auxv = crate::os::proc::read_auxv(pid).unwrap();
+        let at = find_r_debug(&auxv, &me).expect("a dynamically linked test binary");
+        let mut w = LinkMapWatch::new(at, &me);
+        assert!(w.objects() >= 3, "{} objects", w.objects());
+        let n = 20_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            assert!(!w.changed(&me));
+        }
+        let look = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        let mut b = [0u8; 40];
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            read(pid, at, &mut b);
+        }
+        eprintln!(
+            "link map of {} objects: {look:.2} µs a look (one 40-byte read: {:.2} µs)",
+            w.objects(),
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+    }
+
     #[test]
     fn batch_reads_count_full_ranges_up_to_the_first_hole() {
         use crate::source::linkmap::ReadBatch;

@@ -8,8 +8,8 @@
 //! section, next, previous), one per loaded object, and `r_debug.r_state` is not
 //! `RT_CONSISTENT` while `dlopen` or `dlclose` changes that list. A debugger puts a
 //! breakpoint on `r_brk`; the agent never writes to the target, so it reads instead: the
-//! header and every list entry it knows of in one `process_vm_readv` with one vector per
-//! entry, then their names in a second. When anything differs (an entry, a name, the state)
+//! header, every list entry it knows of and their names in one `process_vm_readv`, with one
+//! vector each. When anything differs (an entry, a name, the state)
 //! the source re-reads the maps before it sends the samples of that tick.
 //!
 //! Pure: the memory comes through [`ReadBatch`], so tests feed it plain bytes. Limits: the
@@ -181,8 +181,8 @@ impl LinkMapWatch {
     }
 
     /// True when the list may have changed since the last look: an object was added,
-    /// removed or replaced, it is being changed right now, or it could not be read. Two
-    /// reads of the target's memory when nothing changed.
+    /// removed or replaced, it is being changed right now, or it could not be read.
+    /// One read of the target's memory (one vector per entry and name) when nothing changed.
     pub fn changed(&mut self, mem: &impl ReadBatch) -> bool {
         if self.same_as_seen(mem) {
             return false;
@@ -195,19 +195,32 @@ impl LinkMapWatch {
         !ok || self.header != before.0 || self.seen != before.1
     }
 
-    /// The fast path: the header and every known entry in one read, then their names in
-    /// another, compared with what was seen.
+    /// The fast path: the header, every known entry and their names in one read,
+    /// compared with what was seen.
     fn same_as_seen(&mut self, mem: &impl ReadBatch) -> bool {
         if self.seen.is_empty() || u32_at(&self.header, 24) != RT_CONSISTENT {
             return false;
         }
         let mut header = [0u8; R_DEBUG_SIZE];
         self.nodes.resize(self.seen.len(), [0; LINK_MAP_SIZE]);
+        let total: usize = self.seen.iter().map(|s| s.name.len()).sum();
+        self.names.clear();
+        self.names.resize(total, 0);
         {
-            let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(self.seen.len() + 1);
+            // Names are read where they were: a name that moved comes with a changed
+            // entry, which is compared below first.
+            let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(2 * self.seen.len() + 1);
             reqs.push((self.r_debug, &mut header[..]));
             for (s, buf) in self.seen.iter().zip(self.nodes.iter_mut()) {
                 reqs.push((s.node, &mut buf[..]));
+            }
+            let mut rest = &mut self.names[..];
+            for s in &self.seen {
+                let (buf, tail) = rest.split_at_mut(s.name.len());
+                rest = tail;
+                if !buf.is_empty() {
+                    reqs.push((s.name_ptr(), buf));
+                }
             }
             let n = reqs.len();
             if mem.read_batch(&mut reqs) != n {
@@ -222,24 +235,6 @@ impl LinkMapWatch {
                 .any(|(b, s)| *b != s.fields)
         {
             return false;
-        }
-        let total: usize = self.seen.iter().map(|s| s.name.len()).sum();
-        self.names.clear();
-        self.names.resize(total, 0);
-        {
-            let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(self.seen.len());
-            let mut rest = &mut self.names[..];
-            for s in &self.seen {
-                let (buf, tail) = rest.split_at_mut(s.name.len());
-                rest = tail;
-                if !buf.is_empty() {
-                    reqs.push((s.name_ptr(), buf));
-                }
-            }
-            let n = reqs.len();
-            if mem.read_batch(&mut reqs) != n {
-                return false;
-            }
         }
         let mut at = 0;
         self.seen.iter().all(|s| {
@@ -395,14 +390,14 @@ mod tests {
     }
 
     #[test]
-    fn nothing_changed_costs_two_reads() {
+    fn nothing_changed_costs_one_read() {
         let f = process("/lib/liba.so");
         let mut w = LinkMapWatch::new(R_DEBUG, &f);
         assert_eq!(w.objects(), 2);
         f.batches.set(0);
         f.put(HEAP + 0x300 + 13, &[0x55]); // past the name's zero
         assert!(!w.changed(&f));
-        assert_eq!(f.batches.get(), 2);
+        assert_eq!(f.batches.get(), 1);
     }
 
     #[test]
