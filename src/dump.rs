@@ -220,9 +220,9 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
     // Unwind and name, the target running again.
     // The stage hands stack buffers back and counts bytes in flight for a live source;
     // here nothing is in flight and the buffers are dropped.
-    let (pool_tx, _pool_rx) = crossbeam_channel::unbounded();
+    let pool = crate::source::BufferPool::default();
     let in_flight = Arc::new(AtomicUsize::new(usize::MAX / 2));
-    let mut unwind = UnwindStage::new(LiveFiles::new(pid), MAX_FRAMES, pool_tx, in_flight)
+    let mut unwind = UnwindStage::new(LiveFiles::new(pid), MAX_FRAMES, pool, in_flight)
         .with_reread(move || proc::read_maps(pid).ok());
     let mut namer = Namer::new(Symbolizer::new(debug_dirs.to_vec()));
     let mut store = Store::new();

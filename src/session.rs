@@ -121,7 +121,7 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
 
     let (src_tx, src_rx) = bounded(8192);
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let (pool_tx, pool_rx) = bounded(256);
+    let pool = crate::source::BufferPool::default();
     let (init_tx, init_rx) = bounded(1);
     let scfg = SamplerConfig {
         pid: cfg.pid,
@@ -138,7 +138,7 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
         max_stack_bytes: cfg.max_stack_bytes,
         realtime: cfg.realtime,
     };
-    let outbox = Outbox::new(src_tx, pool_rx, in_flight.clone());
+    let outbox = Outbox::new(src_tx, pool.clone(), in_flight.clone());
     let choice = cfg.sampler;
     let pid = cfg.pid;
     let source = std::thread::Builder::new()
@@ -202,7 +202,7 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
     let pid = cfg.pid;
     let files = LiveFiles::new(pid);
     let perf_map = PerfMap::new(files.root(), proc::ns_pid(pid).unwrap_or(pid));
-    let stage = UnwindStage::new(files, cfg.max_frames, pool_tx, in_flight)
+    let stage = UnwindStage::new(files, cfg.max_frames, pool, in_flight)
         .with_reread(move || proc::read_maps(pid).ok());
     let unwinder = std::thread::Builder::new()
         .name("unwinder".into())

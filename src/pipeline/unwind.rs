@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::{FrameKey, NO_MODULE, Unwound, UnwoundStack};
 use crate::modules::{ModuleMap, ModuleSource, WithCode};
 use crate::procmaps;
-use crate::source::{Captured, SourceEvent};
+use crate::source::{BufferPool, Captured, SourceEvent};
 use crate::types::{FrameAddr, StackEnd};
 use profiler_unwind::Unwinder;
 
@@ -45,7 +45,7 @@ pub struct UnwindStage<S: ModuleSource> {
     unwinder: Unwinder,
     frames: Vec<FrameAddr>,
     /// Stack buffers go back to the source.
-    pool: Sender<Vec<u8>>,
+    pool: BufferPool,
     /// Stack bytes in flight from the source.
     in_flight: Arc<AtomicUsize>,
     last_reread: Option<Instant>,
@@ -54,12 +54,7 @@ pub struct UnwindStage<S: ModuleSource> {
 
 impl<S: ModuleSource> UnwindStage<S> {
     /// A stage reading module files through `files`.
-    pub fn new(
-        files: S,
-        max_frames: usize,
-        pool: Sender<Vec<u8>>,
-        in_flight: Arc<AtomicUsize>,
-    ) -> Self {
+    pub fn new(files: S, max_frames: usize, pool: BufferPool, in_flight: Arc<AtomicUsize>) -> Self {
         UnwindStage {
             files,
             reread: None,
@@ -125,7 +120,7 @@ impl<S: ModuleSource> UnwindStage<S> {
         {
             self.in_flight
                 .fetch_sub(stack.bytes.len(), Ordering::Relaxed);
-            let _ = self.pool.try_send(stack.bytes);
+            self.pool.give(stack.bytes);
         }
     }
 
@@ -173,7 +168,7 @@ impl<S: ModuleSource> UnwindStage<S> {
                         self.stats.unwind_time += t0.elapsed();
                         self.in_flight
                             .fetch_sub(stack.bytes.len(), Ordering::Relaxed);
-                        let _ = self.pool.try_send(stack.bytes);
+                        self.pool.give(stack.bytes);
                         end
                     }
                     Captured::Frames { frames, end } => {

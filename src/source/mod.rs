@@ -208,6 +208,55 @@ pub trait StackSource {
 /// dropped (and counted) rather than queued.
 pub const MAX_IN_FLIGHT: usize = 16 << 20;
 
+/// Most bytes of stack buffers kept for reuse (deep stacks make megabyte buffers: keeping
+/// every one ever made would hold the high-water mark of a burst for the whole session).
+pub const POOL_BYTES: usize = 8 << 20;
+
+/// Stack buffers handed back by the unwinder (or by the source, for dropped samples) for
+/// the next copies, at most [`POOL_BYTES`] of them; a buffer past that is freed.
+#[derive(Clone)]
+pub struct BufferPool {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Default for BufferPool {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(256);
+        BufferPool {
+            tx,
+            rx,
+            bytes: Arc::default(),
+        }
+    }
+}
+
+impl BufferPool {
+    /// Keep `buf` for reuse, or free it when the pool holds enough.
+    pub fn give(&self, buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if self.bytes.load(Ordering::Relaxed) + cap > POOL_BYTES {
+            return;
+        }
+        if self.tx.try_send(buf).is_ok() {
+            self.bytes.fetch_add(cap, Ordering::Relaxed);
+        }
+    }
+
+    /// A buffer kept for reuse, if any.
+    pub fn take(&self) -> Option<Vec<u8>> {
+        let buf = self.rx.try_recv().ok()?;
+        self.bytes.fetch_sub(buf.capacity(), Ordering::Relaxed);
+        Some(buf)
+    }
+
+    /// Bytes kept now.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
 /// Most control events (maps, names, exits) held while the channel is full.
 const MAX_HELD: usize = 65_536;
 
@@ -216,10 +265,8 @@ const MAX_HELD: usize = 65_536;
 /// reuse; control events wait in order in a small queue until there is room.
 pub struct Outbox {
     tx: Sender<SourceEvent>,
-    /// Stack buffers handed back by the unwinder.
-    pool: Receiver<Vec<u8>>,
-    /// Buffers of samples that were dropped.
-    spare: Vec<Vec<u8>>,
+    /// Stack buffers handed back by the unwinder, and by this outbox for dropped samples.
+    pool: BufferPool,
     /// Stack bytes sent and not yet unwound (the unwinder subtracts what it handled).
     in_flight: Arc<AtomicUsize>,
     held: VecDeque<SourceEvent>,
@@ -228,15 +275,10 @@ pub struct Outbox {
 
 impl Outbox {
     /// An outbox sending on `tx`; buffers come back through `pool`.
-    pub fn new(
-        tx: Sender<SourceEvent>,
-        pool: Receiver<Vec<u8>>,
-        in_flight: Arc<AtomicUsize>,
-    ) -> Self {
+    pub fn new(tx: Sender<SourceEvent>, pool: BufferPool, in_flight: Arc<AtomicUsize>) -> Self {
         Outbox {
             tx,
             pool,
-            spare: Vec::new(),
             in_flight,
             held: VecDeque::new(),
             closed: false,
@@ -245,10 +287,7 @@ impl Outbox {
 
     /// A buffer for a stack copy.
     pub fn buffer(&mut self) -> Vec<u8> {
-        self.spare
-            .pop()
-            .or_else(|| self.pool.try_recv().ok())
-            .unwrap_or_default()
+        self.pool.take().unwrap_or_default()
     }
 
     /// True when the receiving side went away.
@@ -357,10 +396,8 @@ impl Outbox {
     }
 
     fn recycle(&mut self, s: RawSample) {
-        if let Captured::Stack { stack, .. } = s.captured
-            && self.spare.len() < 64
-        {
-            self.spare.push(stack.bytes);
+        if let Captured::Stack { stack, .. } = s.captured {
+            self.pool.give(stack.bytes);
         }
     }
 }
@@ -388,9 +425,9 @@ mod tests {
     #[test]
     fn dropped_samples_leave_nothing_in_flight_and_keep_their_buffers() {
         let (tx, rx) = bounded(1);
-        let (_pool_tx, pool_rx) = bounded(4);
+        let pool = BufferPool::default();
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let mut out = Outbox::new(tx, pool_rx, in_flight.clone());
+        let mut out = Outbox::new(tx, pool.clone(), in_flight.clone());
         let mut stats = SourceStats::default();
         assert!(out.sample(sample(1, 1 << 20), 0, &mut stats));
         // The channel is full from here on: every later sample is dropped, and none of
@@ -400,6 +437,12 @@ mod tests {
         }
         assert_eq!(stats.dropped, 40 * 3);
         assert_eq!(in_flight.load(Ordering::Relaxed), 1 << 20);
+        // Their buffers are kept for reuse, but not all 40 MiB of them.
+        assert!(
+            pool.bytes() >= 1 << 20 && pool.bytes() <= POOL_BYTES,
+            "{}",
+            pool.bytes()
+        );
         assert_eq!(
             out.buffer().len(),
             1 << 20,
@@ -416,8 +459,7 @@ mod tests {
     #[test]
     fn control_events_wait_in_order_and_never_block() {
         let (tx, rx) = bounded(2);
-        let (_pool_tx, pool_rx) = bounded(1);
-        let mut out = Outbox::new(tx, pool_rx, Arc::default());
+        let mut out = Outbox::new(tx, BufferPool::default(), Arc::default());
         let mut stats = SourceStats::default();
         out.control(SourceEvent::Maps("a".into()));
         assert!(out.sample(sample(1, 16), 0, &mut stats));
