@@ -206,11 +206,11 @@ pub trait StackSource {
 
 /// Most stack bytes in flight between a source and the unwinder; beyond, samples are
 /// dropped (and counted) rather than queued.
-pub const MAX_IN_FLIGHT: usize = 16 << 20;
+pub const MAX_IN_FLIGHT: usize = 8 << 20;
 
 /// Most bytes of stack buffers kept for reuse (deep stacks make megabyte buffers: keeping
 /// every one ever made would hold the high-water mark of a burst for the whole session).
-pub const POOL_BYTES: usize = 8 << 20;
+pub const POOL_BYTES: usize = 4 << 20;
 
 /// Stack buffers handed back by the unwinder (or by the source, for dropped samples) for
 /// the next copies, at most [`POOL_BYTES`] of them; a buffer past that is freed.
