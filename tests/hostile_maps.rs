@@ -6,7 +6,7 @@
 mod hostile_support;
 
 use hostile_support::config;
-use profiler::procmaps::{Mapping, find, parse, parse_line};
+use profiler::procmaps::{Mapping, find, parse, parse_line, render};
 use proptest::prelude::*;
 
 /// Print a mapping the way the kernel's `show_map_vma` does: fixed-width hex fields, the
@@ -84,6 +84,14 @@ fn mapping() -> impl Strategy<Value = Mapping> {
 
 proptest! {
     #![proptest_config(config(512))]
+
+    /// The agent's own maps text (made from the perf source's mmap records) is the
+    /// kernel's, line for line, as printed by the independent `kernel_line` above.
+    #[test]
+    fn rendered_maps_are_the_kernels_text(maps in proptest::collection::vec(mapping(), 0..8)) {
+        let want: String = maps.iter().map(|m| kernel_line(m) + "\n").collect();
+        prop_assert_eq!(render(&maps), want);
+    }
 
     /// Any bytes at all (read as the kernel's text would be, lossily): no panic, and
     /// whatever parses is a well-formed mapping.
