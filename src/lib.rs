@@ -23,6 +23,7 @@ pub mod os;
 pub mod perfmap;
 pub mod pipeline;
 pub mod procmaps;
+pub mod python;
 pub mod progress;
 pub mod record;
 pub mod session;
