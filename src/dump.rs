@@ -244,7 +244,8 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
                 tid,
                 time_ns: 0,
                 on_cpu: false,
-                captured: Captured::Stack {
+                python: None,
+            captured: Captured::Stack {
                     regs: t.regs,
                     stack: StackSnapshot {
                         start: t.regs.sp(),

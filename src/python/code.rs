@@ -89,7 +89,7 @@ impl CodeCache {
 
     /// Resolve the code object at `addr` for an instruction at byte offset `instr`.
     /// `code_type`: the address of `PyCode_Type` when known, to check the object's type.
-    pub fn resolve<M: ReadMemory>(
+    pub fn resolve<M: ReadMemory + ?Sized>(
         &mut self,
         mem: &M,
         l: &Layout,
@@ -181,7 +181,7 @@ impl CodeCache {
 
 /// A `str` object's text: compact ASCII and compact Latin-1/UCS-2/UCS-4 strings (what the
 /// compiler makes of names and file names); None otherwise.
-pub fn read_str<M: ReadMemory>(mem: &M, l: &Layout, addr: u64) -> Option<String> {
+pub fn read_str<M: ReadMemory + ?Sized>(mem: &M, l: &Layout, addr: u64) -> Option<String> {
     if addr < 4096 {
         return None;
     }
@@ -226,7 +226,7 @@ pub fn read_str<M: ReadMemory>(mem: &M, l: &Layout, addr: u64) -> Option<String>
 }
 
 /// A `bytes` object's contents (line tables), bounded.
-pub fn read_bytes_obj<M: ReadMemory>(mem: &M, l: &Layout, addr: u64) -> Option<Vec<u8>> {
+pub fn read_bytes_obj<M: ReadMemory + ?Sized>(mem: &M, l: &Layout, addr: u64) -> Option<Vec<u8>> {
     if addr < 4096 {
         return None;
     }

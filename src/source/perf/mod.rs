@@ -701,6 +701,7 @@ impl PerfSource {
             tid,
             time_ns,
             on_cpu,
+            python: None,
             captured: Captured::Stack {
                 regs,
                 stack: StackSnapshot {

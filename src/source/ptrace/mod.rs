@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::stack_cache::{Completion, StackCache};
+use super::python::PyReader;
 use super::{Captured, Outbox, RawSample, SourceEvent, SourceStats, StackSource, StopReason};
 use crate::os::proc::{self, ThreadWatch};
 use crate::os::ptrace::{AttachError, Event, Missed, Tracer};
@@ -87,12 +88,15 @@ pub struct Sampler {
     epoch: Instant,
     stats: SourceStats,
     tick_wait: Duration,
+    /// Python frames, read in the same stop as the native stack.
+    py: PyReader,
 }
 
 impl Sampler {
     /// Seize the target. Must be called on the thread that will run `run`.
     pub fn attach(cfg: SamplerConfig, out: Outbox, epoch: Instant) -> Result<Sampler, AttachError> {
         let tracer = Tracer::attach(cfg.pid)?;
+        let cfg_pid = cfg.pid;
         let mut s = Sampler {
             cfg,
             tracer,
@@ -109,6 +113,7 @@ impl Sampler {
                 ..SourceStats::default()
             },
             tick_wait: Duration::from_millis(20),
+            py: PyReader::new(cfg_pid),
         };
         s.refresh_maps();
         for tid in s.tracer.threads() {
@@ -167,6 +172,11 @@ impl Sampler {
             for t in self.threads.values_mut() {
                 t.stack_range = None;
             }
+            let (target, note) = self.py.on_maps(&self.maps);
+            if let Some(t) = target {
+                self.out.control(SourceEvent::Python(t));
+            }
+            self.stats.notes.extend(note);
         }
         true
     }
@@ -346,9 +356,11 @@ impl Sampler {
             stats,
             cfg,
             epoch,
+            py,
             ..
         } = self;
         let mut cap = Capture {
+            py,
             threads,
             maps,
             out,
@@ -449,6 +461,10 @@ impl Sampler {
         if !repeats.is_empty() {
             self.out.repeat(repeats, now_ns, false, &mut self.stats);
         }
+        if self.py.active() && !to_sample.is_empty() {
+            let all: Vec<Tid> = self.threads.keys().copied().collect();
+            self.py.refresh_threads(&all, false);
+        }
         let wait = self.tick_wait;
         self.with_capture(|tracer, cap| {
             tracer.sample_many(&to_sample, wait, |tid, r| cap.on_stop(tid, r))
@@ -489,6 +505,7 @@ const MAX_WAITING: usize = 100_000;
 
 /// What a captured stop needs: the sampler's state, borrowed apart from the tracer.
 struct Capture<'a> {
+    py: &'a mut PyReader,
     threads: &'a mut HashMap<Tid, ThreadSlot>,
     maps: &'a [Mapping],
     out: &'a mut Outbox,
@@ -576,10 +593,14 @@ impl Capture<'_> {
                     }
                     None => (now, true, Vec::new()),
                 };
+                // Still in the stop: the Python frames of the same moment (addresses and
+                // offsets only; code objects are resolved by the unwind stage).
+                let python = self.py.read(tid);
                 let sample = RawSample {
                     tid,
                     time_ns,
                     on_cpu,
+                    python,
                     captured: Captured::Stack {
                         regs: *regs,
                         stack: StackSnapshot {
