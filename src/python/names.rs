@@ -2,41 +2,7 @@
 //! under its import root, `filename` relative to that root, `in_app` false for the standard
 //! library and installed packages; and the label of local outputs.
 
-/// The import root of an absolute file path, as far as the path shows it: the part up to
-/// `site-packages/`, `dist-packages/` or `lib/pythonX.Y/` (the standard library). None for
-/// files elsewhere (the application's own, whose root is not known from the path alone).
-fn root_len(path: &str) -> Option<usize> {
-    for marker in ["/site-packages/", "/dist-packages/"] {
-        if let Some(i) = path.rfind(marker) {
-            return Some(i + marker.len());
-        }
-    }
-    let i = path.find("/lib/python")?;
-    let rest = &path[i + "/lib/python".len()..];
-    let slash = rest.find('/')?;
-    let ver = &rest[..slash];
-    if ver.starts_with('3') && ver.chars().all(|c| c.is_ascii_digit() || c == '.' || c == 't') {
-        let mut end = i + "/lib/python".len() + slash + 1;
-        if path[end..].starts_with("lib-dynload/") {
-            end += "lib-dynload/".len();
-        }
-        return Some(end);
-    }
-    None
-}
-
-/// The file name relative to its import root (`django/core/handlers/base.py`), or the file's
-/// name alone when the root is not known (`app.py`); pseudo-files (`<string>`,
-/// `<frozen importlib._bootstrap>`) as they are.
-pub fn short_filename(path: &str) -> &str {
-    if !path.starts_with('/') {
-        return path;
-    }
-    match root_len(path) {
-        Some(n) => &path[n..],
-        None => path.rsplit('/').next().unwrap_or(path),
-    }
-}
+pub use profiler_sentry::python::short_filename;
 
 /// The dotted module name derived from the file: `django.core.handlers.base`, `json`
 /// (for `json/__init__.py`), `app`; frozen modules by their name.
@@ -56,14 +22,7 @@ pub fn module_name(path: &str) -> String {
     rel.replace('/', ".")
 }
 
-/// sentry-python's rule: not app code when under `site-packages`/`dist-packages` or in the
-/// standard library (`lib/pythonX.Y/`), nor for frozen or generated code (`<...>`).
-pub fn in_app(path: &str) -> bool {
-    if path.starts_with('<') {
-        return false;
-    }
-    root_len(path).is_none()
-}
+pub use profiler_sentry::python::path_in_app as in_app;
 
 /// The label in folded stacks and flame graphs: `function (file:first line)`: the function's
 /// qualified name and where it is defined, without the line being executed (which would

@@ -175,6 +175,33 @@ impl InAppRules {
     }
 }
 
+impl InAppRules {
+    /// `in_app` of a Python frame: `--not-in-app`, then `--in-app` patterns (matched against
+    /// the dotted module, the function and the file path), then sentry-python's rule (not
+    /// the standard library, not installed packages).
+    pub fn is_in_app_python(
+        &self,
+        module: Option<&str>,
+        function: Option<&str>,
+        abs_path: Option<&str>,
+    ) -> bool {
+        let hit = |pats: &[Pattern]| {
+            pats.iter().any(|p| {
+                [module, function, abs_path]
+                    .iter()
+                    .any(|s| s.is_some_and(|s| p.matches(s)))
+            })
+        };
+        if hit(&self.not_in_app) {
+            return false;
+        }
+        if hit(&self.in_app) {
+            return true;
+        }
+        abs_path.is_some_and(crate::python::path_in_app)
+    }
+}
+
 /// Namespaces of the C++ and Rust standard libraries and runtimes.
 const STD_NAMESPACES: &[&str] = &["std::", "core::", "alloc::", "__gnu_cxx::", "__cxxabiv1::"];
 
