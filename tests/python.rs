@@ -133,6 +133,12 @@ fn record(python: &Path, dir: &Path) -> Run {
     }
 }
 
+/// A line straight to stderr (visible in CI logs even when the test passes).
+fn say(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Index of the first frame of `stack` whose label starts with `name (`.
 fn find(stack: &[String], name: &str) -> Option<usize> {
     let p = format!("{name} (");
@@ -168,7 +174,7 @@ fn check(run: &Run, failures: &mut Vec<String>) {
         worst = worst.max((share - want).abs());
         shares.insert(task, (share, want));
     }
-    eprintln!("{v}: {in_loop} samples in the main loop; task shares (profile, measured): {shares:?}; attribution error {worst:.3}");
+    say(format!("{v}: {in_loop} samples in the main loop; task shares (profile, measured): {shares:?}; attribution error {worst:.3}"));
     if in_loop < 200 {
         fail(format!("only {in_loop} samples in the main loop"));
     }
@@ -185,7 +191,7 @@ fn check(run: &Run, failures: &mut Vec<String>) {
         .map(|(_, n)| n)
         .sum();
     let complete = 1.0 - cut as f64 / total.max(1) as f64;
-    eprintln!("{v}: {:.1}% of {total} stacks reach their root", complete * 100.0);
+    say(format!("{v}: {:.1}% of {total} stacks reach their root", complete * 100.0));
     if complete < 0.99 {
         fail(format!("{:.1}% of stacks reach their root", complete * 100.0));
     }
