@@ -2,8 +2,9 @@
 """The agent against py-spy on a CPython target: fixtures/py/cpu_split.py (a main thread
 running three tasks in wall-clock slices and measuring its own split; see the fixture) run
 unprofiled, under `profiler record --sampler ptrace --idle` (Python frames merged with
-native ones), under `py-spy record --idle` and under `py-spy record --idle --native`, at 100
-and 1000 Hz, the configurations interleaved, each repeated. Prints a markdown table:
+native ones), under `py-spy record --idle` (which pauses the process for each sample),
+`py-spy record --idle --nonblocking` (which does not) and `py-spy record --idle --native`,
+at 100 and 1000 Hz, the configurations interleaved, each repeated. Prints a markdown table:
 
 * slowdown: the fixture's task calls per second unprofiled over profiled (1.00 = none);
 * attribution error: the largest difference, over the three tasks, between a task's share
@@ -110,6 +111,10 @@ def main():
                         configs.append((f"py-spy {hz} Hz", out,
                                         [a.py_spy, "record", "--idle", "-r", str(hz), "-f", "raw",
                                          "-o", str(out), "--"]))
+                        out = tmp / f"pyspy-nb-{hz}.txt"
+                        configs.append((f"py-spy --nonblocking {hz} Hz", out,
+                                        [a.py_spy, "record", "--idle", "--nonblocking", "-r",
+                                         str(hz), "-f", "raw", "-o", str(out), "--"]))
                         out = tmp / f"pyspy-native-{hz}.txt"
                         configs.append((f"py-spy --native {hz} Hz", out,
                                         [a.py_spy, "record", "--idle", "--native", "-r", str(hz),
