@@ -245,7 +245,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
                 time_ns: 0,
                 on_cpu: false,
                 python: None,
-            captured: Captured::Stack {
+                captured: Captured::Stack {
                     regs: t.regs,
                     stack: StackSnapshot {
                         start: t.regs.sp(),

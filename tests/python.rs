@@ -116,11 +116,8 @@ fn record(python: &Path, dir: &Path) -> Run {
         let env = parse_envelope(&std::fs::read(e.path()).unwrap()).unwrap();
         for item in env.items {
             let v: Value = serde_json::from_slice(&item.payload).unwrap();
-            profiler::sentry_format::validate::validate_item(
-                &v,
-                item.header["platform"].as_str(),
-            )
-            .unwrap_or_else(|e| panic!("chunk refused: {e}"));
+            profiler::sentry_format::validate::validate_item(&v, item.header["platform"].as_str())
+                .unwrap_or_else(|e| panic!("chunk refused: {e}"));
             chunks.push(v);
         }
     }
@@ -174,7 +171,9 @@ fn check(run: &Run, failures: &mut Vec<String>) {
         worst = worst.max((share - want).abs());
         shares.insert(task, (share, want));
     }
-    say(format!("{v}: {in_loop} samples in the main loop; task shares (profile, measured): {shares:?}; attribution error {worst:.3}"));
+    say(format!(
+        "{v}: {in_loop} samples in the main loop; task shares (profile, measured): {shares:?}; attribution error {worst:.3}"
+    ));
     if in_loop < 200 {
         fail(format!("only {in_loop} samples in the main loop"));
     }
@@ -187,13 +186,25 @@ fn check(run: &Run, failures: &mut Vec<String>) {
     let cut: u64 = run
         .folded
         .iter()
-        .filter(|(s, _)| s.iter().any(|f| f.starts_with("[truncated]") || f.starts_with("[unknown]") || f.starts_with("[max depth]")))
+        .filter(|(s, _)| {
+            s.iter().any(|f| {
+                f.starts_with("[truncated]")
+                    || f.starts_with("[unknown]")
+                    || f.starts_with("[max depth]")
+            })
+        })
         .map(|(_, n)| n)
         .sum();
     let complete = 1.0 - cut as f64 / total.max(1) as f64;
-    say(format!("{v}: {:.1}% of {total} stacks reach their root", complete * 100.0));
+    say(format!(
+        "{v}: {:.1}% of {total} stacks reach their root",
+        complete * 100.0
+    ));
     if complete < 0.99 {
-        fail(format!("{:.1}% of stacks reach their root", complete * 100.0));
+        fail(format!(
+            "{:.1}% of stacks reach their root",
+            complete * 100.0
+        ));
     }
 
     // Python → C → Python: callback_work, then qsort, then py_compare, root to leaf.
@@ -214,11 +225,17 @@ fn check(run: &Run, failures: &mut Vec<String>) {
     let deepest = run
         .folded
         .iter()
-        .map(|(s, _)| s.iter().filter(|x| x.starts_with(&format!("{deep} ("))).count())
+        .map(|(s, _)| {
+            s.iter()
+                .filter(|x| x.starts_with(&format!("{deep} (")))
+                .count()
+        })
         .max()
         .unwrap_or(0);
     if deepest < 1001 {
-        fail(format!("deepest recursion seen: {deepest} frames of deep (want 1001)"));
+        fail(format!(
+            "deepest recursion seen: {deepest} frames of deep (want 1001)"
+        ));
     }
 
     // Names and lines, from the Sentry chunks (frames carry the line executed).
@@ -245,7 +262,12 @@ fn check(run: &Run, failures: &mut Vec<String>) {
             }
         }
         let lines_of = |k: &str| -> Vec<u64> {
-            f[k]["lines"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).collect()
+            f[k]["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_u64().unwrap())
+                .collect()
         };
         let call = |k: &str, c: &str| f[k]["calls"][c].as_u64().unwrap();
         for stack in c["profile"]["stacks"].as_array().unwrap() {
@@ -261,13 +283,30 @@ fn check(run: &Run, failures: &mut Vec<String>) {
                 let callee = i.checked_sub(1).map(|j| st[j]);
                 let callee_fn = callee.and_then(|c| c["function"].as_str()).unwrap_or("");
                 let callee_py = callee.is_some_and(|c| c["platform"] == "python");
-                for key in ["Walker.step", "spin", "py_compare", "plain_work", "method_work", "callback_work", "deep"] {
+                for key in [
+                    "Walker.step",
+                    "spin",
+                    "py_compare",
+                    "plain_work",
+                    "method_work",
+                    "callback_work",
+                    "deep",
+                ] {
                     if func == name(key) && fr["platform"] == "python" {
                         if !lines_of(key).contains(&line) {
-                            fail(format!("{func} at line {line}, not a line of its code {:?}", lines_of(key)));
+                            fail(format!(
+                                "{func} at line {line}, not a line of its code {:?}",
+                                lines_of(key)
+                            ));
                         }
-                        if fr["filename"] != "cpu_split.py" || fr["module"] != "cpu_split" || fr["in_app"] != true {
-                            fail(format!("{func}: filename {} module {} in_app {}", fr["filename"], fr["module"], fr["in_app"]));
+                        if fr["filename"] != "cpu_split.py"
+                            || fr["module"] != "cpu_split"
+                            || fr["in_app"] != true
+                        {
+                            fail(format!(
+                                "{func}: filename {} module {} in_app {}",
+                                fr["filename"], fr["module"], fr["in_app"]
+                            ));
                         }
                     }
                 }
@@ -280,7 +319,9 @@ fn check(run: &Run, failures: &mut Vec<String>) {
                 } else if func == name("plain_work") && callee_py {
                     Some(call("plain_work", "plain_work"))
                 } else if func == name("callback_work")
-                    && st[..i].iter().any(|c| c["function"].as_str().is_some_and(|n| n.contains("qsort")))
+                    && st[..i]
+                        .iter()
+                        .any(|c| c["function"].as_str().is_some_and(|n| n.contains("qsort")))
                 {
                     Some(call("callback_work", "callback_work"))
                 } else {
@@ -289,7 +330,9 @@ fn check(run: &Run, failures: &mut Vec<String>) {
                 if let Some(w) = want
                     && line != w
                 {
-                    fail(format!("{func} calls {callee_fn} at line {line}, the call is at line {w}"));
+                    fail(format!(
+                        "{func} calls {callee_fn} at line {line}, the call is at line {w}"
+                    ));
                 }
             }
         }
@@ -297,8 +340,14 @@ fn check(run: &Run, failures: &mut Vec<String>) {
     if seen_py == 0 {
         fail("no Python frame in the Sentry chunks".into());
     }
-    if !run.stderr.contains("Python frames merged with native frames") {
-        fail(format!("the summary does not say Python frames were read:\n{}", run.stderr));
+    if !run
+        .stderr
+        .contains("Python frames merged with native frames")
+    {
+        fail(format!(
+            "the summary does not say Python frames were read:\n{}",
+            run.stderr
+        ));
     }
 }
 
@@ -318,7 +367,11 @@ fn python_frames_on_every_installed_cpython() {
     let line = format!(
         "python versions: ran {}; not installed: {}\n",
         ran.join(" "),
-        if missing.is_empty() { "none".to_string() } else { missing.join(" ") }
+        if missing.is_empty() {
+            "none".to_string()
+        } else {
+            missing.join(" ")
+        }
     );
     // Straight to stderr, like a skip line: visible in CI logs even when the test passes.
     use std::io::Write;
@@ -326,3 +379,72 @@ fn python_frames_on_every_installed_cpython() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The perf source reads Python frames when it drains each sample: stacks are merged (the
+/// ctypes callback shows its three layers) and the summary counts the samples whose Python
+/// frames no longer matched.
+#[test]
+fn python_frames_with_the_perf_sampler() {
+    use std::io::{BufRead, BufReader, Write};
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/py/cpu_split.py");
+    let mut py = std::process::Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args(["--seconds", "5", "--wait-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: i32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    if let Err(why) = common::perf_permitted(pid) {
+        let _ = py.kill();
+        let _ = py.wait();
+        common::skip(&format!("perf events not permitted: {why}"));
+        return;
+    }
+    writeln!(py.stdin.as_mut().unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let folded = tmp.path().join("perf.folded");
+    let agent = common::ptrace_agent()
+        .args([
+            "attach",
+            "--sampler",
+            "perf",
+            "-F",
+            "100",
+            "--duration",
+            "3",
+            "--pid",
+        ])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&folded)
+        .output()
+        .unwrap();
+    let _ = py.wait();
+    let stderr = String::from_utf8_lossy(&agent.stderr);
+    assert!(agent.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Python frames merged with native frames"),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&folded).unwrap();
+    let layered = text.lines().any(|l| {
+        let f: Vec<&str> = l.split(';').collect();
+        let cb = f.iter().position(|x| x.starts_with("callback_work ("));
+        let cmp = f.iter().position(|x| x.starts_with("py_compare ("));
+        matches!((cb, cmp), (Some(a), Some(c)) if a < c && f[a..c].iter().any(|x| x.contains("qsort")))
+    });
+    assert!(
+        layered,
+        "no callback_work → qsort → py_compare stack:\n{stderr}"
+    );
+    say(stderr
+        .lines()
+        .find(|l| l.contains("samples with Python frames"))
+        .unwrap_or("")
+        .trim()
+        .to_string());
+}

@@ -107,7 +107,15 @@ fn transactions_link_to_the_agents_python_profile() {
         parts[3].to_string(),
     );
     let mut agent = common::ptrace_agent()
-        .args(["attach", "--sampler", "ptrace", "-F", "200", "--pid", &pid.to_string()])
+        .args([
+            "attach",
+            "--sampler",
+            "ptrace",
+            "-F",
+            "200",
+            "--pid",
+            &pid.to_string(),
+        ])
         .args(["--dsn", &dsn, "--profiler-id-file"])
         .arg(&id_file)
         .stdin(Stdio::null())
@@ -118,7 +126,10 @@ fn transactions_link_to_the_agents_python_profile() {
     wait_for("the profiler id file", Duration::from_secs(20), || {
         std::fs::read_to_string(&id_file).is_ok_and(|s| s.trim().len() == 32)
     });
-    let profiler_id = std::fs::read_to_string(&id_file).unwrap().trim().to_string();
+    let profiler_id = std::fs::read_to_string(&id_file)
+        .unwrap()
+        .trim()
+        .to_string();
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..REQUESTS {
         assert!(get(app_port, "/work").contains("200 OK"));
@@ -136,7 +147,12 @@ fn transactions_link_to_the_agents_python_profile() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut agent_err = String::new();
-    agent.stderr.take().unwrap().read_to_string(&mut agent_err).unwrap();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut agent_err)
+        .unwrap();
     let _ = app.kill();
     let _ = app.wait();
     state.assert_no_errors();
@@ -152,7 +168,11 @@ fn transactions_link_to_the_agents_python_profile() {
         })
         .map(|(_, p)| p)
         .collect();
-    assert_eq!(transactions.len(), REQUESTS, "transactions of /work; agent said:\n{agent_err}");
+    assert_eq!(
+        transactions.len(),
+        REQUESTS,
+        "transactions of /work; agent said:\n{agent_err}"
+    );
     let chunks: Vec<Arc<Value>> = state.accepted().into_iter().map(|r| r.payload).collect();
     assert!(!chunks.is_empty(), "no chunk from the agent:\n{agent_err}");
     for c in &chunks {
@@ -162,8 +182,13 @@ fn transactions_link_to_the_agents_python_profile() {
     for t in &transactions {
         let ctx = &t["contexts"];
         assert_eq!(ctx["profile"]["profiler_id"], profiler_id.as_str(), "{ctx}");
-        let tid = ctx["trace"]["data"]["thread.id"].as_str().unwrap_or_default();
-        assert_eq!(tid, main_tid, "the thread id is the kernel tid of the serving thread");
+        let tid = ctx["trace"]["data"]["thread.id"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(
+            tid, main_tid,
+            "the thread id is the kernel tid of the serving thread"
+        );
         let (start, end) = (unix(&t["start_timestamp"]), unix(&t["timestamp"]));
         let mut inside = 0;
         let mut with_view = 0;
@@ -176,7 +201,9 @@ fn transactions_link_to_the_agents_python_profile() {
                     continue;
                 }
                 inside += 1;
-                let stack = stacks[s["stack_id"].as_u64().unwrap() as usize].as_array().unwrap();
+                let stack = stacks[s["stack_id"].as_u64().unwrap() as usize]
+                    .as_array()
+                    .unwrap();
                 if stack.iter().any(|i| {
                     let f = &frames[i.as_u64().unwrap() as usize];
                     f["function"] == "work_view" && f["platform"] == "python"
@@ -185,7 +212,9 @@ fn transactions_link_to_the_agents_python_profile() {
                 }
             }
         }
-        eprintln!("transaction {start:.3}..{end:.3} on thread {tid}: {inside} samples inside, {with_view} with work_view");
+        eprintln!(
+            "transaction {start:.3}..{end:.3} on thread {tid}: {inside} samples inside, {with_view} with work_view"
+        );
         assert!(
             inside >= 3 && with_view * 2 >= inside,
             "transaction {start}..{end}: {inside} samples of thread {tid} inside, {with_view} with work_view"

@@ -115,7 +115,11 @@ impl FrameKey {
 
     /// For a Python frame, its code id and line.
     pub fn as_python(&self) -> Option<(u32, Option<u32>)> {
-        (self.module == PY_MODULE)
-            .then(|| ((self.addr >> 32) as u32, Some(self.addr as u32).filter(|&l| l > 0)))
+        (self.module == PY_MODULE).then(|| {
+            (
+                (self.addr >> 32) as u32,
+                Some(self.addr as u32).filter(|&l| l > 0),
+            )
+        })
     }
 }

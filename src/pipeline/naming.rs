@@ -11,9 +11,9 @@ use rustc_hash::FxHashMap;
 
 use super::profile::{StackId, Store};
 use super::{FrameKey, NO_MODULE, Unwound};
-use crate::python::{PyCodeInfo, names};
 use crate::modules::Module;
 use crate::perfmap::PerfMap;
+use crate::python::{PyCodeInfo, names};
 use crate::sink::{SampleRef, Sink, SinkReport};
 use crate::types::{StackEnd, Tid};
 use profiler_symbolize::{Symbolizer, SymbolizerStats};
@@ -90,6 +90,9 @@ impl NamedFrame {
     }
 }
 
+/// A Python code object with its dotted module name and file name, shared by its frames.
+type PyCode = (Arc<PyCodeInfo>, Arc<str>, Arc<str>);
+
 /// Names frames through a [`Symbolizer`], knowing the session's modules, and JIT code in
 /// no module through the target's perf map.
 pub struct Namer {
@@ -99,7 +102,7 @@ pub struct Namer {
     /// The target's `/tmp/perf-PID.map`, when it has one.
     perf_map: Option<PerfMap>,
     /// Python code objects by id, with their dotted module names.
-    py: Vec<Option<(Arc<PyCodeInfo>, Arc<str>, Arc<str>)>>,
+    py: Vec<Option<PyCode>>,
 }
 
 impl Namer {

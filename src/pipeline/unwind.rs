@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::{FrameKey, NO_MODULE, Unwound, UnwoundStack};
+use crate::modules::{ModuleMap, ModuleSource, WithCode};
+use crate::procmaps;
 use crate::python::code::{CodeCache, Resolved};
 use crate::python::merge::{self, Merged, PyItem};
 use crate::python::{PyRawStack, PythonTarget, ReadMemory};
-use crate::modules::{ModuleMap, ModuleSource, WithCode};
-use crate::procmaps;
 use crate::source::{Captured, SourceEvent};
 use crate::types::{FrameAddr, StackEnd};
 use profiler_unwind::Unwinder;

@@ -168,7 +168,8 @@ impl CodeCache {
         let line = match e.lines.get(&instr) {
             Some(&l) => l,
             None => {
-                let line = linetable::line_for(l.linetable, &e.table, e.first_line, instr.max(0) as u32);
+                let line =
+                    linetable::line_for(l.linetable, &e.table, e.first_line, instr.max(0) as u32);
                 if e.lines.len() < 4096 {
                     e.lines.insert(instr, line);
                 }

@@ -144,8 +144,8 @@ pub fn detect<M: ReadMemory>(
                 m.path
             ));
         };
-        let free = debug.as_ref().is_some_and(|d| d.free_threaded)
-            || by_name.is_some_and(|(_, f)| f);
+        let free =
+            debug.as_ref().is_some_and(|d| d.free_threaded) || by_name.is_some_and(|(_, f)| f);
         if free {
             return Detection::Unsupported(format!(
                 "python: CPython {version} free-threaded build ({}): not supported, Python \
@@ -160,7 +160,10 @@ pub fn detect<M: ReadMemory>(
                 m.path
             ));
         }
-        let layout = match debug.and_then(|d| d.layout).or_else(|| layout::table(version)) {
+        let layout = match debug
+            .and_then(|d| d.layout)
+            .or_else(|| layout::table(version))
+        {
             Some(mut l) => {
                 l.version = version;
                 l

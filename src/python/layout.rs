@@ -268,7 +268,9 @@ pub fn parse_debug_offsets(b: &[u8]) -> Option<DebugOffsets> {
         return None;
     }
     let u = |i: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(b.get(i * 8..i * 8 + 8)?.try_into().ok()?))
+        Some(u64::from_le_bytes(
+            b.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
     };
     let version = Version::from_hex(u(1)?);
     let free_threaded = u(2)? != 0;

@@ -210,7 +210,12 @@ mod tests {
     #[test]
     fn garbage_tables_do_not_panic() {
         for kind in [TableKind::Lnotab, TableKind::Pep626, TableKind::Locations] {
-            for t in [&[0xffu8; 7][..], &[0x80, 0x7f, 0xff][..], &[][..], &[0xf7, 0x7f][..]] {
+            for t in [
+                &[0xffu8; 7][..],
+                &[0x80, 0x7f, 0xff][..],
+                &[][..],
+                &[0xf7, 0x7f][..],
+            ] {
                 let _ = line_for(kind, t, 1, 10);
             }
         }

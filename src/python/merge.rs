@@ -61,7 +61,11 @@ pub fn merge<N: Copy, P: Copy>(
     let evals = native.iter().filter(|n| is_eval(n)).count();
     let keep = |n: &N| show_internals || !is_internal(n) || is_eval(n);
     let push_group = |out: &mut Vec<Merged<N, P>>, (a, b): (usize, usize)| {
-        out.extend(python[a..b].iter().filter_map(|p| p.frame.map(Merged::Python)));
+        out.extend(
+            python[a..b]
+                .iter()
+                .filter_map(|p| p.frame.map(Merged::Python)),
+        );
     };
     if evals == groups.len() {
         let mut g = 0;
@@ -83,7 +87,10 @@ pub fn merge<N: Copy, P: Copy>(
         return true;
     }
     let first = native.iter().position(&is_eval).unwrap_or(native.len());
-    let last = native.iter().rposition(&is_eval).map_or(native.len(), |i| i + 1);
+    let last = native
+        .iter()
+        .rposition(&is_eval)
+        .map_or(native.len(), |i| i + 1);
     out.extend(
         native[..first]
             .iter()
@@ -122,7 +129,11 @@ mod tests {
     use super::*;
 
     // Native frames as strings: "E" eval, "i:..." interpreter internals, others native.
-    fn run(native: &[&'static str], py: &[(&'static str, bool)], show: bool) -> (Vec<String>, bool) {
+    fn run(
+        native: &[&'static str],
+        py: &[(&'static str, bool)],
+        show: bool,
+    ) -> (Vec<String>, bool) {
         let items: Vec<PyItem<&str>> = py
             .iter()
             .map(|&(f, entry)| PyItem {
@@ -154,17 +165,40 @@ mod tests {
         // Leaf first: the comparison callback runs in its own eval call under ffi/qsort,
         // itself called from a Python function of the outer eval call (3.11: two groups).
         let native = [
-            "i:PyLong_Add", "E", "i:_PyObject_Call", "ffi_closure", "qsort", "ffi_call",
-            "_ctypes_callproc", "i:PyObject_Vectorcall", "E", "i:Py_RunMain", "main", "_start",
+            "i:PyLong_Add",
+            "E",
+            "i:_PyObject_Call",
+            "ffi_closure",
+            "qsort",
+            "ffi_call",
+            "_ctypes_callproc",
+            "i:PyObject_Vectorcall",
+            "E",
+            "i:Py_RunMain",
+            "main",
+            "_start",
         ];
-        let py = [("cmp", true), ("sort_with_c", false), ("main_loop", false), ("<module>", true)];
+        let py = [
+            ("cmp", true),
+            ("sort_with_c", false),
+            ("main_loop", false),
+            ("<module>", true),
+        ];
         let (out, ok) = run(&native, &py, false);
         assert!(ok);
         assert_eq!(
             out,
             [
-                "py:cmp", "ffi_closure", "qsort", "ffi_call", "_ctypes_callproc",
-                "py:sort_with_c", "py:main_loop", "py:<module>", "main", "_start"
+                "py:cmp",
+                "ffi_closure",
+                "qsort",
+                "ffi_call",
+                "_ctypes_callproc",
+                "py:sort_with_c",
+                "py:main_loop",
+                "py:<module>",
+                "main",
+                "_start"
             ]
         );
         let (out, _) = run(&native, &py, true);

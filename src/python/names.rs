@@ -56,7 +56,10 @@ mod tests {
         assert_eq!(module_name(p), "views");
         assert_eq!(short_filename(p), "views.py");
         assert!(in_app(p));
-        assert_eq!(module_name("<frozen importlib._bootstrap>"), "importlib._bootstrap");
+        assert_eq!(
+            module_name("<frozen importlib._bootstrap>"),
+            "importlib._bootstrap"
+        );
         assert!(!in_app("<frozen importlib._bootstrap>"));
         assert_eq!(label("Worker.step", p, 12), "Worker.step (views.py:12)");
     }

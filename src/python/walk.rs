@@ -99,7 +99,7 @@ fn i32_at(b: &[u8], off: u64) -> i32 {
 
 /// A plausible user-space pointer to an 8-byte aligned object.
 fn plausible(p: u64) -> bool {
-    p >= 4096 && p < (1 << 47) && p % 8 == 0
+    (4096..(1 << 47)).contains(&p) && p.is_multiple_of(8)
 }
 
 /// One thread state of the interpreter.
@@ -352,11 +352,18 @@ mod tests {
         let mut out = PyRawStack::default();
         read_stack(&img, &l, tstate, &mut out);
         assert!(out.complete);
-        let got: Vec<(u64, i32, bool)> =
-            out.frames.iter().map(|f| (f.code, f.instr, f.entry)).collect();
+        let got: Vec<(u64, i32, bool)> = out
+            .frames
+            .iter()
+            .map(|f| (f.code, f.instr, f.entry))
+            .collect();
         assert_eq!(
             got,
-            [(0x50_0000, 10, false), (0x51_0000, 10, true), (0x52_0000, 10, true)]
+            [
+                (0x50_0000, 10, false),
+                (0x51_0000, 10, true),
+                (0x52_0000, 10, true)
+            ]
         );
     }
 
@@ -391,5 +398,44 @@ mod tests {
         read_stack(&img, &l, tstate, &mut out);
         assert!(!out.complete);
         assert!(out.frames.is_empty());
+    }
+
+    #[test]
+    fn pthread_tid_offset_is_found_by_matching_the_targets_tids() {
+        let l = table(v(9)).unwrap();
+        let mut img = MemoryImage::default();
+        // Two thread states whose pthread handles point at structs holding the tid at 0x2d0,
+        // and a decoy value at 0x10 that is a tid for only one of them.
+        let runtime = 0x1000u64;
+        let interp = 0x2000u64;
+        let ts = [0x3000u64, 0x4000];
+        let pt = [0x10_000u64, 0x20_000];
+        let tids = [101i32, 102];
+        let mut rt = vec![0u8; 64];
+        rt[l.runtime_interpreters_head as usize..][..8].copy_from_slice(&interp.to_le_bytes());
+        img.add(runtime, rt);
+        let mut ip = vec![0u8; 64];
+        ip[l.interp_threads_head as usize..][..8].copy_from_slice(&ts[0].to_le_bytes());
+        img.add(interp, ip);
+        for i in 0..2 {
+            let mut b = vec![0u8; 512];
+            let next = if i == 0 { ts[1] } else { 0 };
+            b[l.tstate_next as usize..][..8].copy_from_slice(&next.to_le_bytes());
+            b[l.tstate_thread_id as usize..][..8].copy_from_slice(&pt[i].to_le_bytes());
+            img.add(ts[i], b);
+            let mut p = vec![0u8; 4096];
+            p[0x2d0..0x2d4].copy_from_slice(&tids[i].to_le_bytes());
+            p[0x10..0x14].copy_from_slice(&101i32.to_le_bytes());
+            img.add(pt[i], p);
+        }
+        let states = thread_states(&img, &l, runtime);
+        assert_eq!(states.len(), 2);
+        let off = find_pthread_tid_offset(&img, &states, &tids);
+        assert_eq!(off, Some(GLIBC_PTHREAD_TID));
+        let map = by_tid(&img, &states, off);
+        assert_eq!(map.get(&101), Some(&ts[0]));
+        assert_eq!(map.get(&102), Some(&ts[1]));
+        // Without a slot that fits every thread, no offset.
+        assert_eq!(find_pthread_tid_offset(&img, &states, &[101]), None);
     }
 }

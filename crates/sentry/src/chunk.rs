@@ -367,11 +367,9 @@ impl ChunkBuilder {
             self.has_python = true;
             let abs = f.file.as_deref().map(str::to_string);
             let module = f.module.as_deref().map(str::to_string);
-            let in_app = self.rules.is_in_app_python(
-                module.as_deref(),
-                function.as_deref(),
-                abs.as_deref(),
-            );
+            let in_app =
+                self.rules
+                    .is_in_app_python(module.as_deref(), function.as_deref(), abs.as_deref());
             Frame {
                 instruction_addr: None,
                 filename: abs
@@ -694,8 +692,14 @@ mod tests {
         let s0 = &p.stacks[p.samples[0].stack_id];
         assert_eq!(p.frames[s0[0]].function.as_deref(), Some("compute"));
         assert_eq!(p.frames[s0[1]].function.as_deref(), Some("main"));
-        assert_eq!(p.frames[s0[0]].instruction_addr.as_deref(), Some("0x5581a3c01158"));
-        assert_eq!(p.frames[s0[1]].instruction_addr.as_deref(), Some("0x5581a3c011a2"));
+        assert_eq!(
+            p.frames[s0[0]].instruction_addr.as_deref(),
+            Some("0x5581a3c01158")
+        );
+        assert_eq!(
+            p.frames[s0[1]].instruction_addr.as_deref(),
+            Some("0x5581a3c011a2")
+        );
         assert_eq!(p.frames[s0[0]].package.as_deref(), Some(EXE));
         assert_eq!(p.frames[s0[0]].abs_path.as_deref(), Some("/src/demo.c"));
         assert_eq!(p.frames[s0[0]].lineno, Some(12));
@@ -749,8 +753,14 @@ mod tests {
         let st = &c.profile.stacks[0];
         assert_eq!(st.len(), 2);
         assert_ne!(st[0], st[1]);
-        assert_eq!(c.profile.frames[st[0]].instruction_addr.as_deref(), Some("0x1000"));
-        assert_eq!(c.profile.frames[st[1]].instruction_addr.as_deref(), Some("0x1000"));
+        assert_eq!(
+            c.profile.frames[st[0]].instruction_addr.as_deref(),
+            Some("0x1000")
+        );
+        assert_eq!(
+            c.profile.frames[st[1]].instruction_addr.as_deref(),
+            Some("0x1000")
+        );
         assert_eq!(
             c.profile.frames[st[0]].function.as_deref(),
             Some("inner_inlined")
@@ -919,7 +929,8 @@ mod tests {
         // A chunk without Python frames stays a native one, without per-frame platforms.
         let mut b = ChunkBuilder::new(&meta(), &InAppRules::default());
         b.add_sample(7, "w", 1_700_000_000.0, &stack[1..2]).unwrap();
-        b.add_sample(7, "w", 1_700_000_000.01, &stack[1..2]).unwrap();
+        b.add_sample(7, "w", 1_700_000_000.01, &stack[1..2])
+            .unwrap();
         let c = b.finish().unwrap();
         assert_eq!(c.platform, PLATFORM);
         assert_eq!(c.profile.frames[0].platform, None);

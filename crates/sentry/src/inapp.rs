@@ -116,6 +116,10 @@ pub fn is_system_package(package: &str) -> bool {
         || base.starts_with("linux-gate.so")
         || SYSTEM_DIRS.iter().any(|d| package.starts_with(d))
         || RUNTIME_LIBS.iter().any(|l| base.starts_with(l))
+        // Python's C extensions and interpreter libraries installed as packages or with
+        // the standard library (a venv's site-packages, pyenv's lib/python3.X): not app
+        // code, as sentry-python says of their Python files.
+        || crate::python::import_root_len(package).is_some()
 }
 
 impl InAppRules {

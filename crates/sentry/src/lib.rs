@@ -18,8 +18,8 @@ pub mod validate;
 
 pub use chunk::{
     ChunkBuilder, ChunkMeta, FramePlatform, ImageInfo, MAX_CHUNK_SPAN_SECS, PLATFORM,
-    PYTHON_PLATFORM, ProfileChunk, ResolvedFrame,
-    SDK_NAME, SDK_VERSION, SampleError, new_id, new_profiler_id,
+    PYTHON_PLATFORM, ProfileChunk, ResolvedFrame, SDK_NAME, SDK_VERSION, SampleError, new_id,
+    new_profiler_id,
 };
 pub use debug_id::{debug_id_from_build_id, debug_id_from_text};
 pub use dsn::{Dsn, DsnError};

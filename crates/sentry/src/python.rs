@@ -15,7 +15,11 @@ pub fn import_root_len(path: &str) -> Option<usize> {
     let rest = &path[i + "/lib/python".len()..];
     let slash = rest.find('/')?;
     let ver = &rest[..slash];
-    if ver.starts_with('3') && ver.chars().all(|c| c.is_ascii_digit() || c == '.' || c == 't') {
+    if ver.starts_with('3')
+        && ver
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == 't')
+    {
         let mut end = i + "/lib/python".len() + slash + 1;
         if path[end..].starts_with("lib-dynload/") {
             end += "lib-dynload/".len();

@@ -14,8 +14,8 @@ pub mod timer;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::stack_cache::{Completion, StackCache};
 use super::python::PyReader;
+use super::stack_cache::{Completion, StackCache};
 use super::{Captured, Outbox, RawSample, SourceEvent, SourceStats, StackSource, StopReason};
 use crate::os::proc::{self, ThreadWatch};
 use crate::os::ptrace::{AttachError, Event, Missed, Tracer};
