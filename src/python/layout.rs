@@ -371,5 +371,14 @@ mod tests {
         assert_eq!(l.code_adaptive, t.code_adaptive);
         assert_eq!(l.unicode_ascii_size, t.unicode_ascii_size);
         assert!(parse_debug_offsets(&bytes[1..]).is_none());
+        // The same struct from a free-threaded build (`free_threaded` = 1): said so.
+        let mut ft = bytes.clone();
+        ft[16] = 1;
+        assert!(parse_debug_offsets(&ft).unwrap().free_threaded);
+        // A later version: its layout is not guessed.
+        let mut later = bytes.clone();
+        later[8..16].copy_from_slice(&0x030e_00f0u64.to_le_bytes());
+        let d = parse_debug_offsets(&later).unwrap();
+        assert_eq!((d.version.minor, d.layout), (14, None));
     }
 }
