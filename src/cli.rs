@@ -257,6 +257,12 @@ pub struct AttachArgs {
     #[arg(long)]
     pub no_realtime: bool,
 
+    /// CPython targets: keep the interpreter's own C frames (libpython's functions, the
+    /// `_PyEval_EvalFrameDefault` frames under the Python frames they run) in the stacks.
+    /// By default they are left out and Python functions take their place.
+    #[arg(long)]
+    pub python_internals: bool,
+
     /// Internal counters in the summary (and the time to the first sample).
     #[arg(long, short = 'v')]
     pub verbose: bool,

@@ -49,6 +49,8 @@ pub struct AttachConfig {
     pub verbose: bool,
     /// Real-time priority for the sampler thread when permitted.
     pub realtime: bool,
+    /// Keep CPython's own frames (`--python-internals`).
+    pub python_internals: bool,
     /// Sentry chunks, when a DSN or an envelope output is given.
     pub sentry: Option<SentryConfig>,
     /// Which stack source to use.
@@ -283,6 +285,7 @@ impl AttachConfig {
             max_frames: a.max_frames,
             verbose: a.verbose,
             realtime: !a.no_realtime,
+            python_internals: a.python_internals,
             sentry,
             sampler: a.sampler,
             status_line: false,

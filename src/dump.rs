@@ -101,6 +101,8 @@ pub struct Dump {
 struct Taken {
     regs: Regs,
     stack: Vec<u8>,
+    /// The thread's Python frames, read in the same stop (CPython targets).
+    python: Option<crate::python::PyRawStack>,
     /// The registers are the kernel's sp and pc only (the thread did not stop).
     partial: bool,
 }
@@ -149,6 +151,10 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
     let mut taken: HashMap<Tid, Taken> = HashMap::new();
     let mut missed: HashMap<Tid, String> = HashMap::new();
     let capture_start = Instant::now();
+    // CPython: the interpreter and its thread states, read before the threads stop.
+    let mut py = crate::source::python::PyReader::new(pid);
+    let (py_target, _) = py.on_maps(&maps);
+    py.refresh_threads(&tids, true);
     let mut tracer =
         Tracer::attach(pid).map_err(|e| anyhow!(permissions::explain(pid, e.errno)))?;
     let traced = tracer.threads();
@@ -164,6 +170,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
                 Taken {
                     regs: *regs,
                     stack,
+                    python: py.read(tid),
                     partial: false,
                 },
             );
@@ -211,6 +218,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
                 Taken {
                     regs,
                     stack,
+                    python: None,
                     partial: true,
                 },
             );
@@ -223,7 +231,8 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
     let pool = crate::source::BufferPool::default();
     let in_flight = Arc::new(AtomicUsize::new(usize::MAX / 2));
     let mut unwind = UnwindStage::new(LiveFiles::new(pid), MAX_FRAMES, pool, in_flight)
-        .with_reread(move || proc::read_maps(pid).ok());
+        .with_reread(move || proc::read_maps(pid).ok())
+        .with_python(Box::new(vm::LiveProcess(pid)), false);
     let mut namer = Namer::new(Symbolizer::new(debug_dirs.to_vec()));
     let mut store = Store::new();
     let mut stacks: HashMap<Tid, (Option<u32>, StackEnd)> = HashMap::new();
@@ -233,9 +242,13 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
             let id = store.intern(&stack.frames, stack.end, |k, m| namer.name(k, m));
             stacks.insert(tid, (id, stack.end));
         }
+        Unwound::PyCode { id, info } => namer.add_py_code(id, info),
         _ => {}
     };
     unwind.handle(SourceEvent::Maps(maps_text), &mut |u| handle(u, &mut store));
+    if let Some(t) = py_target {
+        unwind.handle(SourceEvent::Python(t), &mut |u| handle(u, &mut store));
+    }
     let mut order: Vec<Tid> = seen.keys().copied().collect();
     order.sort_by_key(|&t| (t != pid, t));
     for &tid in &order {
@@ -244,6 +257,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
                 tid,
                 time_ns: 0,
                 on_cpu: false,
+                python: t.python,
                 captured: Captured::Stack {
                     regs: t.regs,
                     stack: StackSnapshot {
@@ -280,7 +294,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
                 for &f in &idx {
                     for n in store.names(f).iter() {
                         frames.push(DumpFrame {
-                            address: if matches!(n.kind, FrameKind::Marker(_)) {
+                            address: if matches!(n.kind, FrameKind::Marker(_) | FrameKind::Python) {
                                 String::new()
                             } else {
                                 format!("{:#018x}", n.addr)

@@ -24,6 +24,7 @@ pub mod perfmap;
 pub mod pipeline;
 pub mod procmaps;
 pub mod progress;
+pub mod python;
 pub mod record;
 pub mod session;
 pub mod sink;

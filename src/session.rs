@@ -203,7 +203,11 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
     let files = LiveFiles::new(pid);
     let perf_map = PerfMap::new(files.root(), proc::ns_pid(pid).unwrap_or(pid));
     let stage = UnwindStage::new(files, cfg.max_frames, pool, in_flight)
-        .with_reread(move || proc::read_maps(pid).ok());
+        .with_reread(move || proc::read_maps(pid).ok())
+        .with_python(
+            Box::new(crate::os::vm::LiveProcess(pid)),
+            cfg.python_internals,
+        );
     let unwinder = std::thread::Builder::new()
         .name("unwinder".into())
         .spawn(move || stage.run(&src_rx, &un_tx))
@@ -306,7 +310,14 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
             details.push(format!("module {path}: {e}"));
         }
     }
-    let notes = target_notes(cfg.pid, state_at_start, main_exited, &sampler_stats);
+    let mut notes = target_notes(cfg.pid, state_at_start, main_exited, &sampler_stats);
+    let py = &unwind_stats.python;
+    if let Some(interp) = &py.interpreter {
+        notes.push(format!(
+            "python: {interp}: {} samples with Python frames, {} merged with their native frames, {} fell back to the Python stack alone (eval-loop frames did not match the Python frames), {} Python stacks cut short; code objects read {}, cache hits {}, replaced {}",
+            py.samples, py.merged, py.fallback, py.incomplete, py.code_reads, py.code_hits, py.code_stale
+        ));
+    }
     Ok(Summary {
         pid: cfg.pid,
         name,

@@ -25,6 +25,10 @@ pub use naming::{FrameKind, NamedFrame};
 /// Module id of frames that lie in no known module (JIT code, unmapped addresses).
 pub const NO_MODULE: u32 = u32::MAX;
 
+/// Module id of Python frames: their [`FrameKey::addr`] is the code id (see
+/// [`Unwound::PyCode`]) in the high 32 bits and the line (0: none) in the low ones.
+pub const PY_MODULE: u32 = u32::MAX - 2;
+
 /// A frame before naming: where the address lies and what kind of address it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrameKey {
@@ -90,4 +94,32 @@ pub enum Unwound {
     },
     /// A thread exited.
     ThreadExited(Tid),
+    /// A Python code object seen for the first time (ids are never reused in a session).
+    PyCode {
+        /// Its id, as in the frame keys of Python frames.
+        id: u32,
+        /// What names it.
+        info: Arc<crate::python::PyCodeInfo>,
+    },
+}
+
+impl FrameKey {
+    /// The key of a Python frame: code `id` at `line`.
+    pub fn python(id: u32, line: Option<u32>) -> FrameKey {
+        FrameKey {
+            module: PY_MODULE,
+            addr: ((id as u64) << 32) | line.unwrap_or(0) as u64,
+            is_return: false,
+        }
+    }
+
+    /// For a Python frame, its code id and line.
+    pub fn as_python(&self) -> Option<(u32, Option<u32>)> {
+        (self.module == PY_MODULE).then(|| {
+            (
+                (self.addr >> 32) as u32,
+                Some(self.addr as u32).filter(|&l| l > 0),
+            )
+        })
+    }
 }

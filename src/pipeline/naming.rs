@@ -13,6 +13,7 @@ use super::profile::{StackId, Store};
 use super::{FrameKey, NO_MODULE, Unwound};
 use crate::modules::Module;
 use crate::perfmap::PerfMap;
+use crate::python::{PyCodeInfo, names};
 use crate::sink::{SampleRef, Sink, SinkReport};
 use crate::types::{StackEnd, Tid};
 use profiler_symbolize::{Symbolizer, SymbolizerStats};
@@ -22,6 +23,9 @@ use profiler_symbolize::{Symbolizer, SymbolizerStats};
 pub enum FrameKind {
     /// Machine code of the target (named or not).
     Native,
+    /// A Python function (CPython): `function` is its qualified name, `file` its
+    /// `co_filename`, `line` the line being executed, `module` its dotted module name.
+    Python,
     /// Not a frame but the reason a stack ended before its root (`[truncated]`,
     /// `[unknown]`, `[max depth]`), standing at the root side of the stack.
     Marker(StackEnd),
@@ -86,6 +90,9 @@ impl NamedFrame {
     }
 }
 
+/// A Python code object with its dotted module name and file name, shared by its frames.
+type PyCode = (Arc<PyCodeInfo>, Arc<str>, Arc<str>);
+
 /// Names frames through a [`Symbolizer`], knowing the session's modules, and JIT code in
 /// no module through the target's perf map.
 pub struct Namer {
@@ -94,6 +101,8 @@ pub struct Namer {
     paths: Vec<Option<Arc<str>>>,
     /// The target's `/tmp/perf-PID.map`, when it has one.
     perf_map: Option<PerfMap>,
+    /// Python code objects by id, with their dotted module names.
+    py: Vec<Option<PyCode>>,
 }
 
 impl Namer {
@@ -105,6 +114,7 @@ impl Namer {
             symbolizer,
             paths: Vec::new(),
             perf_map: None,
+            py: Vec::new(),
         }
     }
 
@@ -123,8 +133,47 @@ impl Namer {
         self.symbolizer.lazy_units()
     }
 
+    /// A Python code object, to name the frames of code `id`.
+    pub fn add_py_code(&mut self, id: u32, info: Arc<PyCodeInfo>) {
+        let i = id as usize;
+        if self.py.len() <= i {
+            self.py.resize(i + 1, None);
+        }
+        let module: Arc<str> = names::module_name(&info.filename).into();
+        let file: Arc<str> = info.filename.as_str().into();
+        self.py[i] = Some((info, module, file));
+    }
+
+    fn name_python(&self, id: u32, line: Option<u32>) -> NamedFrame {
+        match self.py.get(id as usize).and_then(|p| p.as_ref()) {
+            Some((info, module, file)) => NamedFrame {
+                kind: FrameKind::Python,
+                addr: 0,
+                module: Some(module.clone()),
+                function: Some(info.function.as_str().into()),
+                file: Some(file.clone()),
+                line,
+                inlined: false,
+                label: names::label(&info.function, &info.filename, info.first_line).into(),
+            },
+            None => NamedFrame {
+                kind: FrameKind::Python,
+                addr: 0,
+                module: None,
+                function: None,
+                file: None,
+                line,
+                inlined: false,
+                label: "[python]".into(),
+            },
+        }
+    }
+
     /// Name one frame, innermost inlined frame first; never empty.
     pub fn name(&mut self, key: &FrameKey, modules: &[Arc<Module>]) -> Vec<NamedFrame> {
+        if let Some((id, line)) = key.as_python() {
+            return vec![self.name_python(id, line)];
+        }
         let Some(module) = (key.module != NO_MODULE)
             .then(|| modules.get(key.module as usize))
             .flatten()
@@ -282,6 +331,10 @@ impl NamingStage {
             }
             Unwound::ThreadName { tid, name } => {
                 self.store.set_thread_name(tid, &name);
+                None
+            }
+            Unwound::PyCode { id, info } => {
+                self.namer.add_py_code(id, info);
                 None
             }
             Unwound::ThreadExited(tid) => {

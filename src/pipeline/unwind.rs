@@ -11,6 +11,9 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::{FrameKey, NO_MODULE, Unwound, UnwoundStack};
 use crate::modules::{ModuleMap, ModuleSource, WithCode};
 use crate::procmaps;
+use crate::python::code::{CodeCache, Resolved};
+use crate::python::merge::{self, Merged, PyItem};
+use crate::python::{PyRawStack, PythonTarget, ReadMemory};
 use crate::source::{BufferPool, Captured, SourceEvent};
 use crate::types::{FrameAddr, StackEnd};
 use profiler_unwind::Unwinder;
@@ -33,6 +36,43 @@ pub struct UnwindStats {
     pub modules: usize,
     /// Modules whose file could not be used, with the reason.
     pub module_errors: Vec<(String, String)>,
+    /// Python: what the merge did.
+    pub python: PyMergeStats,
+}
+
+/// Counters of the Python merge.
+#[derive(Clone, Debug, Default)]
+pub struct PyMergeStats {
+    /// The interpreter, when one was found (`CPython 3.11.7`).
+    pub interpreter: Option<String>,
+    /// Samples that came with Python frames.
+    pub samples: u64,
+    /// ...merged frame for frame (one Python group per eval-loop frame).
+    pub merged: u64,
+    /// ...whose counts did not match: the Python stack alone was shown.
+    pub fallback: u64,
+    /// ...whose Python frame chain ended early (an unreadable pointer).
+    pub incomplete: u64,
+    /// Python frames whose code object could not be read.
+    pub unreadable: u64,
+    /// Code objects read; cache hits; cached entries found replaced.
+    pub code_reads: u64,
+    /// Code-object cache hits.
+    pub code_hits: u64,
+    /// Cached code objects found replaced by another object at the same address.
+    pub code_stale: u64,
+}
+
+/// The Python side of the unwind stage: resolves code objects (reading the target's
+/// memory after the thread runs again; cached, guarded against reuse) and merges the
+/// Python frames into the native stack. It lives here, not in the naming stage, because
+/// it needs the target's memory, and the naming stage must not reach back to the target.
+struct PyStage {
+    target: Arc<PythonTarget>,
+    cache: CodeCache,
+    sent: usize,
+    items: Vec<PyItem<FrameKey>>,
+    merged: Vec<Merged<FrameKey, FrameKey>>,
 }
 
 /// The unwind stage.
@@ -50,6 +90,10 @@ pub struct UnwindStage<S: ModuleSource> {
     in_flight: Arc<AtomicUsize>,
     last_reread: Option<Instant>,
     stats: UnwindStats,
+    /// The target's memory, for Python code objects.
+    py_memory: Option<Box<dyn ReadMemory + Send>>,
+    python: Option<PyStage>,
+    show_internals: bool,
 }
 
 impl<S: ModuleSource> UnwindStage<S> {
@@ -66,7 +110,18 @@ impl<S: ModuleSource> UnwindStage<S> {
             in_flight,
             last_reread: None,
             stats: UnwindStats::default(),
+            py_memory: None,
+            python: None,
+            show_internals: false,
         }
+    }
+
+    /// Read Python code objects from `mem` (the live target); `show_internals`: keep the
+    /// interpreter's own frames (`--python-internals`).
+    pub fn with_python(mut self, mem: Box<dyn ReadMemory + Send>, show_internals: bool) -> Self {
+        self.py_memory = Some(mem);
+        self.show_internals = show_internals;
+        self
     }
 
     /// How to read the maps again when an address is in no known module.
@@ -133,6 +188,16 @@ impl<S: ModuleSource> UnwindStage<S> {
             }
             SourceEvent::ThreadName { tid, name } => out(Unwound::ThreadName { tid, name }),
             SourceEvent::ThreadExited(tid) => out(Unwound::ThreadExited(tid)),
+            SourceEvent::Python(target) => {
+                self.stats.python.interpreter = Some(format!("CPython {}", target.version));
+                self.python = Some(PyStage {
+                    target,
+                    cache: CodeCache::new(),
+                    sent: 0,
+                    items: Vec::new(),
+                    merged: Vec::new(),
+                });
+            }
             SourceEvent::Repeat {
                 tids,
                 time_ns,
@@ -177,7 +242,7 @@ impl<S: ModuleSource> UnwindStage<S> {
                     }
                 };
                 self.stats.frames += self.frames.len() as u64;
-                let frames = self
+                let mut frames: Vec<FrameKey> = self
                     .frames
                     .iter()
                     .map(|f| FrameKey {
@@ -189,6 +254,9 @@ impl<S: ModuleSource> UnwindStage<S> {
                         is_return: f.is_return,
                     })
                     .collect();
+                if self.python.is_some() {
+                    frames = self.with_python_frames(frames, s.python.as_ref(), out);
+                }
                 out(Unwound::Sample {
                     tid: s.tid,
                     time_ns: s.time_ns,
@@ -197,6 +265,89 @@ impl<S: ModuleSource> UnwindStage<S> {
                 });
             }
         }
+    }
+
+    /// Merge a sample's Python frames into its native frames (or, without Python frames,
+    /// hide the interpreter's internals).
+    fn with_python_frames(
+        &mut self,
+        native: Vec<FrameKey>,
+        raw: Option<&PyRawStack>,
+        out: &mut impl FnMut(Unwound),
+    ) -> Vec<FrameKey> {
+        let Some(py) = self.python.as_mut() else {
+            return native;
+        };
+        let t = py.target.clone();
+        let is_eval = |k: &FrameKey| t.is_eval(k.lookup_addr());
+        let is_internal = |k: &FrameKey| t.is_interpreter(k.lookup_addr());
+        let show = self.show_internals;
+        let st = &mut self.stats.python;
+        let (Some(raw), Some(mem)) = (raw, self.py_memory.as_deref()) else {
+            return if show {
+                native
+            } else {
+                merge::hide_internals(&native, is_eval, is_internal)
+            };
+        };
+        st.samples += 1;
+        if !raw.complete {
+            st.incomplete += 1;
+        }
+        py.items.clear();
+        for f in &raw.frames {
+            let frame = if f.code == 0 {
+                None
+            } else {
+                match py
+                    .cache
+                    .resolve(mem, &t.layout, t.code_type, f.code, f.instr)
+                {
+                    Resolved::Frame { id, line } => Some(FrameKey::python(id, line)),
+                    Resolved::Incomplete => None,
+                    Resolved::Unreadable => {
+                        st.unreadable += 1;
+                        None
+                    }
+                }
+            };
+            py.items.push(PyItem {
+                frame,
+                entry: f.entry,
+            });
+        }
+        st.code_reads = py.cache.reads;
+        st.code_hits = py.cache.hits;
+        st.code_stale = py.cache.stale;
+        while py.sent < py.cache.len() {
+            let id = py.sent as u32;
+            if let Some(info) = py.cache.info(id) {
+                out(Unwound::PyCode {
+                    id,
+                    info: info.clone(),
+                });
+            }
+            py.sent += 1;
+        }
+        let ok = merge::merge(
+            &native,
+            &py.items,
+            is_eval,
+            is_internal,
+            show,
+            &mut py.merged,
+        );
+        if ok {
+            st.merged += 1;
+        } else {
+            st.fallback += 1;
+        }
+        py.merged
+            .iter()
+            .map(|m| match *m {
+                Merged::Native(k) | Merged::Python(k) => k,
+            })
+            .collect()
     }
 
     fn send_new_modules(&mut self, out: &mut impl FnMut(Unwound)) {

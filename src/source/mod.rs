@@ -10,6 +10,7 @@
 pub mod linkmap;
 pub mod perf;
 pub mod ptrace;
+pub mod python;
 pub mod stack_cache;
 
 use std::collections::VecDeque;
@@ -53,6 +54,10 @@ pub struct RawSample {
     pub on_cpu: bool,
     /// What was captured.
     pub captured: Captured,
+    /// The thread's Python frames (code objects and instruction offsets, leaf first), read
+    /// at the same moment as the native stack, when the target is CPython and the thread
+    /// has a Python thread state.
+    pub python: Option<crate::python::PyRawStack>,
 }
 
 impl RawSample {
@@ -92,6 +97,9 @@ pub enum SourceEvent {
     },
     /// A thread exited.
     ThreadExited(Tid),
+    /// The target runs a CPython interpreter the agent reads (sent once, before the first
+    /// sample with Python frames).
+    Python(Arc<crate::python::PythonTarget>),
 }
 
 /// Why a source stopped.
@@ -412,6 +420,7 @@ mod tests {
             tid,
             time_ns: 0,
             on_cpu: true,
+            python: None,
             captured: Captured::Stack {
                 regs: Regs::default(),
                 stack: StackSnapshot {
@@ -482,6 +491,7 @@ mod tests {
                     SourceEvent::ThreadName { .. } => "name",
                     SourceEvent::ThreadExited(_) => "exit",
                     SourceEvent::Repeat { .. } => "repeat",
+                    SourceEvent::Python(_) => "python",
                 });
             }
             out.flush();

@@ -92,6 +92,7 @@ pub struct ServerState {
     default: Mutex<Option<Action>>,
     received: Mutex<Vec<Received>>,
     errors: Mutex<Vec<String>>,
+    sdk_items: Mutex<Vec<(serde_json::Value, serde_json::Value)>>,
 }
 
 impl ServerState {
@@ -117,6 +118,11 @@ impl ServerState {
             .into_iter()
             .filter(|r| r.status == Some(200))
             .collect()
+    }
+    /// Items (header, payload) of envelopes an application's SDK sent (sentry-python's
+    /// transactions), which the server takes without the agent's checks.
+    pub fn sdk_items(&self) -> Vec<(serde_json::Value, serde_json::Value)> {
+        self.sdk_items.lock().unwrap().clone()
     }
     /// What was wrong with malformed requests.
     pub fn errors(&self) -> Vec<String> {
@@ -353,6 +359,33 @@ fn handle(mut stream: TcpStream, st: &ServerState) {
             return;
         }
     };
+    // An application's SDK (sentry-python) sending to the same project: keep its items.
+    if req
+        .headers
+        .get("x-sentry-auth")
+        .is_some_and(|a| a.contains("sentry_client=sentry."))
+    {
+        let mut raw = Vec::new();
+        if req.headers.get("content-encoding").map(String::as_str) == Some("gzip") {
+            let _ = flate2::read::GzDecoder::new(&req.body[..]).read_to_end(&mut raw);
+        } else {
+            raw = req.body.clone();
+        }
+        match parse_envelope(&raw) {
+            Ok(env) => {
+                let mut items = st.sdk_items.lock().unwrap();
+                for it in env.items {
+                    let payload = serde_json::from_slice(&it.payload).unwrap_or_default();
+                    items.push((it.header, payload));
+                }
+            }
+            Err(e) => st.errors.lock().unwrap().push(format!("sdk envelope: {e}")),
+        }
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        );
+        return;
+    }
     let action = match check(&req) {
         Ok((chunk_id, samples, item_platform, payload)) => {
             let a = st

@@ -53,6 +53,9 @@ pub struct ChunkMeta {
 /// as several `ResolvedFrame`s with the same `instruction_addr`, innermost first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ResolvedFrame {
+    /// Native code, or a Python function (then `instruction_addr` is unused, `file` is the
+    /// absolute `co_filename` and `module` the dotted module name).
+    pub platform: FramePlatform,
     /// Absolute runtime address: the PC for the leaf, the raw return address for callers.
     pub instruction_addr: u64,
     /// Function name, demangled.
@@ -64,6 +67,20 @@ pub struct ResolvedFrame {
     /// Path of the module (executable or shared object) the address is in.
     pub module: Option<Arc<str>>,
 }
+
+/// What kind of code a frame is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FramePlatform {
+    /// Machine code (C, C++, Rust, the interpreter itself).
+    #[default]
+    Native,
+    /// A Python function run by CPython.
+    Python,
+}
+
+/// The chunk platform of a chunk holding Python frames (native frames in it are named by the
+/// agent, each with `"platform": "native"`).
+pub const PYTHON_PLATFORM: &str = "python";
 
 /// A module mapped in the target, for `debug_meta.images`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,8 +167,9 @@ pub struct DebugMeta {
 /// One frame of `profile.frames`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Frame {
-    /// `"0x…"`.
-    pub instruction_addr: String,
+    /// `"0x…"`; native frames only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub instruction_addr: Option<String>,
     /// Demangled function name.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub function: Option<String>,
@@ -164,9 +182,15 @@ pub struct Frame {
     /// Source line.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub lineno: Option<u32>,
-    /// Module path.
+    /// Module path (native frames).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub package: Option<String>,
+    /// Dotted module name (Python frames).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub module: Option<String>,
+    /// `"python"` or `"native"`, in chunks of platform `python` only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub platform: Option<String>,
     /// Always set.
     pub in_app: bool,
 }
@@ -292,6 +316,8 @@ pub struct ChunkBuilder {
     min_ts: f64,
     max_ts: f64,
     scratch: Vec<u32>,
+    /// A Python frame was added: the chunk's platform is `python`.
+    has_python: bool,
 }
 
 /// Round Unix seconds to microseconds.
@@ -316,6 +342,7 @@ impl ChunkBuilder {
             min_ts: f64::INFINITY,
             max_ts: f64::NEG_INFINITY,
             scratch: Vec::new(),
+            has_python: false,
         }
     }
 
@@ -336,22 +363,46 @@ impl ChunkBuilder {
             return i;
         }
         let function = f.function.as_deref().map(str::to_string);
-        let package = f.module.as_deref().map(str::to_string);
-        let filename = f.file.as_deref().map(str::to_string);
-        let in_app = self.rules.is_in_app_frame(
-            package.as_deref(),
-            function.as_deref(),
-            filename.as_deref(),
-        );
-        let abs_path = filename.clone().filter(|p| p.starts_with('/'));
-        let frame = Frame {
-            instruction_addr: format!("{:#x}", f.instruction_addr),
-            function,
-            filename,
-            abs_path,
-            lineno: f.line,
-            package,
-            in_app,
+        let frame = if f.platform == FramePlatform::Python {
+            self.has_python = true;
+            let abs = f.file.as_deref().map(str::to_string);
+            let module = f.module.as_deref().map(str::to_string);
+            let in_app =
+                self.rules
+                    .is_in_app_python(module.as_deref(), function.as_deref(), abs.as_deref());
+            Frame {
+                instruction_addr: None,
+                filename: abs
+                    .as_deref()
+                    .map(|p| crate::python::short_filename(p).to_string()),
+                abs_path: abs.filter(|p| p.starts_with('/')),
+                function,
+                lineno: f.line,
+                package: None,
+                module,
+                platform: None,
+                in_app,
+            }
+        } else {
+            let package = f.module.as_deref().map(str::to_string);
+            let filename = f.file.as_deref().map(str::to_string);
+            let in_app = self.rules.is_in_app_frame(
+                package.as_deref(),
+                function.as_deref(),
+                filename.as_deref(),
+            );
+            let abs_path = filename.clone().filter(|p| p.starts_with('/'));
+            Frame {
+                instruction_addr: Some(format!("{:#x}", f.instruction_addr)),
+                function,
+                filename,
+                abs_path,
+                lineno: f.line,
+                package,
+                module: None,
+                platform: None,
+                in_app,
+            }
         };
         let i = self.frames.len() as u32;
         self.frames.push(frame);
@@ -506,9 +557,29 @@ impl ChunkBuilder {
             })
             .collect();
 
+        // A chunk with Python frames is a Python chunk, as sentry-python's are; each frame then
+        // says which kind it is, and native frames come named (Sentry does not symbolicate
+        // Python chunks).
+        if self.has_python {
+            for f in &mut frames {
+                f.platform = Some(
+                    if f.instruction_addr.is_none() {
+                        PYTHON_PLATFORM
+                    } else {
+                        "native"
+                    }
+                    .to_string(),
+                );
+            }
+        }
         Some(ProfileChunk {
             version: "2".to_string(),
-            platform: PLATFORM.to_string(),
+            platform: if self.has_python {
+                PYTHON_PLATFORM
+            } else {
+                PLATFORM
+            }
+            .to_string(),
             profiler_id: self.meta.profiler_id.clone(),
             chunk_id: new_id(),
             client_sdk: ClientSdk {
@@ -538,6 +609,7 @@ mod tests {
 
     fn fr(addr: u64, func: &str, module: &str) -> ResolvedFrame {
         ResolvedFrame {
+            platform: FramePlatform::Native,
             instruction_addr: addr,
             function: Some(func.into()),
             file: Some("/src/demo.c".into()),
@@ -620,8 +692,14 @@ mod tests {
         let s0 = &p.stacks[p.samples[0].stack_id];
         assert_eq!(p.frames[s0[0]].function.as_deref(), Some("compute"));
         assert_eq!(p.frames[s0[1]].function.as_deref(), Some("main"));
-        assert_eq!(p.frames[s0[0]].instruction_addr, "0x5581a3c01158");
-        assert_eq!(p.frames[s0[1]].instruction_addr, "0x5581a3c011a2");
+        assert_eq!(
+            p.frames[s0[0]].instruction_addr.as_deref(),
+            Some("0x5581a3c01158")
+        );
+        assert_eq!(
+            p.frames[s0[1]].instruction_addr.as_deref(),
+            Some("0x5581a3c011a2")
+        );
         assert_eq!(p.frames[s0[0]].package.as_deref(), Some(EXE));
         assert_eq!(p.frames[s0[0]].abs_path.as_deref(), Some("/src/demo.c"));
         assert_eq!(p.frames[s0[0]].lineno, Some(12));
@@ -675,8 +753,14 @@ mod tests {
         let st = &c.profile.stacks[0];
         assert_eq!(st.len(), 2);
         assert_ne!(st[0], st[1]);
-        assert_eq!(c.profile.frames[st[0]].instruction_addr, "0x1000");
-        assert_eq!(c.profile.frames[st[1]].instruction_addr, "0x1000");
+        assert_eq!(
+            c.profile.frames[st[0]].instruction_addr.as_deref(),
+            Some("0x1000")
+        );
+        assert_eq!(
+            c.profile.frames[st[1]].instruction_addr.as_deref(),
+            Some("0x1000")
+        );
         assert_eq!(
             c.profile.frames[st[0]].function.as_deref(),
             Some("inner_inlined")
@@ -795,5 +879,60 @@ mod tests {
         assert!(c.profile.frames[1].in_app, "`*` makes libc frames in-app");
         assert_eq!(c.profile.thread_metadata["1"].name, None);
         assert!(c.debug_meta.images.is_empty());
+    }
+
+    #[test]
+    fn python_chunks_say_which_frames_are_python_and_pass_the_validator() {
+        let py = |func: &str, file: &str, module: &str, line| ResolvedFrame {
+            platform: FramePlatform::Python,
+            instruction_addr: 0,
+            function: Some(func.into()),
+            file: Some(file.into()),
+            line: Some(line),
+            module: Some(module.into()),
+        };
+        let stack = [
+            py("Walker.step", "/srv/app/work.py", "work", 46),
+            fr(0x7f00_0000_1000, "__qsort_r", LIBC),
+            py(
+                "Thread.run",
+                "/usr/lib/python3.11/threading.py",
+                "threading",
+                971,
+            ),
+            py(
+                "View.dispatch",
+                "/srv/venv/lib/python3.11/site-packages/flask/views.py",
+                "flask.views",
+                10,
+            ),
+        ];
+        let mut b = ChunkBuilder::new(&meta(), &InAppRules::default());
+        b.add_sample(7, "w", 1_700_000_000.0, &stack).unwrap();
+        b.add_sample(7, "w", 1_700_000_000.01, &stack).unwrap();
+        let c = b.finish().unwrap();
+        assert_eq!(c.platform, PYTHON_PLATFORM);
+        let f = &c.profile.frames;
+        assert_eq!(f[0].platform.as_deref(), Some("python"));
+        assert_eq!(f[0].instruction_addr, None);
+        assert_eq!(f[0].filename.as_deref(), Some("work.py"));
+        assert_eq!(f[0].abs_path.as_deref(), Some("/srv/app/work.py"));
+        assert_eq!(f[0].module.as_deref(), Some("work"));
+        assert!(f[0].in_app);
+        assert_eq!(f[1].platform.as_deref(), Some("native"));
+        assert!(f[1].instruction_addr.is_some());
+        assert!(!f[2].in_app, "the standard library is not app code");
+        assert_eq!(f[3].filename.as_deref(), Some("flask/views.py"));
+        assert!(!f[3].in_app, "installed packages are not app code");
+        let json: serde_json::Value = serde_json::from_slice(&c.to_json()).unwrap();
+        validate(&json).unwrap();
+        // A chunk without Python frames stays a native one, without per-frame platforms.
+        let mut b = ChunkBuilder::new(&meta(), &InAppRules::default());
+        b.add_sample(7, "w", 1_700_000_000.0, &stack[1..2]).unwrap();
+        b.add_sample(7, "w", 1_700_000_000.01, &stack[1..2])
+            .unwrap();
+        let c = b.finish().unwrap();
+        assert_eq!(c.platform, PLATFORM);
+        assert_eq!(c.profile.frames[0].platform, None);
     }
 }

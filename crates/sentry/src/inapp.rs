@@ -116,6 +116,10 @@ pub fn is_system_package(package: &str) -> bool {
         || base.starts_with("linux-gate.so")
         || SYSTEM_DIRS.iter().any(|d| package.starts_with(d))
         || RUNTIME_LIBS.iter().any(|l| base.starts_with(l))
+        // Python's C extensions and interpreter libraries installed as packages or with
+        // the standard library (a venv's site-packages, pyenv's lib/python3.X): not app
+        // code, as sentry-python says of their Python files.
+        || crate::python::import_root_len(package).is_some()
 }
 
 impl InAppRules {
@@ -172,6 +176,33 @@ impl InAppRules {
             Some(p) if !p.is_empty() => !is_system_package(p),
             _ => false,
         }
+    }
+}
+
+impl InAppRules {
+    /// `in_app` of a Python frame: `--not-in-app`, then `--in-app` patterns (matched against
+    /// the dotted module, the function and the file path), then sentry-python's rule (not
+    /// the standard library, not installed packages).
+    pub fn is_in_app_python(
+        &self,
+        module: Option<&str>,
+        function: Option<&str>,
+        abs_path: Option<&str>,
+    ) -> bool {
+        let hit = |pats: &[Pattern]| {
+            pats.iter().any(|p| {
+                [module, function, abs_path]
+                    .iter()
+                    .any(|s| s.is_some_and(|s| p.matches(s)))
+            })
+        };
+        if hit(&self.not_in_app) {
+            return false;
+        }
+        if hit(&self.in_app) {
+            return true;
+        }
+        abs_path.is_some_and(crate::python::path_in_app)
     }
 }
 

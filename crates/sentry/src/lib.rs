@@ -12,12 +12,14 @@ pub mod debug_id;
 pub mod dsn;
 pub mod envelope;
 pub mod inapp;
+pub mod python;
 #[cfg(any(test, feature = "validate"))]
 pub mod validate;
 
 pub use chunk::{
-    ChunkBuilder, ChunkMeta, ImageInfo, MAX_CHUNK_SPAN_SECS, PLATFORM, ProfileChunk, ResolvedFrame,
-    SDK_NAME, SDK_VERSION, SampleError, new_id, new_profiler_id,
+    ChunkBuilder, ChunkMeta, FramePlatform, ImageInfo, MAX_CHUNK_SPAN_SECS, PLATFORM,
+    PYTHON_PLATFORM, ProfileChunk, ResolvedFrame, SDK_NAME, SDK_VERSION, SampleError, new_id,
+    new_profiler_id,
 };
 pub use debug_id::{debug_id_from_build_id, debug_id_from_text};
 pub use dsn::{Dsn, DsnError};

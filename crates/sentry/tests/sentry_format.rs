@@ -9,7 +9,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use profiler_sentry::envelope::{envelope_bytes, parse_envelope};
 use profiler_sentry::validate::validate_item;
 use profiler_sentry::{
-    ChunkBuilder, ChunkMeta, ImageInfo, InAppRules, ResolvedFrame, debug_id_from_build_id, validate,
+    ChunkBuilder, ChunkMeta, FramePlatform, ImageInfo, InAppRules, ResolvedFrame,
+    debug_id_from_build_id, validate,
 };
 
 fn data(name: &str) -> PathBuf {
@@ -109,6 +110,7 @@ fn builder_reproduces_the_reference_example() {
         image_vmaddr: 0,
     });
     let frame = |addr: u64, f: &str| ResolvedFrame {
+        platform: FramePlatform::Native,
         instruction_addr: addr,
         function: Some(f.into()),
         file: None,

@@ -11,10 +11,10 @@ use crossbeam_channel::Sender;
 
 use super::{UploadStats, UploaderHandle};
 use crate::pipeline::profile::Store;
-use crate::pipeline::{FrameKind, NO_MODULE};
+use crate::pipeline::{FrameKind, NO_MODULE, PY_MODULE};
 use crate::sink::{SampleRef, Sink, SinkReport};
 use profiler_sentry::{
-    ChunkBuilder, ChunkMeta, ImageInfo, InAppRules, ProfileChunk, ResolvedFrame,
+    ChunkBuilder, ChunkMeta, FramePlatform, ImageInfo, InAppRules, ProfileChunk, ResolvedFrame,
 };
 
 /// Where finished chunks go.
@@ -186,20 +186,27 @@ impl SentrySink {
         store.stack_frames(stack, &mut self.idx);
         for &f in &self.idx {
             let key = store.frame_key(f);
-            if key.module != NO_MODULE {
+            if key.module != NO_MODULE && key.module != PY_MODULE {
                 self.sample_modules.push(key.module);
             }
             let resolved = self.resolved.entry(f).or_insert_with(|| {
                 store
                     .names(f)
                     .iter()
-                    .filter(|n| n.kind == FrameKind::Native)
-                    .map(|n| ResolvedFrame {
-                        instruction_addr: n.addr,
-                        function: n.function.clone(),
-                        file: n.file.clone(),
-                        line: n.line,
-                        module: n.module.clone(),
+                    .filter_map(|n| {
+                        let platform = match n.kind {
+                            FrameKind::Native => FramePlatform::Native,
+                            FrameKind::Python => FramePlatform::Python,
+                            FrameKind::Marker(_) => return None,
+                        };
+                        Some(ResolvedFrame {
+                            platform,
+                            instruction_addr: n.addr,
+                            function: n.function.clone(),
+                            file: n.file.clone(),
+                            line: n.line,
+                            module: n.module.clone(),
+                        })
                     })
                     .collect()
             });

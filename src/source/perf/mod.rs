@@ -31,6 +31,7 @@ use linux_perf_event_reader::{
 use nix::errno::Errno;
 
 use super::ptrace::timer::Schedule;
+use super::python::PyReader;
 use super::stack_cache::{Completion, StackCache};
 use super::{Captured, Outbox, RawSample, SourceEvent, SourceStats, StackSource, StopReason};
 use crate::os::perf::{self, EventKind, EventSpec, PerfEvent, RingBuffer};
@@ -127,6 +128,10 @@ pub struct PerfSource {
     spare: Vec<Vec<u8>>,
     /// Scratch: one drain's records, in time order.
     items: Vec<Item>,
+    /// Python frames: read when the sample is drained (the thread has run on since the
+    /// kernel's copy; the merge's check of eval-loop frames against Python frames catches a
+    /// thread that entered or left the eval loop in between, and such samples fall back).
+    py: PyReader,
 }
 
 /// One record of a drain, owned.
@@ -291,6 +296,7 @@ impl PerfSource {
             exclude_kernel: false,
             side_band: false,
         });
+        let cfg_pid = cfg.pid;
         let mut s = PerfSource {
             cfg,
             out: outbox.take().expect("not taken yet"),
@@ -315,6 +321,7 @@ impl PerfSource {
             },
             spare: Vec::new(),
             items: Vec::new(),
+            py: PyReader::new(cfg_pid),
         };
         let mut first = Some(first);
         if let Err(r) = s.open_all(&mut first, &refused) {
@@ -453,6 +460,11 @@ impl PerfSource {
             self.maps = procmaps::parse(&text);
             self.maps_text = text.clone();
             self.out.control(SourceEvent::Maps(text));
+            let (target, note) = self.py.on_maps(&self.maps);
+            if let Some(t) = target {
+                self.out.control(SourceEvent::Python(t));
+            }
+            self.stats.notes.extend(note);
         }
         true
     }
@@ -768,6 +780,7 @@ impl PerfSource {
             tid,
             time_ns,
             on_cpu,
+            python: self.py.read(tid),
             captured: Captured::Stack {
                 regs,
                 stack: StackSnapshot {
@@ -797,6 +810,10 @@ impl PerfSource {
     fn tick(&mut self) {
         let now = self.now_ns();
         let pid = self.cfg.pid;
+        if self.py.active() {
+            let all: Vec<Tid> = self.threads.keys().copied().collect();
+            self.py.refresh_threads(&all, false);
+        }
         let mut tids: Vec<Tid> = self.threads.keys().copied().collect();
         tids.sort_unstable();
         let mut repeats = Vec::new();

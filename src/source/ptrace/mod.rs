@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::linkmap::{self, LinkMapWatch};
+use super::python::PyReader;
 use super::stack_cache::{Completion, StackCache};
 use super::{Captured, Outbox, RawSample, SourceEvent, SourceStats, StackSource, StopReason};
 use crate::os::proc::{self, ThreadWatch};
@@ -93,12 +94,15 @@ pub struct Sampler {
     linkmap: Option<LinkMapWatch>,
     /// No list to watch (a static program, or one that is not a list).
     linkmap_off: bool,
+    /// Python frames, read in the same stop as the native stack.
+    py: PyReader,
 }
 
 impl Sampler {
     /// Seize the target. Must be called on the thread that will run `run`.
     pub fn attach(cfg: SamplerConfig, out: Outbox, epoch: Instant) -> Result<Sampler, AttachError> {
         let tracer = Tracer::attach(cfg.pid)?;
+        let cfg_pid = cfg.pid;
         let mut s = Sampler {
             cfg,
             tracer,
@@ -117,6 +121,7 @@ impl Sampler {
             tick_wait: Duration::from_millis(20),
             linkmap: None,
             linkmap_off: false,
+            py: PyReader::new(cfg_pid),
         };
         s.refresh_maps();
         for tid in s.tracer.threads() {
@@ -176,6 +181,11 @@ impl Sampler {
                 t.stack_range = None;
             }
             self.watch_linkmap();
+            let (target, note) = self.py.on_maps(&self.maps);
+            if let Some(t) = target {
+                self.out.control(SourceEvent::Python(t));
+            }
+            self.stats.notes.extend(note);
         }
         true
     }
@@ -396,9 +406,11 @@ impl Sampler {
             stats,
             cfg,
             epoch,
+            py,
             ..
         } = self;
         let mut cap = Capture {
+            py,
             threads,
             maps,
             out,
@@ -508,6 +520,10 @@ impl Sampler {
         if !repeats.is_empty() {
             self.out.repeat(repeats, now_ns, false, &mut self.stats);
         }
+        if self.py.active() && !to_sample.is_empty() {
+            let all: Vec<Tid> = self.threads.keys().copied().collect();
+            self.py.refresh_threads(&all, false);
+        }
         let wait = self.tick_wait;
         self.with_capture(|tracer, cap| {
             tracer.sample_many(&to_sample, wait, |tid, r| cap.on_stop(tid, r))
@@ -548,6 +564,7 @@ const MAX_WAITING: usize = 100_000;
 
 /// What a captured stop needs: the sampler's state, borrowed apart from the tracer.
 struct Capture<'a> {
+    py: &'a mut PyReader,
     threads: &'a mut HashMap<Tid, ThreadSlot>,
     maps: &'a [Mapping],
     out: &'a mut Outbox,
@@ -640,10 +657,14 @@ impl Capture<'_> {
                     }
                     None => (now, true, Vec::new()),
                 };
+                // Still in the stop: the Python frames of the same moment (addresses and
+                // offsets only; code objects are resolved by the unwind stage).
+                let python = self.py.read(tid);
                 let sample = RawSample {
                     tid,
                     time_ns,
                     on_cpu,
+                    python,
                     captured: Captured::Stack {
                         regs: *regs,
                         stack: StackSnapshot {
