@@ -636,14 +636,16 @@ fn sidecar_profiles_a_python_service() {
         incomplete * 100 <= total,
         "{incomplete} of {total} incomplete:\n{folded}"
     );
-    // The interpreter's own frames, named from the symbols in the service's image, under
-    // the worker thread's root.
+    // The service's own Python functions, read from the interpreter found in the
+    // service's image, merged under the worker thread's native root; the eval loop's C
+    // frames are replaced by them.
     assert!(
-        folded
-            .lines()
-            .any(|l| l.contains("__clone") && l.contains("_PyEval_EvalFrameDefault")),
+        folded.lines().any(|l| l.contains("__clone")
+            && l.contains("handle_request (service.py:")
+            && l.contains("checksum (service.py:")),
         "{folded}"
     );
+    assert!(!folded.contains("_PyEval_EvalFrameDefault"), "{folded}");
     let envelopes = std::fs::read_dir(out.path().join("env")).unwrap().count();
     assert!(envelopes >= 1, "a chunk envelope written");
     assert_eq!(tracer_of(target.host_pid()), 0);
