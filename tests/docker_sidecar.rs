@@ -636,13 +636,18 @@ fn sidecar_profiles_a_python_service() {
         incomplete * 100 <= total,
         "{incomplete} of {total} incomplete:\n{folded}"
     );
-    // The interpreter's own frames, named from the symbols in the service's image, under
-    // the worker thread's root.
+    // The service's Python functions, read through the interpreter found in the service's
+    // image, in place of its eval-loop frames, under the worker thread's root.
     assert!(
-        folded
-            .lines()
-            .any(|l| l.contains("__clone") && l.contains("_PyEval_EvalFrameDefault")),
+        folded.lines().any(|l| l.contains("__clone")
+            && l.contains("handle_request (service.py:")
+            && l.contains("checksum (service.py:")
+            && !l.contains("_PyEval_EvalFrameDefault")),
         "{folded}"
+    );
+    assert!(
+        err.contains("Python frames merged with native frames"),
+        "{err}"
     );
     let envelopes = std::fs::read_dir(out.path().join("env")).unwrap().count();
     assert!(envelopes >= 1, "a chunk envelope written");
