@@ -90,6 +90,8 @@ pub struct Sampler {
     tick_wait: Duration,
     /// Python frames, read in the same stop as the native stack.
     py: PyReader,
+    /// The maps changed: look for a Python interpreter after the tick.
+    py_pending: bool,
 }
 
 impl Sampler {
@@ -114,6 +116,7 @@ impl Sampler {
             },
             tick_wait: Duration::from_millis(20),
             py: PyReader::new(cfg_pid),
+            py_pending: false,
         };
         s.refresh_maps();
         for tid in s.tracer.threads() {
@@ -172,11 +175,9 @@ impl Sampler {
             for t in self.threads.values_mut() {
                 t.stack_range = None;
             }
-            let (target, note) = self.py.on_maps(&self.maps);
-            if let Some(t) = target {
-                self.out.control(SourceEvent::Python(t));
-            }
-            self.stats.notes.extend(note);
+            // Looked for after the next tick: reading the interpreter's symbol tables must not
+            // delay the samples (the first one above all).
+            self.py_pending = true;
         }
         true
     }
@@ -314,6 +315,14 @@ impl Sampler {
             self.stats.ticks += 1;
             if !self.tick() {
                 break StopReason::Aborted;
+            }
+            if self.py_pending {
+                self.py_pending = false;
+                let (target, note) = self.py.on_maps(&self.maps);
+                if let Some(t) = target {
+                    self.out.control(SourceEvent::Python(t));
+                }
+                self.stats.notes.extend(note);
             }
             if let Some(r) = self
                 .tracer
