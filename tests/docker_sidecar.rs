@@ -636,14 +636,18 @@ fn sidecar_profiles_a_python_service() {
         incomplete * 100 <= total,
         "{incomplete} of {total} incomplete:\n{folded}"
     );
-    // The service's own Python functions, read from the interpreter found in the
-    // service's image, merged under the worker thread's native root; the eval loop's C
-    // frames are replaced by them.
+    // The service's Python functions, read through the interpreter found in the service's
+    // image, in place of its eval-loop frames, under the worker thread's root.
     assert!(
         folded.lines().any(|l| l.contains("__clone")
             && l.contains("handle_request (service.py:")
-            && l.contains("checksum (service.py:")),
+            && l.contains("checksum (service.py:")
+            && !l.contains("_PyEval_EvalFrameDefault")),
         "{folded}"
+    );
+    assert!(
+        err.contains("Python frames merged with native frames"),
+        "{err}"
     );
     assert!(!folded.contains("_PyEval_EvalFrameDefault"), "{folded}");
     let envelopes = std::fs::read_dir(out.path().join("env")).unwrap().count();

@@ -96,6 +96,8 @@ pub struct Sampler {
     linkmap_off: bool,
     /// Python frames, read in the same stop as the native stack.
     py: PyReader,
+    /// The maps changed: look for a Python interpreter after the tick.
+    py_pending: bool,
 }
 
 impl Sampler {
@@ -122,6 +124,7 @@ impl Sampler {
             linkmap: None,
             linkmap_off: false,
             py: PyReader::new(cfg_pid),
+            py_pending: false,
         };
         s.refresh_maps();
         for tid in s.tracer.threads() {
@@ -181,11 +184,9 @@ impl Sampler {
                 t.stack_range = None;
             }
             self.watch_linkmap();
-            let (target, note) = self.py.on_maps(&self.maps);
-            if let Some(t) = target {
-                self.out.control(SourceEvent::Python(t));
-            }
-            self.stats.notes.extend(note);
+            // Looked for after the next tick: reading the interpreter's symbol tables must not
+            // delay the samples (the first one above all).
+            self.py_pending = true;
         }
         true
     }
@@ -364,6 +365,14 @@ impl Sampler {
             self.stats.ticks += 1;
             if !self.tick() {
                 break StopReason::Aborted;
+            }
+            if self.py_pending {
+                self.py_pending = false;
+                let (target, note) = self.py.on_maps(&self.maps);
+                if let Some(t) = target {
+                    self.out.control(SourceEvent::Python(t));
+                }
+                self.stats.notes.extend(note);
             }
             if let Some(r) = self
                 .tracer
