@@ -257,7 +257,19 @@ impl Unwinder {
             }
         }
         if !frame.is_return
-            && let Some(step) = self.stack_scan_step(regs, valid, mem, modules)
+            && let Some(step) = self.stack_scan_step(regs, valid, mem, modules, 0)
+        {
+            self.stats.stack_scan_steps += 1;
+            return step;
+        }
+        // JIT code (no CFI) sampled between its `push %rbp` and `mov %rsp,%rbp`: the return
+        // address is above the saved rbp, and rbp still holds the caller's value, so the
+        // frame pointer chain would skip the caller (or, when the caller keeps no frame
+        // pointer, end in garbage).
+        if !frame.is_return
+            && module.is_none()
+            && is_frame_pointer_setup(modules, frame.addr)
+            && let Some(step) = self.stack_scan_step(regs, valid, mem, modules, 8)
         {
             self.stats.stack_scan_steps += 1;
             return step;
@@ -343,8 +355,9 @@ impl Unwinder {
         valid: &mut u32,
         mem: &M,
         modules: &U,
+        above: u64,
     ) -> Option<Step> {
-        let sp = regs.sp();
+        let sp = regs.sp().wrapping_add(above);
         let ra = mem.read_u64(sp)?;
         if ra == 0 {
             return None;
@@ -362,6 +375,13 @@ impl Unwinder {
         *valid &= CALL_PRESERVED;
         Some(Step::Next(target))
     }
+}
+
+/// True when the code at `pc` (JIT code, read from the process) is `mov %rsp,%rbp`, the
+/// instruction after `push %rbp` in a frame-pointer prologue (either encoding).
+fn is_frame_pointer_setup<U: UnwindModules>(modules: &U, pc: u64) -> bool {
+    let mut code = [0u8; 3];
+    modules.read_code(pc, &mut code) && matches!(code, [0x48, 0x89, 0xe5] | [0x48, 0x8b, 0xec])
 }
 
 /// The frame size of a trampoline from the 9 code bytes before a return address:

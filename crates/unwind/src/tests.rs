@@ -916,6 +916,31 @@ fn jit_trampoline_without_frame_pointer() {
 }
 
 #[test]
+fn jit_leaf_in_its_frame_pointer_prologue() {
+    const JIT: u64 = 0x5000_0000;
+    // push %rbp; mov %rsp,%rbp; ... sampled at the mov: [rsp] is the saved rbp, the
+    // return address is above it, and rbp is still the caller's (garbage: a C caller
+    // without frame pointers).
+    let code = vec![0x55, 0x48, 0x89, 0xe5, 0x90, 0x5d, 0xc3];
+    let m = WithJit(OneModule(module_info(Tables::Hdr)), JIT, code);
+    let mut s = Stack::new(0x40);
+    s.put(0, 0x77).put(8, avma(F_ROOT + 0x10));
+    let r = regs(JIT + 1, STACK, 0x77, 0);
+    let mut u = Unwinder::new(64);
+    let mut out = Vec::new();
+    let end = u.unwind(&r, &s.image(), &m, &mut out);
+    assert_eq!(
+        out,
+        vec![FrameAddr::ip(JIT + 1), FrameAddr::ret(avma(F_ROOT + 0x10))]
+    );
+    assert_eq!(end, StackEnd::Root);
+    // Anywhere else in that code the frame pointer is followed (here: garbage).
+    let r = regs(JIT + 4, STACK, 0x77, 0);
+    let end = u.unwind(&r, &s.image(), &m, &mut out);
+    assert_eq!((out.len(), end), (1, StackEnd::Unknown));
+}
+
+#[test]
 fn trampoline_shapes() {
     let t = |c: [u8; 9]| super::trampoline_frame_size(&c);
     assert_eq!(t([0, 0, 0, 0x48, 0x83, 0xec, 0x08, 0xff, 0xd1]), Some(8));
