@@ -649,7 +649,6 @@ fn sidecar_profiles_a_python_service() {
         err.contains("Python frames merged with native frames"),
         "{err}"
     );
-    assert!(!folded.contains("_PyEval_EvalFrameDefault"), "{folded}");
     let envelopes = std::fs::read_dir(out.path().join("env")).unwrap().count();
     assert!(envelopes >= 1, "a chunk envelope written");
     assert_eq!(tracer_of(target.host_pid()), 0);
