@@ -49,21 +49,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Folded stacks as (frames root first, count); the first frame is the thread name.
-fn read_folded(path: &Path) -> Vec<(Vec<String>, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (stack, n) = l.rsplit_once(' ').unwrap();
-            (
-                stack.split(';').map(str::to_string).collect(),
-                n.parse().unwrap(),
-            )
-        })
-        .collect()
-}
-
 fn total(stacks: &[(Vec<String>, u64)]) -> u64 {
     stacks.iter().map(|(_, n)| n).sum()
 }
@@ -170,7 +155,7 @@ fn check_c_workers(
     let folded = dir.path().join("p.folded");
     let o = attach_for(&fx, secs, hz, &folded, extra);
     let summary = stderr(&o);
-    let stacks = read_folded(&folded);
+    let stacks = common::read_folded(&folded);
     let n = total(&stacks);
     // Every tick is taken or reported skipped, and the file holds every on-CPU sample the
     // summary counts (the one thread always runs). How many ticks a busy machine lets
@@ -261,7 +246,7 @@ fn deep_recursion_is_complete() {
     let dir = tmp();
     let folded = dir.path().join("p.folded");
     let o = attach_for(&fx, 3.0, 100, &folded, &[]);
-    let stacks = read_folded(&folded);
+    let stacks = common::read_folded(&folded);
     let summary = stderr(&o);
     check_rate(&summary, 100.0);
     // One thread, 3 s at 100 Hz: about 300 samples, every one of them checked below.
@@ -303,7 +288,7 @@ fn cpp_names_threads_and_new_threads() {
     let folded = dir.path().join("p.folded");
     // Waiting threads (pipe-reader, churner) included.
     let o = attach_for(&fx, 3.0, 200, &folded, &["--idle"]);
-    let stacks = read_folded(&folded);
+    let stacks = common::read_folded(&folded);
     let summary = stderr(&o);
     for (s, _) in &stacks {
         for f in s {
@@ -341,7 +326,7 @@ fn rust_names_demangled_legacy_and_v0() {
         let dir = tmp();
         let folded = dir.path().join("p.folded");
         let o = attach_for(&fx, 2.0, 200, &folded, &[]);
-        let stacks = read_folded(&folded);
+        let stacks = common::read_folded(&folded);
         assert!(total(&stacks) > 100, "{}", stderr(&o));
         for (s, _) in &stacks {
             for f in s {
@@ -384,7 +369,7 @@ fn dlopen_time_goes_to_each_library() {
     let b = fx
         .wait_for_line("loaded b", Duration::from_secs(1))
         .expect("loaded b");
-    let stacks = read_folded(&folded);
+    let stacks = common::read_folded(&folded);
     let in_a = count_where(&stacks, |s| has(s, "liba_work"));
     let in_b = count_where(&stacks, |s| has(s, "libb_work"));
     let both = count_where(&stacks, |s| has(s, "liba_work") && has(s, "libb_work"));
@@ -451,7 +436,7 @@ fn stops_cleanly_four_ways() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
         let o = wait_output(child, Duration::from_secs(30));
         assert!(o.status.success(), "{sig}: {}", stderr(&o));
-        assert!(total(&read_folded(&folded)) > 20, "{sig}");
+        assert!(total(&common::read_folded(&folded)) > 20, "{sig}");
         assert_released(&fx);
     }
 
@@ -467,7 +452,7 @@ fn stops_cleanly_four_ways() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("target exited"));
-    assert!(total(&read_folded(&folded)) > 50);
+    assert!(total(&common::read_folded(&folded)) > 50);
     assert!(
         short
             .wait_exit(Duration::from_secs(5))
@@ -549,7 +534,7 @@ fn signals_app_passes_its_self_check_at_1000hz() {
     );
     // One thread for 4 s at 1000 Hz: about 4000 samples, all in the file.
     check_rate(&summary, 1000.0);
-    let stacks = read_folded(&folded);
+    let stacks = common::read_folded(&folded);
     let n = total(&stacks);
     assert!(n >= 2000, "{n} samples\n{summary}");
     assert_eq!(
@@ -699,7 +684,7 @@ fn sleeping_threads_that_wake_are_seen_running() {
     let folded = dir.path().join("p.folded");
     let o = attach_for(&fx, 4.0, 1000, &folded, &["--verbose", "--idle"]);
     let summary = stderr(&o);
-    let stacks = read_folded(&folded);
+    let stacks = common::read_folded(&folded);
     let duty: Vec<(Vec<String>, u64)> = stacks
         .iter()
         .filter(|(s, _)| s[0].starts_with("duty-"))
@@ -764,7 +749,7 @@ fn issue_10_perf_source_completes_deep_stacks_without_tracing() {
     let summary = stderr(&o);
     assert!(o.status.success(), "{summary}");
     assert!(summary.contains("  sampler: perf_event_open"), "{summary}");
-    let stacks = read_folded(&folded);
+    let stacks = common::read_folded(&folded);
     let n = total(&stacks);
     // A CPU-bound thread is sampled by its CPU time: how much a busy machine gives it is
     // not asserted.
@@ -803,7 +788,7 @@ fn issue_10_perf_source_samples_blocked_and_new_threads() {
     );
     let summary = stderr(&o);
     check_rate(&summary, 1000.0);
-    let stacks = read_folded(&folded);
+    let stacks = common::read_folded(&folded);
     let per_thread = |name: &str| {
         stacks
             .iter()
@@ -866,7 +851,7 @@ fn issue_10_perf_source_sleeping_threads_that_wake() {
         &["--sampler", "perf", "--idle", "-v"],
     );
     let summary = stderr(&o);
-    let stacks = read_folded(&folded);
+    let stacks = common::read_folded(&folded);
     let duty: Vec<(Vec<String>, u64)> = stacks
         .iter()
         .filter(|(s, _)| s[0].starts_with("duty-"))

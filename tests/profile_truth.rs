@@ -460,21 +460,6 @@ fn issue9_part1_debug_files_found_after_the_target_exited() {
     }
 }
 
-/// Folded stacks: (frames root first, count).
-fn read_folded(path: &Path) -> Vec<(Vec<String>, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (stack, n) = l.rsplit_once(' ')?;
-            Some((
-                stack.split(';').map(str::to_string).collect(),
-                n.parse().ok()?,
-            ))
-        })
-        .collect()
-}
-
 /// The whole agent against stripped targets that exit on their own while attached: every
 /// frame of the executable is named, inlined frames (DWARF of the debug file) included.
 #[test]
@@ -490,7 +475,7 @@ fn issue9_part1_stripped_target_exiting_while_attached_is_named() {
             "the target exited on its own:\n{err}"
         );
         t.waiter.wait().unwrap();
-        let stacks = read_folded(&out);
+        let stacks = common::read_folded(&out);
         let total: u64 = stacks.iter().map(|(_, n)| n).sum();
         let unnamed: u64 = stacks
             .iter()
@@ -524,7 +509,7 @@ fn issue9_part4_new_threads_end_at_their_root() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("churn.folded");
     let err = profiler(&attach_args(fx.pid(), 1000, Some(3.0), &[&out]));
-    let stacks = read_folded(&out);
+    let stacks = common::read_folded(&out);
     // The churner and the threads it creates (named `churner` until they rename
     // themselves `short-lived`).
     let churn: Vec<&(Vec<String>, u64)> = stacks
@@ -602,7 +587,7 @@ fn issue9_part5_perf_map_names_jit_code_unwound_by_frame_pointers() {
         fx.wait_for_line("phase2", std::time::Duration::from_secs(5))
             .is_some()
     );
-    let stacks = read_folded(&out);
+    let stacks = common::read_folded(&out);
     let count = |f: &dyn Fn(&[String]) -> bool| -> u64 {
         stacks.iter().filter(|(s, _)| f(s)).map(|(_, n)| n).sum()
     };
@@ -724,7 +709,7 @@ fn issue9_part5_python_perf_trampolines() {
     let err = profiler(&attach_args(pid, 500, Some(1.5), &[&out]));
     let _ = child.kill();
     let _ = child.wait();
-    let stacks = read_folded(&out);
+    let stacks = common::read_folded(&out);
     let total: u64 = stacks.iter().map(|(_, n)| n).sum();
     let named = |name: &str| -> u64 {
         stacks

@@ -100,17 +100,7 @@ fn record(python: &Path, dir: &Path) -> Run {
         .rfind(|l| l.starts_with('{'))
         .unwrap_or_else(|| panic!("no JSON from the fixture; stderr:\n{stderr}"));
     let fixture: Value = serde_json::from_str(line).unwrap();
-    let folded = std::fs::read_to_string(&folded)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (stack, n) = l.rsplit_once(' ')?;
-            Some((
-                stack.split(';').map(str::to_string).collect(),
-                n.parse().ok()?,
-            ))
-        })
-        .collect();
+    let folded = common::read_folded(&folded);
     let mut chunks = Vec::new();
     for e in std::fs::read_dir(&envelopes).unwrap().flatten() {
         let env = parse_envelope(&std::fs::read(e.path()).unwrap()).unwrap();

@@ -377,3 +377,19 @@ fn current_test() -> String {
     let thread = std::thread::current();
     format!("{binary}::{}", thread.name().unwrap_or("?"))
 }
+
+/// A folded-stacks file as (frames root first, the first being the thread name, count);
+/// lines that are not `stack count` are skipped.
+pub fn read_folded(path: &std::path::Path) -> Vec<(Vec<String>, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            Some((
+                stack.split(';').map(str::to_string).collect(),
+                n.parse().ok()?,
+            ))
+        })
+        .collect()
+}
