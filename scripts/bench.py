@@ -1292,17 +1292,30 @@ def readme_block(report: str, report_name: str) -> list[str]:
         return next((r for r in fixtures if r.get("fixture", "").startswith(fixture_prefix)
                      and r.get("configuration") == cfg), None)
 
+    def perf_row(fixture_prefix, cfg):
+        # perf record's row at the rate of `cfg` ("profiler [SAMPLER] N Hz"): named
+        # "perf record N Hz" (older reports: "perf N Hz").
+        hz = " ".join(cfg.split()[-2:])
+        return find(fixture_prefix, f"perf record {hz}") or find(fixture_prefix, f"perf {hz}")
+
+    def sampler_rows(sampler):
+        # Our rows of one sampler: "profiler SAMPLER N Hz" (older reports: "profiler N Hz").
+        return [r for r in fixtures if r.get("configuration", "").startswith(f"profiler {sampler} ")
+                or (sampler == "ptrace" and re.fullmatch(r"profiler \d+ Hz", r.get("configuration", "")))]
+
     facts = []
     # Agent CPU against perf record's, fixture by fixture at 1000 Hz.
     lower, higher = [], []
     for r in fixtures:
-        if r.get("configuration") != "profiler 1000 Hz":
+        cfg = r.get("configuration", "")
+        if not (cfg.startswith("profiler") and cfg.endswith(" 1000 Hz")):
             continue
-        p = find(r["fixture"], "perf 1000 Hz")
+        p = perf_row(r["fixture"], cfg)
         ours, theirs = cell_number(col(r, "profiler CPU")), cell_number(col(p, "profiler CPU")) if p else None
         if ours is None or theirs is None:
             continue
-        name = r["fixture"].split(" (")[0]
+        parts = cfg.split()
+        name = r["fixture"].split(" (")[0] + (f" ({parts[1]})" if len(parts) == 4 else "")
         (lower if ours < theirs else higher).append(f"{name} {ours:.3f} vs {theirs:.3f}")
     if lower or higher:
         facts.append("Agent CPU against `perf record`'s at 1000 Hz (s/s): "
@@ -1312,7 +1325,7 @@ def readme_block(report: str, report_name: str) -> list[str]:
     slow = []
     for r in fixtures:
         if r.get("configuration", "").startswith("profiler") and cell_number(col(r, "slowdown")) is not None:
-            p = find(r["fixture"], r["configuration"].replace("profiler", "perf"))
+            p = perf_row(r["fixture"], r["configuration"])
             slow.append(f"{r['fixture'].split(' (')[0]} at {r['configuration'].split(' ', 1)[1]} "
                         f"{col(r, 'slowdown')} (perf {col(p, 'slowdown') if p else '—'})")
     if slow:
@@ -1320,7 +1333,10 @@ def readme_block(report: str, report_name: str) -> list[str]:
     # What idle threads cost.
     idle = []
     for hz in ("100 Hz", "1000 Hz"):
-        two, many = find("busy_threads: 2 busy", f"profiler {hz}"), find("busy_threads: 2 busy + 100 idle", f"profiler {hz}")
+        two = next((r for r in sampler_rows("ptrace") if r["fixture"].startswith("busy_threads: 2 busy")
+                    and not r["fixture"].startswith("busy_threads: 2 busy +") and r["configuration"].endswith(f" {hz}")), None)
+        many = next((r for r in sampler_rows("ptrace") if r["fixture"].startswith("busy_threads: 2 busy + 100 idle")
+                     and r["configuration"].endswith(f" {hz}")), None)
         if two and many and two is not many:
             idle.append(f"at {hz} wall slowdown {col(two, 'slowdown')} → {col(many, 'slowdown')}, "
                         f"agent CPU {col(two, 'profiler CPU')} → {col(many, 'profiler CPU')} s/s")
@@ -1339,7 +1355,8 @@ def readme_block(report: str, report_name: str) -> list[str]:
                      f"on the same program without hogs (perf's cpu-clock share is the truth here): the "
                      f"profiler over-counts that system call.")
     # Pause.
-    cw = find("c_workers", "profiler 1000 Hz")
+    cw = next((r for r in sampler_rows("ptrace") if r["fixture"].startswith("c_workers")
+               and r["configuration"].endswith(" 1000 Hz")), None)
     if cw:
         facts.append(f"Pause per sample (c_workers, 1000 Hz, p50 / p99): {col(cw, 'pause')} µs, as the "
                      "sampler measures it: from the moment it learns that the thread has stopped to its "

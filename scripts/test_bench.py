@@ -116,6 +116,16 @@ class ReadmeTest(unittest.TestCase):
         self.assertIn("| busy_threads: 2 busy + 100 idle | profiler 1000 Hz | +45.2% | 923 | 7.7% (618) |", text)
         self.assertNotIn("unprofiled", text)
         self.assertIn("lower on c_workers 0.124 vs 0.202; higher on deep_recursion 0.653 vs 0.245", text)
+
+    def test_rows_named_by_sampler_find_perf_record(self):
+        # Reports since the perf source name their rows "profiler SAMPLER N Hz" and perf's
+        # "perf record N Hz": the facts still pair each with perf's row.
+        report = (REPORT.replace("| profiler 1000 Hz |", "| profiler ptrace 1000 Hz |")
+                  .replace("| perf 1000 Hz |", "| perf record 1000 Hz |"))
+        text = "\n".join(bench.readme_block(report, "docs/r.md"))
+        self.assertIn("lower on c_workers (ptrace) 0.124 vs 0.202", text)
+        self.assertIn("c_workers at ptrace 1000 Hz +5.0% (perf +2.5%)", text)
+        self.assertIn("at 1000 Hz wall slowdown +18.0% → +45.2%", text)
         self.assertIn("at 1000 Hz wall slowdown +18.0% → +45.2%, agent CPU 0.196 → 0.392 s/s", text)
         self.assertIn("7.7–12.6% of its samples in `clock_gettime`", text)
         self.assertIn("perf measures 1.3%", text)
