@@ -161,7 +161,8 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
     tracer.sample_many(&traced, STOP_WAIT, |tid, r| match r {
         Ok(regs) => {
             let sp = regs.sp();
-            let top = procmaps::find(&maps, sp).map_or(sp.saturating_add(64 << 10), |m| m.end);
+            let top =
+                procmaps::find_stack(&maps, sp).map_or(sp.saturating_add(64 << 10), |(_, end)| end);
             let mut stack = vec![0u8; (top.saturating_sub(sp) as usize).min(MAX_STACK)];
             let n = vm::read(tid, sp, &mut stack);
             stack.truncate(n);
@@ -209,7 +210,8 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
             let mut regs = Regs::default();
             regs.set(Regs::RSP, *sp);
             regs.set(Regs::RIP, *pc);
-            let top = procmaps::find(&maps, *sp).map_or(sp.saturating_add(64 << 10), |m| m.end);
+            let top = procmaps::find_stack(&maps, *sp)
+                .map_or(sp.saturating_add(64 << 10), |(_, end)| end);
             let mut stack = vec![0u8; (top.saturating_sub(*sp) as usize).min(MAX_STACK)];
             let n = vm::read(*tid, *sp, &mut stack);
             stack.truncate(n);

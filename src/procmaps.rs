@@ -99,6 +99,19 @@ pub fn find(maps: &[Mapping], addr: u64) -> Option<&Mapping> {
     maps.get(i).filter(|m| m.contains(addr))
 }
 
+/// The stack range holding `sp`: its mapping, or, when `sp` is below the main thread's
+/// `[stack]` with no mapping in between, that stack grown down since the maps were read
+/// (the kernel extends it on demand): `[sp's page, end of [stack])`. Without this, a
+/// recursion that deepens faster than the maps are re-read would be copied only in part.
+pub fn find_stack(maps: &[Mapping], sp: u64) -> Option<(u64, u64)> {
+    if let Some(m) = find(maps, sp) {
+        return Some((m.start, m.end));
+    }
+    let i = maps.partition_point(|m| m.end <= sp);
+    let above = maps.get(i)?;
+    (above.path == "[stack]" && sp < above.start).then_some((sp & !0xfff, above.end))
+}
+
 /// Put `new` over `maps` (sorted by address), as the kernel does with a mapping made over
 /// others: what it covers of them is gone.
 pub fn overlay(maps: &mut Vec<Mapping>, new: Mapping) {
@@ -175,6 +188,27 @@ mod tests {
 7f1c2c000000-7f1c2c021000 rw-p 00000000 00:00 0 
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
 ";
+
+    #[test]
+    fn stack_grown_below_its_mapping() {
+        let mut maps = parse(SAMPLE);
+        maps.sort_by_key(|m| m.start);
+        // Inside [stack], and just below it (grown since the maps were read).
+        assert_eq!(
+            find_stack(&maps, 0x7ffd5e9d3000),
+            Some((0x7ffd5e9d2000, 0x7ffd5e9f3000))
+        );
+        assert_eq!(
+            find_stack(&maps, 0x7ffd5e9c1234),
+            Some((0x7ffd5e9c1000, 0x7ffd5e9f3000))
+        );
+        // Below another mapping: not a stack.
+        assert_eq!(find_stack(&maps, 0x7f1c29fff000), None);
+        assert_eq!(
+            find_stack(&maps, 0x55d0c9f3e100),
+            Some((0x55d0c9f3e000, 0x55d0c9f5f000))
+        );
+    }
 
     #[test]
     fn rendered_text_parses_back_and_overlays_cut() {

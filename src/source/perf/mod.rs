@@ -746,7 +746,7 @@ impl PerfSource {
         on_cpu: bool,
     ) {
         let sp = regs.sp();
-        let range = procmaps::find(&self.maps, sp).map(|m| (m.start, m.end));
+        let range = procmaps::find_stack(&self.maps, sp);
         self.maps_stale |= range.is_none();
         let max = self.cfg.max_stack_bytes as u64;
         let slot = self.threads.get_mut(&tid).expect("known thread");

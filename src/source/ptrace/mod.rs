@@ -633,7 +633,7 @@ impl Capture<'_> {
                     .as_ref()
                     .and_then(|s| s.stack_range)
                     .filter(|&(lo, hi)| sp >= lo && sp < hi)
-                    .or_else(|| procmaps::find(self.maps, sp).map(|m| (m.start, m.end)));
+                    .or_else(|| procmaps::find_stack(self.maps, sp));
                 self.maps_miss |= range.is_none();
                 let top = range.map_or(sp.saturating_add(64 * 1024), |(_, hi)| hi);
                 let top = top.min(sp.saturating_add(self.max_stack as u64));
