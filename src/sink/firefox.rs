@@ -127,18 +127,12 @@ impl Sink for FirefoxSink {
     }
 
     fn finish(self: Box<Self>, store: &Store) -> SinkReport {
-        let mut report = SinkReport::default();
-        let mine: Vec<&OutputFile> = self
-            .outputs
-            .iter()
-            .filter(|o| o.format == Format::Firefox)
-            .collect();
-        if mine.is_empty() {
-            return report;
-        }
-        let profile = self.profile(store);
-        output::write_each(&mine, &mut report, |_, w| write_gz_json(w, &profile));
-        report
+        output::write_format(
+            &self.outputs,
+            Format::Firefox,
+            || self.profile(store),
+            write_gz_json,
+        )
     }
 }
 

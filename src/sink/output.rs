@@ -174,6 +174,23 @@ pub fn write_each(
     }
 }
 
+/// The report of writing the files of `format` among `outputs`: their content is built
+/// once, by `build`, and only when there is such a file.
+pub fn write_format<T>(
+    outputs: &[OutputFile],
+    format: Format,
+    build: impl FnOnce() -> T,
+    write: impl Fn(&mut dyn Write, &T) -> Result<()>,
+) -> super::SinkReport {
+    let mut report = super::SinkReport::default();
+    let mine: Vec<&OutputFile> = outputs.iter().filter(|o| o.format == format).collect();
+    if !mine.is_empty() {
+        let content = build();
+        write_each(&mine, &mut report, |_, w| write(w, &content));
+    }
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -397,18 +397,12 @@ impl Sink for PprofSink {
     }
 
     fn finish(self: Box<Self>, store: &Store) -> SinkReport {
-        let mut report = SinkReport::default();
-        let mine: Vec<&OutputFile> = self
-            .outputs
-            .iter()
-            .filter(|o| o.format == Format::Pprof)
-            .collect();
-        if mine.is_empty() {
-            return report;
-        }
-        let bytes = self.profile(store).encode_to_vec();
-        output::write_each(&mine, &mut report, |_, w| write_gz(w, &bytes));
-        report
+        output::write_format(
+            &self.outputs,
+            Format::Pprof,
+            || self.profile(store).encode_to_vec(),
+            |w, b: &Vec<u8>| write_gz(w, b),
+        )
     }
 }
 

@@ -181,18 +181,12 @@ impl Sink for SpeedscopeSink {
     }
 
     fn finish(self: Box<Self>, store: &Store) -> SinkReport {
-        let mut report = SinkReport::default();
-        let mine: Vec<&OutputFile> = self
-            .outputs
-            .iter()
-            .filter(|o| o.format == Format::Speedscope)
-            .collect();
-        if mine.is_empty() {
-            return report;
-        }
-        let file = self.file(store);
-        output::write_each(&mine, &mut report, |_, w| write_json(w, &file));
-        report
+        output::write_format(
+            &self.outputs,
+            Format::Speedscope,
+            || self.file(store),
+            write_json,
+        )
     }
 }
 
