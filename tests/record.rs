@@ -140,6 +140,39 @@ fn a_short_program_is_profiled_from_its_start_to_its_exit() {
     assert!(e.contains("(exited)"), "the thread is still listed\n{e}");
 }
 
+/// A recursion that deepens from the program's start grows the main thread's stack below
+/// the `[stack]` mapping the agent read last: those samples are still copied whole, so
+/// they reach the root (with only 64 KiB copied they ended in `[truncated]`).
+#[test]
+fn a_stack_growing_from_the_start_is_copied_whole() {
+    let _l = live();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.folded");
+    let bin = fixture_path("deep_recursion");
+    let o = run(&[
+        "-F",
+        "1000",
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        bin.to_str().unwrap(),
+        "--work",
+        "80000",
+    ]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    let f = std::fs::read_to_string(&out).unwrap();
+    let count = |l: &str| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+    let n: u64 = f.lines().map(count).sum();
+    let cut: u64 = f
+        .lines()
+        .filter(|l| l.contains("[truncated]") || l.contains("[unknown]"))
+        .map(count)
+        .sum();
+    assert!(n >= 100, "{n} samples\n{e}");
+    assert!(cut * 200 <= n, "{cut} of {n} stacks cut short\n{e}");
+}
+
 /// Ctrl-C in a terminal signals the whole foreground process group: the program decides
 /// what to do with it and the agent goes on until the program exits.
 #[test]
