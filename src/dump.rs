@@ -266,6 +266,7 @@ pub fn run(pid: Pid, debug_dirs: &[PathBuf]) -> Result<Dump> {
                         start: t.regs.sp(),
                         bytes: t.stack,
                     },
+                    tail: None,
                 },
             };
             unwind.handle(SourceEvent::Sample(sample), &mut |u| handle(u, &mut store));

@@ -14,6 +14,7 @@ use crate::procmaps;
 use crate::python::code::{CodeCache, Resolved};
 use crate::python::merge::{self, Merged, PyItem};
 use crate::python::{PyRawStack, PythonTarget, ReadMemory};
+use crate::source::stack_cache::SampleStack;
 use crate::source::{BufferPool, Captured, SourceEvent};
 use crate::types::{FrameAddr, StackEnd};
 use profiler_unwind::Unwinder;
@@ -170,12 +171,12 @@ impl<S: ModuleSource> UnwindStage<S> {
 
     /// Give a stack buffer back without unwinding it.
     fn release(&mut self, ev: SourceEvent) {
-        if let SourceEvent::Sample(s) = ev
-            && let Captured::Stack { stack, .. } = s.captured
-        {
-            self.in_flight
-                .fetch_sub(stack.bytes.len(), Ordering::Relaxed);
-            self.pool.give(stack.bytes);
+        if let SourceEvent::Sample(s) = ev {
+            let n = s.stack_bytes();
+            if let Captured::Stack { stack, .. } = s.captured {
+                self.in_flight.fetch_sub(n, Ordering::Relaxed);
+                self.pool.give(stack.bytes);
+            }
         }
     }
 
@@ -208,12 +209,17 @@ impl<S: ModuleSource> UnwindStage<S> {
                 on_cpu,
             }),
             SourceEvent::Sample(s) => {
+                let counted = s.stack_bytes();
                 let end = match s.captured {
-                    Captured::Stack { regs, stack } => {
+                    Captured::Stack { regs, stack, tail } => {
                         let t0 = Instant::now();
+                        let mem = SampleStack {
+                            head: &stack,
+                            tail: tail.as_ref(),
+                        };
                         let mut end = self.unwinder.unwind(
                             &regs,
-                            &stack,
+                            &mem,
                             &WithCode(&self.modules, &self.files),
                             &mut self.frames,
                         );
@@ -224,15 +230,14 @@ impl<S: ModuleSource> UnwindStage<S> {
                             self.send_new_modules(out);
                             end = self.unwinder.unwind(
                                 &regs,
-                                &stack,
+                                &mem,
                                 &WithCode(&self.modules, &self.files),
                                 &mut self.frames,
                             );
                         }
                         self.stats.unwinds += 1;
                         self.stats.unwind_time += t0.elapsed();
-                        self.in_flight
-                            .fetch_sub(stack.bytes.len(), Ordering::Relaxed);
+                        self.in_flight.fetch_sub(counted, Ordering::Relaxed);
                         self.pool.give(stack.bytes);
                         end
                     }

@@ -30,8 +30,11 @@ pub enum Captured {
     Stack {
         /// Registers at the moment of the sample.
         regs: Regs,
-        /// The copied stack.
+        /// The copied stack: the sample's own bytes...
         stack: StackSnapshot,
+        /// ...and, for a deep stack, the outer part right above them, shared with the
+        /// thread's other samples instead of copied ([`stack_cache`]).
+        tail: Option<stack_cache::SharedTail>,
     },
     /// A stack the source walked itself, leaf first.
     Frames {
@@ -64,7 +67,9 @@ impl RawSample {
     /// Stack bytes this sample holds (what counts against the in-flight bound).
     pub fn stack_bytes(&self) -> usize {
         match &self.captured {
-            Captured::Stack { stack, .. } => stack.bytes.len(),
+            Captured::Stack { stack, tail, .. } => {
+                stack.bytes.len() + tail.as_ref().map_or(0, |t| t.counted_bytes())
+            }
             Captured::Frames { .. } => 0,
         }
     }
@@ -427,6 +432,7 @@ mod tests {
                     start: 0x1000,
                     bytes: vec![0; len],
                 },
+                tail: None,
             },
         }
     }

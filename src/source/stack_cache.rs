@@ -1,4 +1,5 @@
-//! Copy only the part of a thread's stack that can have changed since its previous sample.
+//! Copy only the part of a thread's stack that can have changed since its previous sample,
+//! and share the rest instead of copying it again.
 //!
 //! The outer frames of a thread that has not returned from them do not change: a deep
 //! stack (a 2,000-frame recursion, 2 MiB) is mostly the same bytes from one sample to the
@@ -9,12 +10,23 @@
 //! Whether such a splice is right is then checked again by the unwinder: a stack that does
 //! not reach the thread's root ends in a visible `[truncated]` or `[unknown]` frame.
 //!
+//! The cache holds a small private *head* (the latest fresh bytes) above which a
+//! read-only [`SharedTail`] goes up to the top of the stack. A sample gets its fresh bytes
+//! (plus whatever of the head lies between them and the tail) as its own buffer, and the
+//! tail by reference: consecutive samples of a deep stack share one copy of its outer
+//! megabytes instead of each copying them. When the head grows past [`HEAD_MAX`] (the
+//! thread's stack changed far down), head and tail are folded into a new tail, once.
+//!
 //! The same code completes a perf sample, whose kernel copy holds only the top of the stack:
 //! first against the cache (at the time of the sample), else from the live process, after
 //! checking that the bytes at the seam are still those the kernel copied
 //! ([`Completion::SeamMoved`] when not).
 //!
 //! Pure logic: memory is read through the closure the caller gives.
+
+use std::sync::Arc;
+
+use profiler_unwind::{ReadMemory, StackSnapshot};
 
 /// Bytes at the end of a fresh copy that must equal the previous capture for the rest to be
 /// taken from it: several frames' worth of return addresses and saved registers.
@@ -27,11 +39,15 @@ pub const SEAM_OVERLAP: usize = 256;
 /// First chunk read from the live process; later chunks double.
 pub const FIRST_CHUNK: usize = 16 * 1024;
 
+/// Most bytes a cache keeps privately below its shared tail; beyond, the two are folded
+/// into one new tail. Also the largest complete copy kept as a head rather than shared.
+pub const HEAD_MAX: usize = 128 * 1024;
+
 /// How a capture was completed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Completion {
-    /// The whole stack is in the output: `read` bytes read live, `reused` taken from the
-    /// previous capture.
+    /// The whole stack is in the output (see [`StackCache::splice`]): `read` bytes read
+    /// live, `reused` taken from the previous capture.
     Complete {
         /// Bytes read from the process.
         read: usize,
@@ -45,15 +61,122 @@ pub enum Completion {
     SeamMoved,
 }
 
-/// One thread's last complete stack: the bytes from some address up to the top of its
-/// stack mapping, kept aligned at the top so the stack can grow downward in place.
+/// Stack bytes `[start, start + bytes.len())`, never written once shared.
+#[derive(Debug)]
+struct TailBytes {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+/// The outer part of a captured stack, `[start(), end())`, shared read-only between a
+/// thread's cache and the samples taken from it.
+#[derive(Clone, Debug)]
+pub struct SharedTail {
+    bytes: Arc<TailBytes>,
+    from: u64,
+    /// True for the one sample that brought these bytes into memory: it carries their
+    /// size in the in-flight count (the others share them for free).
+    new: bool,
+}
+
+impl SharedTail {
+    /// First address.
+    pub fn start(&self) -> u64 {
+        self.from
+    }
+
+    /// One past the last address.
+    pub fn end(&self) -> u64 {
+        self.bytes.start + self.bytes.bytes.len() as u64
+    }
+
+    /// The bytes `[start(), end())`.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes.bytes[(self.from - self.bytes.start) as usize..]
+    }
+
+    /// Bytes this sample counts against the in-flight bound: all of the shared buffer for
+    /// the sample that created it, nothing for the samples that share it afterwards.
+    pub fn counted_bytes(&self) -> usize {
+        if self.new { self.bytes.bytes.len() } else { 0 }
+    }
+
+    /// True when both share one buffer (the bytes they both cover are the same).
+    pub fn same_buffer(&self, other: &SharedTail) -> bool {
+        Arc::ptr_eq(&self.bytes, &other.bytes)
+    }
+
+    /// A tail made of `bytes`, which start at `start` (for tests and tools).
+    pub fn from_bytes(start: u64, bytes: Vec<u8>) -> SharedTail {
+        SharedTail {
+            bytes: Arc::new(TailBytes { start, bytes }),
+            from: start,
+            new: true,
+        }
+    }
+}
+
+/// A sample's stack as the unwinder reads it: its own bytes, then the shared tail right
+/// above them.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleStack<'a> {
+    /// The sample's own bytes.
+    pub head: &'a StackSnapshot,
+    /// The bytes above them, when shared.
+    pub tail: Option<&'a SharedTail>,
+}
+
+impl SampleStack<'_> {
+    /// One past the last address.
+    pub fn end(&self) -> u64 {
+        self.tail.map_or(self.head.end(), |t| t.end())
+    }
+}
+
+impl ReadMemory for SampleStack<'_> {
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let head_end = self.head.end();
+        let Some(end) = addr.checked_add(buf.len() as u64) else {
+            return false;
+        };
+        if end <= head_end {
+            return self.head.read_bytes(addr, buf);
+        }
+        let Some(tail) = self.tail.filter(|t| t.start() == head_end) else {
+            return false;
+        };
+        if addr >= head_end {
+            let off = (addr - head_end) as usize;
+            return match tail.bytes().get(off..off + buf.len()) {
+                Some(src) => {
+                    buf.copy_from_slice(src);
+                    true
+                }
+                None => false,
+            };
+        }
+        let n = (head_end - addr) as usize;
+        let (lo, hi) = buf.split_at_mut(n);
+        self.head.read_bytes(addr, lo)
+            && tail.bytes().get(..hi.len()).is_some_and(|src| {
+                hi.copy_from_slice(src);
+                true
+            })
+    }
+}
+
+/// One thread's last complete stack `[head_start, top)`: a private head, then a shared
+/// tail up to the top of its stack mapping.
 #[derive(Debug, Default)]
 pub struct StackCache {
     /// One past the highest address.
     top: u64,
-    /// `buf[buf.len() - len..]` holds the bytes `[top - len, top)`.
-    buf: Vec<u8>,
-    len: usize,
+    /// Address of `head[0]`.
+    head_start: u64,
+    /// The bytes `[head_start, head_start + head.len())`.
+    head: Vec<u8>,
+    /// The bytes from the end of the head up to `top`, when not all in the head.
+    tail: Option<SharedTail>,
 }
 
 impl StackCache {
@@ -64,17 +187,32 @@ impl StackCache {
 
     /// Forget everything (the thread's stack moved, or its process exec'd).
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.head.clear();
+        self.tail = None;
+    }
+
+    /// First address kept, when anything is.
+    fn start(&self) -> Option<u64> {
+        (!self.head.is_empty() || self.tail.is_some()).then_some(self.head_start)
+    }
+
+    fn head_end(&self) -> u64 {
+        self.head_start + self.head.len() as u64
     }
 
     /// Bytes kept.
     pub fn len(&self) -> usize {
-        self.len
+        self.start().map_or(0, |s| (self.top - s) as usize)
     }
 
     /// True when nothing is kept.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.start().is_none()
+    }
+
+    /// Bytes kept in the private head (the rest is shared).
+    pub fn head_len(&self) -> usize {
+        self.head.len()
     }
 
     /// Keep `bytes`, the whole stack `[sp, top)` copied at once, as the base of the next
@@ -82,53 +220,111 @@ impl StackCache {
     pub fn keep(&mut self, sp: u64, top: u64, bytes: &[u8]) {
         if top != self.top {
             self.top = top;
-            self.len = 0;
+            self.clear();
         }
         if sp + bytes.len() as u64 == top {
             self.store(sp, bytes);
         } else {
-            self.len = 0;
+            self.clear();
         }
     }
 
-    /// Append to `out` (the fresh bytes `[sp, sp + out.len())` of the capture just
-    /// completed) the `reused` bytes above them from the previous capture.
-    pub fn append_reused(&self, sp: u64, out: &mut Vec<u8>, reused: usize) {
-        if let Some(rest) = self.get(sp + out.len() as u64, reused) {
-            out.extend_from_slice(rest);
-        }
-    }
-
-    /// The cached bytes `[addr, addr + n)`, when all of them are kept.
-    fn get(&self, addr: u64, n: usize) -> Option<&[u8]> {
-        let start = self.top.checked_sub(self.len as u64)?;
-        if addr < start || addr.checked_add(n as u64)? > self.top {
+    /// After [`Completion::Complete`]: make `out` (the fresh bytes `[sp, sp + out.len())`
+    /// of the capture just completed) the whole stack, by appending what of the private
+    /// head lies above them and returning the shared tail above that. A copy that can wait
+    /// until a stopped thread runs again.
+    pub fn splice(&mut self, sp: u64, out: &mut Vec<u8>) -> Option<SharedTail> {
+        if self.start() != Some(sp) {
             return None;
         }
-        let off = self.buf.len() - self.len + (addr - start) as usize;
-        self.buf.get(off..off + n)
+        let p = sp + out.len() as u64;
+        let head_end = self.head_end();
+        if p < head_end {
+            out.extend_from_slice(&self.head[(p - self.head_start) as usize..]);
+        }
+        let tail = self.tail.as_mut()?;
+        let mut shared = tail.clone();
+        shared.from = shared.from.max(p);
+        tail.new = false;
+        Some(shared)
     }
 
-    /// Keep `bytes` as the content of `[addr, addr + bytes.len())`, and everything kept
-    /// above it; `addr + bytes.len()` must reach the kept part (or the top).
-    fn store(&mut self, addr: u64, bytes: &[u8]) {
-        let end = addr + bytes.len() as u64;
-        let start = self.top - self.len as u64;
-        if addr >= self.top || end < start {
-            self.len = 0;
+    /// True when the cache holds `[addr, addr + bytes.len())` and those bytes are `bytes`.
+    fn matches(&self, addr: u64, bytes: &[u8]) -> bool {
+        let Some(start) = self.start() else {
+            return false;
+        };
+        if addr < start || addr + bytes.len() as u64 > self.top {
+            return false;
+        }
+        let head_end = self.head_end();
+        let (mut a, mut b) = (addr, bytes);
+        if a < head_end {
+            let n = ((head_end - a) as usize).min(b.len());
+            let off = (a - self.head_start) as usize;
+            if self.head[off..off + n] != b[..n] {
+                return false;
+            }
+            a += n as u64;
+            b = &b[n..];
+        }
+        if b.is_empty() {
+            return true;
+        }
+        self.tail.as_ref().is_some_and(|t| {
+            let off = (a - t.start()) as usize;
+            t.bytes().get(off..off + b.len()) == Some(b)
+        })
+    }
+
+    /// Keep `fresh` as the content of `[sp, sp + fresh.len())`, and everything kept above
+    /// it; `sp + fresh.len()` must reach the kept part (or the top).
+    fn store(&mut self, sp: u64, fresh: &[u8]) {
+        let end = sp + fresh.len() as u64;
+        let start = self.start().unwrap_or(self.top);
+        if sp >= self.top || end < start || end > self.top {
+            self.clear();
             return;
         }
-        let new_len = (self.top - addr) as usize;
-        if new_len > self.buf.len() {
-            // Grow at the front: the top stays at the end.
-            let mut grown = vec![0u8; new_len.next_power_of_two().max(4096)];
-            let (gl, bl) = (grown.len(), self.buf.len());
-            grown[gl - self.len..].copy_from_slice(&self.buf[bl - self.len..]);
-            self.buf = grown;
+        let head_end = self.head_end();
+        if end >= head_end || self.head.is_empty() {
+            // The fresh bytes cover the whole head: the tail goes on from their end.
+            self.head.clear();
+            self.head.extend_from_slice(fresh);
+            if end == self.top {
+                self.tail = None;
+            } else if let Some(t) = self.tail.as_mut() {
+                t.from = t.from.max(end);
+            }
+        } else {
+            let keep = &self.head[(end - self.head_start) as usize..];
+            let mut head = Vec::with_capacity(fresh.len() + keep.len());
+            head.extend_from_slice(fresh);
+            head.extend_from_slice(keep);
+            self.head = head;
         }
-        let off = self.buf.len() - new_len;
-        self.buf[off..off + bytes.len()].copy_from_slice(bytes);
-        self.len = new_len;
+        self.head_start = sp;
+        if self.head.len() > HEAD_MAX && self.tail.is_some() {
+            self.fold();
+        }
+    }
+
+    /// Fold the head and the tail into one new shared tail.
+    fn fold(&mut self) {
+        let mut bytes = Vec::with_capacity(self.len());
+        bytes.extend_from_slice(&self.head);
+        if let Some(t) = &self.tail {
+            bytes.extend_from_slice(t.bytes());
+        }
+        self.head.clear();
+        self.tail = Some(SharedTail::from_bytes(self.head_start, bytes));
+    }
+
+    /// Take `out`, the whole stack `[sp, top)` just read, as the new shared tail (no copy).
+    fn adopt(&mut self, sp: u64, out: &mut Vec<u8>) {
+        self.head.clear();
+        self.head_start = sp;
+        self.tail = Some(SharedTail::from_bytes(sp, std::mem::take(out)));
     }
 
     /// Copy what is needed to make `out` the stack `[sp, top)`. `out` holds the bytes
@@ -137,9 +333,9 @@ impl StackCache {
     /// returns). `read(addr, buf)` copies live memory and returns how many bytes it got.
     /// At most `top - sp` bytes are produced; the caller bounds `top`.
     ///
-    /// On [`Completion::Complete`] with `reused > 0`, `out` holds the fresh bytes only:
-    /// [`StackCache::append_reused`] adds the rest (a copy that can wait until a stopped
-    /// thread runs again).
+    /// On [`Completion::Complete`], `out` holds the fresh bytes only (or nothing, when a
+    /// large complete copy was taken over as the new shared tail): [`StackCache::splice`]
+    /// adds the rest.
     pub fn complete(
         &mut self,
         sp: u64,
@@ -150,7 +346,7 @@ impl StackCache {
     ) -> Completion {
         if top != self.top {
             self.top = top;
-            self.len = 0;
+            self.clear();
         }
         let want = top.saturating_sub(sp) as usize;
         out.truncate(want);
@@ -166,9 +362,7 @@ impl StackCache {
                 };
             }
             if have >= WINDOW
-                && let Some(c) = self.get(sp + (have - WINDOW) as u64, WINDOW)
-                && c == &out[have - WINDOW..have]
-                && self.get(sp + have as u64, want - have).is_some()
+                && self.matches(sp + (have - WINDOW) as u64, &out[have - WINDOW..have])
             {
                 // Only the fresh part needs storing: the rest is the cache already.
                 self.store(sp, &out[..have]);
@@ -211,10 +405,13 @@ impl StackCache {
             }
             chunk = chunk.saturating_mul(2);
         };
-        if outcome != Completion::Short {
-            self.store(sp, &out[..have]);
-        } else {
-            self.len = 0;
+        match outcome {
+            Completion::Short => self.clear(),
+            _ if have > HEAD_MAX => self.adopt(sp, out),
+            _ => {
+                self.clear();
+                self.store(sp, &out[..have]);
+            }
         }
         outcome
     }
@@ -259,6 +456,20 @@ mod tests {
         }
     }
 
+    /// The stack a completed capture stands for: its own bytes and the shared tail.
+    fn whole(cache: &mut StackCache, sp: u64, mut out: Vec<u8>) -> Vec<u8> {
+        let tail = cache.splice(sp, &mut out);
+        if let Some(t) = tail {
+            assert_eq!(
+                t.start(),
+                sp + out.len() as u64,
+                "the tail starts where the bytes end"
+            );
+            out.extend_from_slice(t.bytes());
+        }
+        out
+    }
+
     #[test]
     fn unchanged_deep_stack_is_read_once() {
         let mut m = Mem::new(0x10_0000, 2 << 20, 1);
@@ -268,11 +479,20 @@ mod tests {
         let mut out = Vec::new();
         let c = cache.complete(sp, top, &mut out, false, |a, b| m.read(a, b));
         assert!(matches!(c, Completion::Complete { reused: 0, .. }));
-        assert_eq!(out, m.slice(sp));
+        assert!(
+            out.is_empty(),
+            "a large complete copy becomes the shared tail"
+        );
+        let first_tail = cache.splice(sp, &mut out).expect("shared");
+        assert_eq!(first_tail.bytes(), m.slice(sp));
+        assert_eq!(
+            first_tail.counted_bytes(),
+            m.slice(sp).len(),
+            "counted once"
+        );
         // Second capture, the leaf changed (bytes near sp): only the first chunk is read.
         m.bytes[1000..1100].fill(0xee);
         m.read = 0;
-        out.clear();
         let c = cache.complete(sp, top, &mut out, false, |a, b| m.read(a, b));
         assert_eq!(out.len(), FIRST_CHUNK, "only the fresh part so far");
         let Completion::Complete { reused, read } = c else {
@@ -282,9 +502,68 @@ mod tests {
             (read, reused),
             (FIRST_CHUNK, m.bytes.len() - 1000 - FIRST_CHUNK)
         );
-        cache.append_reused(sp, &mut out, reused);
+        let mut second = out.clone();
+        let tail = cache.splice(sp, &mut second).expect("shared");
+        assert!(
+            tail.same_buffer(&first_tail),
+            "the outer bytes are not copied again"
+        );
+        assert_eq!(tail.counted_bytes(), 0);
+        let view = SampleStack {
+            head: &StackSnapshot {
+                start: sp,
+                bytes: second.clone(),
+            },
+            tail: Some(&tail),
+        };
+        // Reads inside the head, across the seam and inside the tail.
+        for (addr, len) in [
+            (sp, 64),
+            (sp + FIRST_CHUNK as u64 - 8, 16),
+            (tail.start() + 4096, 32),
+        ] {
+            let mut buf = vec![0u8; len];
+            assert!(view.read_bytes(addr, &mut buf));
+            let off = (addr - sp) as usize;
+            assert_eq!(buf, m.slice(sp)[off..off + len]);
+        }
+        assert!(
+            !view.read_bytes(top - 4, &mut [0u8; 8]),
+            "nothing past the top"
+        );
+        let out = whole(&mut cache, sp, out);
         assert_eq!(out, m.slice(sp));
         assert_eq!(m.read, FIRST_CHUNK);
+    }
+
+    #[test]
+    fn a_head_grown_past_its_bound_is_folded_into_a_new_tail() {
+        let mut m = Mem::new(0x50_0000, 1 << 20, 6);
+        let top = m.top();
+        let mut cache = StackCache::new();
+        let mut out = Vec::new();
+        let sp = m.base + 512 * 1024;
+        cache.complete(sp, top, &mut out, false, |a, b| m.read(a, b));
+        let old = cache.splice(sp, &mut out).expect("shared");
+        // The thread went 400 KiB deeper: those bytes are fresh, the rest matches.
+        let sp2 = m.base + 112 * 1024;
+        let mut out = Vec::new();
+        let c = cache.complete(sp2, top, &mut out, false, |a, b| m.read(a, b));
+        assert!(
+            matches!(c, Completion::Complete { reused, .. } if reused > 0),
+            "{c:?}"
+        );
+        assert_eq!(cache.head_len(), 0, "folded");
+        let tail = cache.splice(sp2, &mut out).expect("shared");
+        assert!(!tail.same_buffer(&old));
+        assert_eq!(
+            tail.counted_bytes(),
+            (top - sp2) as usize,
+            "the new buffer is counted"
+        );
+        let mut all = out.clone();
+        all.extend_from_slice(tail.bytes());
+        assert_eq!(all, m.slice(sp2));
     }
 
     #[test]
@@ -305,8 +584,9 @@ mod tests {
         out.clear();
         let c = cache.complete(sp, top, &mut out, false, |a, b| m.read(a, b));
         if let Completion::Complete { reused, .. } = c {
-            cache.append_reused(sp, &mut out, reused);
+            let _ = reused;
         }
+        let mut out = whole(&mut cache, sp, out);
         assert_eq!(out, m.slice(sp), "the spliced copy is the new stack");
         assert_eq!(m.read, FIRST_CHUNK * 3, "16 + 32 KiB read, then the match");
         // A deeper stack (the thread called further down): grows the cache in front.
@@ -314,9 +594,8 @@ mod tests {
         m.bytes[8..64].fill(7);
         out.clear();
         let c = cache.complete(sp2, top, &mut out, false, |a, b| m.read(a, b));
-        if let Completion::Complete { reused, .. } = c {
-            cache.append_reused(sp2, &mut out, reused);
-        }
+        assert!(matches!(c, Completion::Complete { .. }));
+        let out = whole(&mut cache, sp2, out);
         assert_eq!(out, m.slice(sp2));
         assert_eq!(cache.len(), out.len());
     }
@@ -332,6 +611,7 @@ mod tests {
         let mut out = kernel(&m);
         let c = cache.complete(sp, top, &mut out, true, |a, b| m.read(a, b));
         assert!(matches!(c, Completion::Complete { .. }), "{c:?}");
+        let out = whole(&mut cache, sp, out);
         assert_eq!(out, m.slice(sp));
         // Second sample: the kernel copy ends as the cache does: nothing read live.
         m.read = 0;
@@ -341,7 +621,8 @@ mod tests {
         let Completion::Complete { read: 0, reused } = c else {
             panic!("{c:?}")
         };
-        cache.append_reused(sp, &mut out, reused);
+        assert!(reused > 0);
+        let out = whole(&mut cache, sp, out);
         assert_eq!(out, m.slice(sp));
         // Third: the stack changed at the seam, and changed again before the live read
         // (the thread returned past the seam): the kernel copy is all there is.

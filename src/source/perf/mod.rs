@@ -751,6 +751,7 @@ impl PerfSource {
         let max = self.cfg.max_stack_bytes as u64;
         let slot = self.threads.get_mut(&tid).expect("known thread");
         self.stats.stack_bytes += stack.len() as u64;
+        let mut tail = None;
         if let Some((_, hi)) = range {
             let top = hi.min(sp.saturating_add(max));
             if full && sp + (stack.len() as u64) < top {
@@ -759,7 +760,7 @@ impl PerfSource {
                     .complete(sp, top, &mut stack, true, |a, b| vm::read(tid, a, b))
                 {
                     Completion::Complete { read, reused } => {
-                        slot.cache.append_reused(sp, &mut stack, reused);
+                        tail = slot.cache.splice(sp, &mut stack);
                         self.stats.stack_bytes += read as u64;
                         self.stats.stack_bytes_reused += reused as u64;
                     }
@@ -787,6 +788,7 @@ impl PerfSource {
                     start: sp,
                     bytes: stack,
                 },
+                tail,
             },
         };
         self.out.sample(sample, 0, &mut self.stats);

@@ -444,7 +444,7 @@ impl Sampler {
         }
         // Every thread captured runs again: complete the stacks from their previous
         // captures and send them.
-        send_ready(ready, &self.threads, &mut self.out, &mut self.stats);
+        send_ready(ready, &mut self.threads, &mut self.out, &mut self.stats);
         for tid in gone {
             self.forget(tid);
         }
@@ -588,26 +588,25 @@ struct Capture<'a> {
     ready: Vec<ReadyCapture>,
 }
 
-/// A capture whose stack is completed after the thread runs again: the sample, the bytes
-/// to add from the previous capture, and the later tick times (with whether the thread was
-/// on a CPU then) it also stands for.
-type ReadyCapture = (RawSample, usize, Vec<(u64, bool)>);
+/// A capture whose stack is completed after the thread runs again: the sample, whether
+/// its stack is to be spliced with the thread's cache ([`StackCache::splice`]), and the
+/// later tick times (with whether the thread was on a CPU then) it also stands for.
+type ReadyCapture = (RawSample, bool, Vec<(u64, bool)>);
 
 /// Complete the stacks captured (their threads run again) and send them.
 fn send_ready(
     ready: Vec<ReadyCapture>,
-    threads: &HashMap<Tid, ThreadSlot>,
+    threads: &mut HashMap<Tid, ThreadSlot>,
     out: &mut Outbox,
     stats: &mut SourceStats,
 ) {
-    for (mut sample, reused, waiting) in ready {
+    for (mut sample, splice, waiting) in ready {
         let tid = sample.tid;
-        if reused > 0
-            && let Captured::Stack { stack, .. } = &mut sample.captured
-            && let Some(slot) = threads.get(&tid)
+        if splice
+            && let Captured::Stack { stack, tail, .. } = &mut sample.captured
+            && let Some(slot) = threads.get_mut(&tid)
         {
-            slot.cache
-                .append_reused(stack.start, &mut stack.bytes, reused);
+            *tail = slot.cache.splice(stack.start, &mut stack.bytes);
         }
         if !out.sample(sample, waiting.len() as u64, stats) {
             continue;
@@ -644,13 +643,19 @@ impl Capture<'_> {
                     Some(s) => &mut s.cache,
                     None => &mut scratch,
                 };
-                let reused =
+                let (read, reused, mut splice) =
                     match cache.complete(sp, top, &mut buf, false, |a, b| vm::read(tid, a, b)) {
-                        Completion::Complete { reused, .. } => reused,
-                        Completion::Short | Completion::SeamMoved => 0,
+                        Completion::Complete { read, reused } => (read, reused, true),
+                        Completion::Short | Completion::SeamMoved => (buf.len(), 0, false),
                     };
+                let mut tail = None;
+                if slot.is_none() && splice {
+                    // No slot to keep the cache in until the thread runs again: splice now.
+                    tail = scratch.splice(sp, &mut buf);
+                    splice = false;
+                }
                 self.stats.captured += 1;
-                self.stats.stack_bytes += buf.len() as u64;
+                self.stats.stack_bytes += read as u64;
                 self.stats.stack_bytes_reused += reused as u64;
                 let now = self.epoch.elapsed().as_nanos() as u64;
                 let (time_ns, on_cpu, waiting) = match slot {
@@ -680,9 +685,10 @@ impl Capture<'_> {
                             start: sp,
                             bytes: buf,
                         },
+                        tail,
                     },
                 };
-                self.ready.push((sample, reused, waiting));
+                self.ready.push((sample, splice, waiting));
             }
             Err(m) => {
                 if let Some(slot) = slot {
