@@ -373,9 +373,11 @@ impl NamingStage {
                     }
                 }
                 let namer = &mut self.namer;
-                let id = self.store.intern(&stack.frames, stack.end, |key, modules| {
-                    namer.name(key, modules)
-                });
+                let id = self
+                    .store
+                    .intern_thread(tid, &stack.frames, stack.end, |key, modules| {
+                        namer.name(key, modules)
+                    });
                 self.last.insert(tid, (id, stack.end));
                 self.record(tid, time_ns, id, stack.end, on_cpu);
                 Some(time_ns)

@@ -60,7 +60,7 @@ pub struct ThreadStats {
 pub struct Store {
     frames: Vec<FrameKey>,
     names: Vec<Arc<[NamedFrame]>>,
-    frame_index: HashMap<FrameKey, u32>,
+    frame_index: FxHashMap<FrameKey, u32>,
     nodes: Vec<(u32, u32)>,
     node_index: FxHashMap<(u32, u32), u32>,
     thread_names: Vec<String>,
@@ -78,7 +78,24 @@ pub struct Store {
     top_on_cpu: HashMap<Arc<str>, u64>,
     /// How stacks ended, over all samples.
     pub ends: FxHashMap<StackEnd, u64>,
+    /// Per thread, the last deep stack interned (frames root first, and the node of each):
+    /// the next stack of that thread goes on from where the two part.
+    paths: FxHashMap<Tid, Path>,
 }
+
+/// Frames (root first, the end marker included) of an interned stack, and the node each
+/// one leads to.
+#[derive(Default)]
+struct Path {
+    keys: Vec<FrameKey>,
+    nodes: Vec<u32>,
+}
+
+/// Stacks at least this deep are remembered per thread ([`Store::intern_thread`]).
+const DEEP_STACK: usize = 64;
+
+/// Threads whose last deep stack is kept (beyond, the memory is dropped and rebuilt).
+const MAX_PATHS: usize = 256;
 
 impl Store {
     /// An empty store.
@@ -94,6 +111,7 @@ impl Store {
         self.frame_index.clear();
         self.nodes.clear();
         self.node_index.clear();
+        self.paths.clear();
     }
 
     /// A module first seen (they arrive in id order).
@@ -127,11 +145,45 @@ impl Store {
         &mut self,
         leaf_first: &[FrameKey],
         end: StackEnd,
+        name: impl FnMut(&FrameKey, &[Arc<Module>]) -> Vec<NamedFrame>,
+    ) -> Option<StackId> {
+        self.intern_path(None, leaf_first, end, name)
+    }
+
+    /// [`Store::intern`] a stack of thread `tid`. A deep stack is compared, from the root,
+    /// with the thread's last one, and only the frames past the first difference are
+    /// looked up: a 2,000-frame recursion costs what its changing leaf does.
+    pub fn intern_thread(
+        &mut self,
+        tid: Tid,
+        leaf_first: &[FrameKey],
+        end: StackEnd,
+        name: impl FnMut(&FrameKey, &[Arc<Module>]) -> Vec<NamedFrame>,
+    ) -> Option<StackId> {
+        self.intern_path(Some(tid), leaf_first, end, name)
+    }
+
+    fn intern_path(
+        &mut self,
+        tid: Option<Tid>,
+        leaf_first: &[FrameKey],
+        end: StackEnd,
         mut name: impl FnMut(&FrameKey, &[Arc<Module>]) -> Vec<NamedFrame>,
     ) -> Option<StackId> {
-        let mut node = ROOT;
         let marker = marker_key(end);
-        for key in marker.iter().chain(leaf_first.iter().rev()) {
+        let tid = tid.filter(|_| leaf_first.len() >= DEEP_STACK);
+        let mut path = tid.and_then(|t| self.paths.remove(&t)).unwrap_or_default();
+        let keys = marker.iter().chain(leaf_first.iter().rev());
+        let same = path
+            .keys
+            .iter()
+            .zip(keys.clone())
+            .take_while(|(a, b)| a == b)
+            .count();
+        path.keys.truncate(same);
+        path.nodes.truncate(same);
+        let mut node = path.nodes.last().copied().unwrap_or(ROOT);
+        for key in keys.skip(same) {
             let f = match self.frame_index.get(key) {
                 Some(&i) => i,
                 None => {
@@ -156,6 +208,16 @@ impl Store {
                     n
                 }
             };
+            if tid.is_some() {
+                path.keys.push(*key);
+                path.nodes.push(node);
+            }
+        }
+        if let Some(t) = tid {
+            if self.paths.len() >= MAX_PATHS {
+                self.paths.clear();
+            }
+            self.paths.insert(t, path);
         }
         (node != ROOT).then_some(node)
     }
@@ -358,6 +420,53 @@ mod tests {
         n.addr = key.addr;
         n.label = format!("f{}", key.addr).into();
         vec![n]
+    }
+
+    #[test]
+    fn deep_stacks_interned_per_thread_get_the_ids_of_a_full_lookup() {
+        // Two threads in deep recursions whose leaves, depths and ends change from one
+        // sample to the next, interleaved.
+        let stack = |tid: u64, i: u64| -> (Vec<FrameKey>, StackEnd) {
+            let depth = 70 + (i * 7 + tid) % 40;
+            let mut s: Vec<FrameKey> = (0..depth)
+                .map(|d| f(100 + tid * 1000 + d.min(50)))
+                .collect();
+            s.reverse();
+            s.insert(0, f(9000 + i % 5));
+            let end = if i % 9 == 4 {
+                StackEnd::Truncated
+            } else {
+                StackEnd::Root
+            };
+            (s, end)
+        };
+        let (mut full, mut per_thread) = (Store::new(), Store::new());
+        let (mut named_full, mut named_thread) = (0, 0);
+        for i in 0..200u64 {
+            for tid in [1u64, 2] {
+                let (s, end) = stack(tid, i);
+                let a = full.intern(&s, end, |k, m| {
+                    named_full += 1;
+                    label(k, m)
+                });
+                let b = per_thread.intern_thread(tid as Tid, &s, end, |k, m| {
+                    named_thread += 1;
+                    label(k, m)
+                });
+                assert_eq!(a, b, "sample {i} of thread {tid}");
+                let mut back = Vec::new();
+                per_thread.stack_frames(b.unwrap(), &mut back);
+                let marker = usize::from(end != StackEnd::Root);
+                assert_eq!(back.len(), s.len() + marker);
+            }
+        }
+        assert_eq!(named_full, named_thread);
+        assert!(!per_thread.paths.is_empty());
+        per_thread.reset_interning();
+        assert!(
+            per_thread.paths.is_empty(),
+            "node ids of a reset store are gone"
+        );
     }
 
     #[test]

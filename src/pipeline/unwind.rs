@@ -2,6 +2,7 @@
 //! current, unwinds each captured stack (after the thread already runs again) and passes
 //! frame keys on. It never names anything.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -16,8 +17,8 @@ use crate::python::merge::{self, Merged, PyItem};
 use crate::python::{PyRawStack, PythonTarget, ReadMemory};
 use crate::source::stack_cache::SampleStack;
 use crate::source::{BufferPool, Captured, SourceEvent};
-use crate::types::{FrameAddr, StackEnd};
-use profiler_unwind::Unwinder;
+use crate::types::{FrameAddr, StackEnd, Tid};
+use profiler_unwind::{Unwinder, WalkMemo};
 
 /// How often the stage looks for new events when its channel is empty.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
@@ -95,6 +96,9 @@ pub struct UnwindStage<S: ModuleSource> {
     py_memory: Option<Box<dyn ReadMemory + Send>>,
     python: Option<PyStage>,
     show_internals: bool,
+    /// Per thread with a deep (shared-tail) stack: its last walk, and the shared buffer
+    /// (id, first address) that walk read, so the next walk can copy its outer frames.
+    memos: HashMap<Tid, (WalkMemo, u64, u64)>,
 }
 
 impl<S: ModuleSource> UnwindStage<S> {
@@ -114,6 +118,7 @@ impl<S: ModuleSource> UnwindStage<S> {
             py_memory: None,
             python: None,
             show_internals: false,
+            memos: HashMap::new(),
         }
     }
 
@@ -184,11 +189,16 @@ impl<S: ModuleSource> UnwindStage<S> {
     pub fn handle(&mut self, ev: SourceEvent, out: &mut impl FnMut(Unwound)) {
         match ev {
             SourceEvent::Maps(text) => {
+                // A remembered walk stands for the modules it saw.
+                self.memos.clear();
                 self.modules.update(&procmaps::parse(&text), &self.files);
                 self.send_new_modules(out);
             }
             SourceEvent::ThreadName { tid, name } => out(Unwound::ThreadName { tid, name }),
-            SourceEvent::ThreadExited(tid) => out(Unwound::ThreadExited(tid)),
+            SourceEvent::ThreadExited(tid) => {
+                self.memos.remove(&tid);
+                out(Unwound::ThreadExited(tid))
+            }
             SourceEvent::Python(target) => {
                 self.stats.python.interpreter = Some(format!("CPython {}", target.version));
                 self.python = Some(PyStage {
@@ -217,16 +227,38 @@ impl<S: ModuleSource> UnwindStage<S> {
                             head: &stack,
                             tail: tail.as_ref(),
                         };
-                        let mut end = self.unwinder.unwind(
-                            &regs,
-                            &mem,
-                            &WithCode(&self.modules, &self.files),
-                            &mut self.frames,
-                        );
+                        let with_code = WithCode(&self.modules, &self.files);
+                        let mut end = match &tail {
+                            // A deep stack: go on from the thread's last walk where the
+                            // two read the same shared bytes.
+                            Some(t) => {
+                                let (memo, id, from) = self.memos.entry(s.tid).or_default();
+                                let same_from = if *id == t.buffer_id() {
+                                    t.start().max(*from)
+                                } else {
+                                    u64::MAX
+                                };
+                                (*id, *from) = (t.buffer_id(), t.start());
+                                self.unwinder.unwind_reusing(
+                                    &regs,
+                                    &mem,
+                                    &with_code,
+                                    &mut self.frames,
+                                    memo,
+                                    same_from,
+                                )
+                            }
+                            None => {
+                                self.memos.remove(&s.tid);
+                                self.unwinder
+                                    .unwind(&regs, &mem, &with_code, &mut self.frames)
+                            }
+                        };
                         if (self.modules.find_module(regs.ip()).is_none()
                             || end == StackEnd::Unknown)
                             && self.reread_maps()
                         {
+                            self.memos.clear();
                             self.send_new_modules(out);
                             end = self.unwinder.unwind(
                                 &regs,

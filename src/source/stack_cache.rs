@@ -25,6 +25,7 @@
 //! Pure logic: memory is read through the closure the caller gives.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use profiler_unwind::{ReadMemory, StackSnapshot};
 
@@ -64,9 +65,14 @@ pub enum Completion {
 /// Stack bytes `[start, start + bytes.len())`, never written once shared.
 #[derive(Debug)]
 struct TailBytes {
+    /// Unique for the session's life (never reused, unlike an address).
+    id: u64,
     start: u64,
     bytes: Vec<u8>,
 }
+
+/// The next [`TailBytes::id`].
+static NEXT_TAIL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The outer part of a captured stack, `[start(), end())`, shared read-only between a
 /// thread's cache and the samples taken from it.
@@ -106,10 +112,20 @@ impl SharedTail {
         Arc::ptr_eq(&self.bytes, &other.bytes)
     }
 
+    /// The shared buffer's identity, unique for the session: two tails with one id hold
+    /// the same bytes wherever both reach.
+    pub fn buffer_id(&self) -> u64 {
+        self.bytes.id
+    }
+
     /// A tail made of `bytes`, which start at `start` (for tests and tools).
     pub fn from_bytes(start: u64, bytes: Vec<u8>) -> SharedTail {
         SharedTail {
-            bytes: Arc::new(TailBytes { start, bytes }),
+            bytes: Arc::new(TailBytes {
+                id: NEXT_TAIL_ID.fetch_add(1, Ordering::Relaxed),
+                start,
+                bytes,
+            }),
             from: start,
             new: true,
         }

@@ -42,6 +42,7 @@ mod cache;
 mod eval;
 mod frame;
 mod info;
+pub mod memo;
 pub mod memory;
 mod rule;
 #[cfg(test)]
@@ -58,6 +59,8 @@ use self::rule::{CfaRule, CfiRule, ExprRef, NREGS, RegRule};
 pub use self::arch::Regs;
 pub use self::frame::{FrameAddr, StackEnd};
 pub use self::info::UnwindInfo;
+pub use self::memo::WalkMemo;
+use self::memo::{MARK_SPACING, Mark};
 pub use self::memory::{MemoryImage, ReadMemory, StackSnapshot};
 pub use bytes::Bytes;
 
@@ -108,6 +111,9 @@ pub struct UnwinderStats {
     pub trampoline_steps: u64,
     /// DWARF expressions evaluated.
     pub expr_evals: u64,
+    /// Frames copied from a thread's previous walk instead of stepped through
+    /// ([`Unwinder::unwind_reusing`]).
+    pub reused_frames: u64,
 }
 
 impl UnwinderStats {
@@ -191,7 +197,33 @@ impl Unwinder {
     ) -> StackEnd {
         out.clear();
         self.stats.unwinds += 1;
-        let end = self.walk(regs, mem, modules, out);
+        let end = self.walk(regs, mem, modules, out, &mut None);
+        self.stats.frames += out.len() as u64;
+        end
+    }
+
+    /// Like [`Unwinder::unwind`], but where this walk meets `memo`, the previous walk of
+    /// the same thread's stack, in the same state at a stack pointer at or above
+    /// `same_from` (the memory from `same_from` up must be what the previous walk read),
+    /// the previous walk's frames from there on are copied instead of stepped through
+    /// ([`memo`] says how). This walk is then kept in `memo` for the next one.
+    pub fn unwind_reusing<M: ReadMemory, U: UnwindModules>(
+        &mut self,
+        regs: &Regs,
+        mem: &M,
+        modules: &U,
+        out: &mut Vec<FrameAddr>,
+        memo: &mut WalkMemo,
+        same_from: u64,
+    ) -> StackEnd {
+        out.clear();
+        self.stats.unwinds += 1;
+        memo.next_marks.clear();
+        let end = self.walk(regs, mem, modules, out, &mut Some((&mut *memo, same_from)));
+        memo.frames.clear();
+        memo.frames.extend_from_slice(out);
+        std::mem::swap(&mut memo.marks, &mut memo.next_marks);
+        memo.end = Some(end);
         self.stats.frames += out.len() as u64;
         end
     }
@@ -202,6 +234,7 @@ impl Unwinder {
         mem: &M,
         modules: &U,
         out: &mut Vec<FrameAddr>,
+        memo: &mut Option<(&mut WalkMemo, u64)>,
     ) -> StackEnd {
         if self.max_frames == 0 {
             return StackEnd::MaxDepth;
@@ -209,8 +242,47 @@ impl Unwinder {
         let mut regs = *regs;
         let mut valid = ALL_VALID;
         let mut frame = FrameAddr::ip(regs.ip());
+        // The stack block of the last mark, and where the search in the memo's marks is.
+        let mut block = None;
+        let mut cursor = 0;
         loop {
             out.push(frame);
+            if let Some((m, same_from)) = memo.as_mut()
+                && valid & bit(Regs::RSP) != 0
+                && block != Some(regs.sp() / MARK_SPACING)
+            {
+                block = Some(regs.sp() / MARK_SPACING);
+                let mark = Mark::new(out.len() - 1, frame, &regs, valid);
+                if regs.sp() >= *same_from
+                    && let Some(prev) = m.find(&mark, &mut cursor)
+                {
+                    let rest = &m.frames[prev.index + 1..];
+                    let room = self.max_frames - out.len();
+                    let end = m.end.unwrap_or(StackEnd::Unknown);
+                    // A previous walk cut at the frame limit may go on further now.
+                    if end != StackEnd::MaxDepth || rest.len() >= room {
+                        let take = rest.len().min(room);
+                        out.extend_from_slice(&rest[..take]);
+                        self.stats.reused_frames += take as u64;
+                        m.next_marks.push(mark);
+                        let shift = mark.index.wrapping_sub(prev.index);
+                        let later = m.marks[cursor + 1..]
+                            .iter()
+                            .map(|x| Mark {
+                                index: x.index.wrapping_add(shift),
+                                ..*x
+                            })
+                            .filter(|x| x.index < out.len());
+                        m.next_marks.extend(later);
+                        return if take < rest.len() {
+                            StackEnd::MaxDepth
+                        } else {
+                            end
+                        };
+                    }
+                }
+                m.next_marks.push(mark);
+            }
             match self.step(frame, &mut regs, &mut valid, mem, modules) {
                 Step::End(end) => return end,
                 Step::Next(next) => {

@@ -961,3 +961,83 @@ fn trampoline_shapes() {
         "add, not sub"
     );
 }
+
+/// A frame-pointer chain of `n` frames 1 KiB apart (code without CFI), ending through a
+/// CFI frame at the root.
+fn deep_chain(n: u64) -> (Stack, Regs) {
+    let mut s = Stack::new(((n + 2) * 1024) as usize);
+    for i in 0..n {
+        let off = 0x20 + i * 1024;
+        s.put(off, STACK + off + 1024)
+            .put(off + 8, avma(F_NOCFI + 0x40 + (i % 3)));
+    }
+    let last = 0x20 + n * 1024;
+    s.put(last - 1024 + 8, avma(F_BP + 0x10))
+        .put(last, 0)
+        .put(last + 8, avma(F_ROOT + 0x10));
+    s.put(0, 5);
+    (s, regs(avma(F_NOCFI + 0x10), STACK, STACK + 0x20, 0))
+}
+
+#[test]
+fn walks_reuse_the_outer_frames_of_the_previous_walk() {
+    let m = OneModule(module_info(Tables::Hdr));
+    let (mut s, r) = deep_chain(100);
+    let plain = |s: &Stack, r: &Regs| run(&mut Unwinder::new(512), &m, r, &s.image());
+    let (want, want_end) = plain(&s, &r);
+    assert_eq!((want.len(), want_end), (102, StackEnd::Root));
+
+    let mut u = Unwinder::new(512);
+    let mut memo = WalkMemo::new();
+    let mut out = Vec::new();
+    // First walk: nothing to reuse.
+    let end = u.unwind_reusing(&r, &s.image(), &m, &mut out, &mut memo, 0);
+    assert_eq!((&out, end), (&want, want_end));
+    assert_eq!(u.stats().reused_frames, 0);
+
+    // The leaf moved on and a frame near it returned to another place: the walk sees the
+    // change, then meets the previous walk and copies the rest.
+    s.put(0x20 + 3 * 1024 + 8, avma(F_NOCFI + 0x60));
+    let r2 = regs(avma(F_NOCFI + 0x18), STACK, STACK + 0x20, 0);
+    let (want2, _) = plain(&s, &r2);
+    assert_ne!(want2, want);
+    let same_from = STACK + 40 * 1024;
+    let end = u.unwind_reusing(&r2, &s.image(), &m, &mut out, &mut memo, same_from);
+    assert_eq!((&out, end), (&want2, StackEnd::Root));
+    let reused = u.stats().reused_frames;
+    assert!(
+        (50..=62).contains(&reused),
+        "reused {reused} of {}",
+        out.len()
+    );
+
+    // Again, unchanged: reused again, from the memo the last walk left.
+    let end = u.unwind_reusing(&r2, &s.image(), &m, &mut out, &mut memo, same_from);
+    assert_eq!((&out, end), (&want2, StackEnd::Root));
+    assert!(u.stats().reused_frames > reused);
+
+    // Memory not known to be the same (same_from past the top): every frame is walked.
+    let before = u.stats().reused_frames;
+    let end = u.unwind_reusing(&r, &s.image(), &m, &mut out, &mut memo, u64::MAX);
+    assert_eq!(end, StackEnd::Root);
+    assert_eq!(u.stats().reused_frames, before);
+
+    // A previous walk cut at the frame limit is not taken as the end of a longer one.
+    let mut short = Unwinder::new(60);
+    let mut memo = WalkMemo::new();
+    assert_eq!(
+        short.unwind_reusing(&r2, &s.image(), &m, &mut out, &mut memo, 0),
+        StackEnd::MaxDepth
+    );
+    assert_eq!(out.len(), 60);
+    let mut long = Unwinder::new(512);
+    let end = long.unwind_reusing(&r2, &s.image(), &m, &mut out, &mut memo, 0);
+    assert_eq!((&out, end), (&want2, StackEnd::Root));
+    // And a limit reached inside the copied part ends there.
+    let mut memo = WalkMemo::new();
+    long.unwind_reusing(&r2, &s.image(), &m, &mut out, &mut memo, 0);
+    let mut short = Unwinder::new(70);
+    let end = short.unwind_reusing(&r2, &s.image(), &m, &mut out, &mut memo, 0);
+    assert_eq!((out.as_slice(), end), (&want2[..70], StackEnd::MaxDepth));
+    assert!(short.stats().reused_frames > 0);
+}
