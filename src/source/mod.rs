@@ -76,6 +76,9 @@ impl RawSample {
 }
 
 /// What a source emits, in order.
+// Nearly every event is a sample: boxing it to shrink the rare others would cost an
+// allocation per sample.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SourceEvent {
     /// The process's mappings changed (or are first known): the text of its maps.
