@@ -46,6 +46,13 @@ use profiler_unwind::StackSnapshot;
 pub const KERNEL_STACK_BYTES: u32 = 16 * 1024;
 /// ... into a context-switch sample (the thread waits: the rest is read while it does).
 pub const SWITCH_STACK_BYTES: u32 = 8 * 1024;
+/// The wall-clock ticks of a run: the next one due, and the first and last replayed.
+struct Ticks {
+    next: u64,
+    first: Option<u64>,
+    last: u64,
+}
+
 /// Data pages of each CPU's ring buffer, tried in turn (the kernel limits what a user
 /// without `CAP_IPC_LOCK` may lock: `perf_event_mlock_kb` per CPU).
 const RING_PAGES: [usize; 4] = [128, 64, 32, 16];
@@ -56,6 +63,12 @@ const MAPS_MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAPS_STALE_INTERVAL: Duration = Duration::from_millis(10);
 /// How often the source checks that the target still runs.
 const ALIVE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How often the sampler wakes at most, whatever the rate: the kernel takes the samples,
+/// and the wall-clock ticks of a batch are replayed in time order with the records
+/// ([`PerfSource::run`]). Each wake costs the target a preemption on a busy machine; a
+/// batch must stay well within a ring buffer (512 KiB holds 30 ms of 1000 Hz samples).
+const WAKE_INTERVAL_NS: u64 = 10_000_000;
 
 /// Settings of the perf source.
 #[derive(Clone, Debug)]
@@ -635,6 +648,14 @@ impl PerfSource {
         self.items = items;
     }
 
+    /// Handle the drained records up to `time_ns`, keeping the later ones.
+    fn process_until(&mut self, time_ns: u64) {
+        let n = self.items.partition_point(|i| i.time() <= time_ns);
+        let later = self.items.split_off(n);
+        self.process();
+        self.items = later;
+    }
+
     /// Handle one drain's records.
     fn process(&mut self) {
         let items = std::mem::take(&mut self.items);
@@ -807,15 +828,10 @@ impl PerfSource {
         }
     }
 
-    /// The wall-clock tick: every thread that had no on-CPU sample since the last tick
-    /// gets one now, with the stack it waits in.
-    fn tick(&mut self) {
-        let now = self.now_ns();
+    /// The wall-clock tick at `now` (the records up to it handled): every thread that had
+    /// no on-CPU sample since the last tick gets one, with the stack it waits in.
+    fn tick(&mut self, now: u64) {
         let pid = self.cfg.pid;
-        if self.py.active() {
-            let all: Vec<Tid> = self.threads.keys().copied().collect();
-            self.py.refresh_threads(&all, false);
-        }
         let mut tids: Vec<Tid> = self.threads.keys().copied().collect();
         tids.sort_unstable();
         let mut repeats = Vec::new();
@@ -877,6 +893,27 @@ impl PerfSource {
         }
     }
 
+    /// Replay the wall-clock ticks due by `now`, each after the records up to it.
+    fn ticks_until(&mut self, now: u64, ticks: &mut Ticks, schedule: &mut Schedule) {
+        if ticks.next > now {
+            return;
+        }
+        if self.py.active() {
+            let all: Vec<Tid> = self.threads.keys().copied().collect();
+            self.py.refresh_threads(&all, false);
+        }
+        while ticks.next <= now {
+            let t = ticks.next;
+            self.process_until(t);
+            ticks.first.get_or_insert(t);
+            ticks.last = t;
+            self.stats.ticks += 1;
+            self.tick(t);
+            // Times of the replayed ticks, not the clock: a batch is never "late".
+            ticks.next = schedule.next(t).max(t + 1);
+        }
+    }
+
     fn sleep_until(&mut self, deadline_ns: u64) -> Option<StopReason> {
         loop {
             let now = self.now_ns();
@@ -898,10 +935,16 @@ impl PerfSource {
         let start = self.now_ns();
         let mut schedule = Schedule::new(start, self.cfg.frequency, 0.25, fastrand::u64(..));
         let end_ns = self.cfg.duration.map(|d| start + d.as_nanos() as u64);
-        let mut first_tick = None;
-        let mut last_tick = start;
+        let mut ticks = Ticks {
+            next: schedule.next(start),
+            first: None,
+            last: start,
+        };
+        let mut woke = start;
         let stop = loop {
-            let deadline = schedule.next(self.now_ns());
+            // The kernel samples on its own: wake for the next tick, but not more often
+            // than every WAKE_INTERVAL_NS; the ticks that fell due meanwhile are replayed.
+            let deadline = ticks.next.max(woke + WAKE_INTERVAL_NS);
             if let Some(end) = end_ns
                 && deadline >= end
             {
@@ -913,17 +956,15 @@ impl PerfSource {
             if let Some(r) = self.sleep_until(deadline) {
                 break r;
             }
+            woke = self.now_ns();
             if self.alive_checked.elapsed() >= ALIVE_INTERVAL {
                 self.alive_checked = Instant::now();
                 if !self.target_alive() {
                     break StopReason::TargetExited;
                 }
             }
-            let tick_ns = self.now_ns();
-            first_tick.get_or_insert(tick_ns);
-            last_tick = tick_ns;
-            self.stats.ticks += 1;
             self.drain();
+            self.ticks_until(woke, &mut ticks, &mut schedule);
             self.process();
             // The maps are read after the samples taken so far are sent, so none of them
             // is named with maps newer than itself (mappings made before a sample come as
@@ -934,7 +975,6 @@ impl PerfSource {
             {
                 break StopReason::TargetExited;
             }
-            self.tick();
             self.out.flush();
             if self.out.closed() {
                 break StopReason::Aborted;
@@ -948,9 +988,18 @@ impl PerfSource {
                 e.disable();
             }
         }
-        // The samples taken up to the stop.
+        // The samples taken up to the stop, and the ticks due by then.
+        let stopped = match (stop, end_ns) {
+            (StopReason::Duration, Some(end)) => end,
+            _ => self.now_ns(),
+        };
         self.drain();
+        if stop != StopReason::Aborted {
+            self.ticks_until(stopped, &mut ticks, &mut schedule);
+        }
         self.process();
+        self.out.flush();
+        let (first_tick, last_tick) = (ticks.first, ticks.last);
         self.events.clear();
         self.stats.ticks_skipped = schedule.skipped();
         self.stats.elapsed = last_tick.saturating_sub(first_tick.unwrap_or(last_tick)) as f64 / 1e9
