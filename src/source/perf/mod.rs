@@ -1,6 +1,7 @@
 //! The perf_event stack source: the kernel samples the target's threads itself, without
 //! stopping them, and writes each sample (registers and a copy of the top of the user
-//! stack) into ring buffers the agent reads on its own ticks.
+//! stack) into ring buffers the agent reads at most every 10 ms, replaying
+//! the wall-clock ticks due meanwhile in time order with the records.
 //!
 //! * **On CPU**: a `cpu-clock` event per thread and CPU, one sample per `1/frequency` of the
 //!   thread's CPU time, inherited by threads created later.
