@@ -337,8 +337,12 @@ impl Outbox {
     /// Send a sample, or drop it (counted in `stats.dropped`, its buffer kept) when the
     /// channel is full or the in-flight bytes would pass their bound. `extra` samples
     /// that stand on this one (repeats of it) are counted with it when it is dropped.
-    pub fn sample(&mut self, s: RawSample, extra: u64, stats: &mut SourceStats) -> bool {
+    pub fn sample(&mut self, mut s: RawSample, extra: u64, stats: &mut SourceStats) -> bool {
         self.flush();
+        if let Captured::Stack { tail: Some(t), .. } = &mut s.captured {
+            // The first sample sent with a shared buffer counts its bytes.
+            t.claim();
+        }
         let n = s.stack_bytes();
         if !self.held.is_empty() || self.in_flight() + n > MAX_IN_FLIGHT {
             stats.dropped += 1 + extra;
@@ -412,7 +416,10 @@ impl Outbox {
     }
 
     fn recycle(&mut self, s: RawSample) {
-        if let Captured::Stack { stack, .. } = s.captured {
+        if let Captured::Stack { stack, tail, .. } = s.captured {
+            if let Some(mut t) = tail {
+                t.unclaim();
+            }
             self.pool.give(stack.bytes);
         }
     }
@@ -472,6 +479,40 @@ mod tests {
         };
         in_flight.fetch_sub(s.stack_bytes(), Ordering::Relaxed);
         assert!(out.sample(sample(1, 1 << 20), 0, &mut stats));
+    }
+
+    #[test]
+    fn a_shared_stack_buffer_is_counted_by_the_first_sample_sent_with_it() {
+        let (tx, rx) = bounded(1);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let mut out = Outbox::new(tx, BufferPool::default(), in_flight.clone());
+        let mut stats = SourceStats::default();
+        let tail = stack_cache::SharedTail::from_bytes(0x2000, vec![0; 1 << 20]);
+        let with_tail = || {
+            let mut s = sample(1, 4096);
+            if let Captured::Stack { tail: t, .. } = &mut s.captured {
+                *t = Some(tail.clone());
+            }
+            s
+        };
+        assert!(out.sample(sample(2, 16), 0, &mut stats));
+        // The channel is full: the sample that brought the buffer is dropped...
+        assert!(!out.sample(with_tail(), 0, &mut stats));
+        assert_eq!(in_flight.load(Ordering::Relaxed), 16);
+        let _ = rx.try_recv();
+        in_flight.fetch_sub(16, Ordering::Relaxed);
+        // ...so the next one sent with it counts it, and only that one.
+        assert!(out.sample(with_tail(), 0, &mut stats));
+        assert_eq!(in_flight.load(Ordering::Relaxed), 4096 + (1 << 20));
+        let Ok(SourceEvent::Sample(first)) = rx.try_recv() else {
+            panic!("sent")
+        };
+        assert!(out.sample(with_tail(), 0, &mut stats));
+        let Ok(SourceEvent::Sample(second)) = rx.try_recv() else {
+            panic!("sent")
+        };
+        assert_eq!(first.stack_bytes(), 4096 + (1 << 20));
+        assert_eq!(second.stack_bytes(), 4096, "shared for free");
     }
 
     #[test]

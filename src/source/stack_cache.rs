@@ -25,7 +25,7 @@
 //! Pure logic: memory is read through the closure the caller gives.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use profiler_unwind::{ReadMemory, StackSnapshot};
 
@@ -69,6 +69,9 @@ struct TailBytes {
     id: u64,
     start: u64,
     bytes: Vec<u8>,
+    /// True once a sample sent on carries these bytes in the in-flight count
+    /// ([`SharedTail::claim`]).
+    counted: AtomicBool,
 }
 
 /// The next [`TailBytes::id`].
@@ -80,8 +83,8 @@ static NEXT_TAIL_ID: AtomicU64 = AtomicU64::new(1);
 pub struct SharedTail {
     bytes: Arc<TailBytes>,
     from: u64,
-    /// True for the one sample that brought these bytes into memory: it carries their
-    /// size in the in-flight count (the others share them for free).
+    /// True for the one sample sent on that counts the buffer's size in flight (the
+    /// others share it for free).
     new: bool,
 }
 
@@ -102,9 +105,23 @@ impl SharedTail {
     }
 
     /// Bytes this sample counts against the in-flight bound: all of the shared buffer for
-    /// the sample that created it, nothing for the samples that share it afterwards.
+    /// the sample that claimed it ([`SharedTail::claim`]), nothing for the others.
     pub fn counted_bytes(&self) -> usize {
         if self.new { self.bytes.bytes.len() } else { 0 }
+    }
+
+    /// Make this sample the one that counts the shared buffer in flight, unless one sent
+    /// before already does. Called by the sender before it sends; a sample then dropped
+    /// gives the count back ([`SharedTail::unclaim`]), so the next one takes it.
+    pub fn claim(&mut self) {
+        self.new = !self.bytes.counted.swap(true, Ordering::Relaxed);
+    }
+
+    /// Undo [`SharedTail::claim`] for a sample that was not sent after all.
+    pub fn unclaim(&mut self) {
+        if std::mem::take(&mut self.new) {
+            self.bytes.counted.store(false, Ordering::Relaxed);
+        }
     }
 
     /// True when both share one buffer (the bytes they both cover are the same).
@@ -125,9 +142,10 @@ impl SharedTail {
                 id: NEXT_TAIL_ID.fetch_add(1, Ordering::Relaxed),
                 start,
                 bytes,
+                counted: AtomicBool::new(false),
             }),
             from: start,
-            new: true,
+            new: false,
         }
     }
 }
@@ -258,10 +276,8 @@ impl StackCache {
         if p < head_end {
             out.extend_from_slice(&self.head[(p - self.head_start) as usize..]);
         }
-        let tail = self.tail.as_mut()?;
-        let mut shared = tail.clone();
+        let mut shared = self.tail.clone()?;
         shared.from = shared.from.max(p);
-        tail.new = false;
         Some(shared)
     }
 
@@ -320,7 +336,7 @@ impl StackCache {
             self.head = head;
         }
         self.head_start = sp;
-        if self.head.len() > HEAD_MAX && self.tail.is_some() {
+        if self.head.len() > HEAD_MAX {
             self.fold();
         }
     }
@@ -499,8 +515,10 @@ mod tests {
             out.is_empty(),
             "a large complete copy becomes the shared tail"
         );
-        let first_tail = cache.splice(sp, &mut out).expect("shared");
+        let mut first_tail = cache.splice(sp, &mut out).expect("shared");
         assert_eq!(first_tail.bytes(), m.slice(sp));
+        assert_eq!(first_tail.counted_bytes(), 0, "not claimed yet");
+        first_tail.claim();
         assert_eq!(
             first_tail.counted_bytes(),
             m.slice(sp).len(),
@@ -519,12 +537,21 @@ mod tests {
             (FIRST_CHUNK, m.bytes.len() - 1000 - FIRST_CHUNK)
         );
         let mut second = out.clone();
-        let tail = cache.splice(sp, &mut second).expect("shared");
+        let mut tail = cache.splice(sp, &mut second).expect("shared");
         assert!(
             tail.same_buffer(&first_tail),
             "the outer bytes are not copied again"
         );
-        assert_eq!(tail.counted_bytes(), 0);
+        tail.claim();
+        assert_eq!(
+            tail.counted_bytes(),
+            0,
+            "the first sample counts the buffer"
+        );
+        // Had the first sample been dropped, the next one sent would count it.
+        first_tail.unclaim();
+        tail.claim();
+        assert_eq!(tail.counted_bytes(), m.slice(sp).len());
         let view = SampleStack {
             head: &StackSnapshot {
                 start: sp,
@@ -553,6 +580,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stack_first_seen_shallow_is_shared_once_it_grows_deep() {
+        let mut m = Mem::new(0x60_0000, 1 << 20, 7);
+        let top = m.top();
+        let mut cache = StackCache::new();
+        let sp = top - 64 * 1024;
+        let mut out = Vec::new();
+        cache.complete(sp, top, &mut out, false, |a, b| m.read(a, b));
+        assert!(
+            cache.splice(sp, &mut out).is_none(),
+            "a shallow stack stays private"
+        );
+        assert_eq!(cache.head_len(), 64 * 1024);
+        // 200 KiB deeper: the fresh bytes and the old head are folded into a shared tail...
+        let sp2 = sp - 200 * 1024;
+        let mut out = Vec::new();
+        let c = cache.complete(sp2, top, &mut out, false, |a, b| m.read(a, b));
+        assert!(
+            matches!(c, Completion::Complete { reused, .. } if reused > 0),
+            "{c:?}"
+        );
+        assert_eq!(cache.head_len(), 0, "folded, not copied into every sample");
+        assert_eq!(whole(&mut cache, sp2, out), m.slice(sp2));
+        // ...so the next sample copies one chunk and shares the rest.
+        m.read = 0;
+        let mut out = Vec::new();
+        cache.complete(sp2, top, &mut out, false, |a, b| m.read(a, b));
+        assert_eq!(m.read, FIRST_CHUNK);
+        let mut spliced = out.clone();
+        let tail = cache.splice(sp2, &mut spliced).expect("shared");
+        assert_eq!(spliced.len(), FIRST_CHUNK);
+        assert_eq!(whole(&mut cache, sp2, out), m.slice(sp2));
+        assert_eq!(tail.start(), sp2 + FIRST_CHUNK as u64);
+    }
+
+    #[test]
     fn a_head_grown_past_its_bound_is_folded_into_a_new_tail() {
         let mut m = Mem::new(0x50_0000, 1 << 20, 6);
         let top = m.top();
@@ -570,7 +632,8 @@ mod tests {
             "{c:?}"
         );
         assert_eq!(cache.head_len(), 0, "folded");
-        let tail = cache.splice(sp2, &mut out).expect("shared");
+        let mut tail = cache.splice(sp2, &mut out).expect("shared");
+        tail.claim();
         assert!(!tail.same_buffer(&old));
         assert_eq!(
             tail.counted_bytes(),
@@ -599,9 +662,10 @@ mod tests {
         m.read = 0;
         out.clear();
         let c = cache.complete(sp, top, &mut out, false, |a, b| m.read(a, b));
-        if let Completion::Complete { reused, .. } = c {
-            let _ = reused;
-        }
+        assert!(
+            matches!(c, Completion::Complete { reused, .. } if reused > 0),
+            "{c:?}"
+        );
         let mut out = whole(&mut cache, sp, out);
         assert_eq!(out, m.slice(sp), "the spliced copy is the new stack");
         assert_eq!(m.read, FIRST_CHUNK * 3, "16 + 32 KiB read, then the match");

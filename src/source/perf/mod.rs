@@ -896,22 +896,23 @@ impl PerfSource {
 
     /// Replay the wall-clock ticks due by `now`, each after the records up to it.
     fn ticks_until(&mut self, now: u64, ticks: &mut Ticks, schedule: &mut Schedule) {
-        if ticks.next > now {
-            return;
-        }
-        if self.py.active() {
-            let all: Vec<Tid> = self.threads.keys().copied().collect();
-            self.py.refresh_threads(&all, false);
-        }
+        let mut first = true;
         while ticks.next <= now {
             let t = ticks.next;
             self.process_until(t);
+            if std::mem::take(&mut first) && self.py.active() {
+                let all: Vec<Tid> = self.threads.keys().copied().collect();
+                self.py.refresh_threads(&all, false);
+            }
             ticks.first.get_or_insert(t);
             ticks.last = t;
             self.stats.ticks += 1;
             self.tick(t);
-            // Times of the replayed ticks, not the clock: a batch is never "late".
-            ticks.next = schedule.next(t).max(t + 1);
+            // A batch replays up to WAKE_INTERVAL_NS of ticks; ticks further behind than
+            // that (the sampler itself was kept from running) are skipped and counted.
+            ticks.next = schedule
+                .next(now.saturating_sub(WAKE_INTERVAL_NS))
+                .max(t + 1);
         }
     }
 
@@ -966,7 +967,8 @@ impl PerfSource {
             }
             self.drain();
             self.ticks_until(woke, &mut ticks, &mut schedule);
-            self.process();
+            // Records after the wake wait for the next batch, after its earlier ticks.
+            self.process_until(woke);
             // The maps are read after the samples taken so far are sent, so none of them
             // is named with maps newer than itself (mappings made before a sample come as
             // records ahead of it).
