@@ -942,7 +942,8 @@ impl PerfSource {
             first: None,
             last: start,
         };
-        let mut woke = start;
+        // The first wake comes at the first tick (the first samples soon after the attach).
+        let mut woke = start.saturating_sub(WAKE_INTERVAL_NS);
         let stop = loop {
             // The kernel samples on its own: wake for the next tick, but not more often
             // than every WAKE_INTERVAL_NS; the ticks that fell due meanwhile are replayed.
