@@ -161,13 +161,15 @@ fn a_stack_growing_from_the_start_is_copied_whole() {
     ]);
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
-    let f = std::fs::read_to_string(&out).unwrap();
-    let count = |l: &str| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
-    let n: u64 = f.lines().map(count).sum();
-    let cut: u64 = f
-        .lines()
-        .filter(|l| l.contains("[truncated]") || l.contains("[unknown]"))
-        .map(count)
+    let stacks = common::read_folded(&out);
+    let n: u64 = stacks.iter().map(|(_, c)| c).sum();
+    let cut: u64 = stacks
+        .iter()
+        .filter(|(s, _)| {
+            s.iter()
+                .any(|f| f.contains("[truncated]") || f.contains("[unknown]"))
+        })
+        .map(|(_, c)| c)
         .sum();
     assert!(n >= 100, "{n} samples\n{e}");
     assert!(cut * 200 <= n, "{cut} of {n} stacks cut short\n{e}");

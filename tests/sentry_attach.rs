@@ -690,13 +690,21 @@ fn session_to_envelope_dir() {
 /// above use ptrace); skipped, and said so, where perf events are not permitted.
 #[test]
 fn session_to_envelope_dir_perf_source() {
-    let probe = Fixture::spawn("c_workers", &[]);
-    if let Err(why) = common::perf_permitted(probe.pid()) {
-        eprintln!("SKIPPED: the perf source cannot run here ({why})");
-        return;
+    if perf_source_permitted() {
+        cpp_app_session(9.0, 3.0, None, Some("perf"));
     }
-    drop(probe);
-    cpp_app_session(9.0, 3.0, None, Some("perf"));
+}
+
+/// True when the perf source can run here; else says why the calling test is skipped.
+fn perf_source_permitted() -> bool {
+    let probe = Fixture::spawn("c_workers", &[]);
+    match common::perf_permitted(probe.pid()) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("SKIPPED: the perf source cannot run here ({why})");
+            false
+        }
+    }
 }
 
 // ---------------------------------------------------------------- debug images
@@ -1689,11 +1697,7 @@ fn library_swaps_named_at_once_ptrace() {
 
 #[test]
 fn library_swaps_named_at_once_perf() {
-    let probe = Fixture::spawn("c_workers", &[]);
-    if let Err(why) = common::perf_permitted(probe.pid()) {
-        eprintln!("SKIPPED: the perf source cannot run here ({why})");
-        return;
+    if perf_source_permitted() {
+        library_swaps_named_at_once("perf");
     }
-    drop(probe);
-    library_swaps_named_at_once("perf");
 }

@@ -77,7 +77,7 @@ struct TailBytes {
 /// The next [`TailBytes::id`].
 static NEXT_TAIL_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The outer part of a captured stack, `[start(), end())`, shared read-only between a
+/// The outer part of a captured stack, from `start()` to its top, shared read-only between a
 /// thread's cache and the samples taken from it.
 #[derive(Clone, Debug)]
 pub struct SharedTail {
@@ -94,12 +94,7 @@ impl SharedTail {
         self.from
     }
 
-    /// One past the last address.
-    pub fn end(&self) -> u64 {
-        self.bytes.start + self.bytes.bytes.len() as u64
-    }
-
-    /// The bytes `[start(), end())`.
+    /// The bytes from `start()` to the top of the stack.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes.bytes[(self.from - self.bytes.start) as usize..]
     }
@@ -122,11 +117,6 @@ impl SharedTail {
         if std::mem::take(&mut self.new) {
             self.bytes.counted.store(false, Ordering::Relaxed);
         }
-    }
-
-    /// True when both share one buffer (the bytes they both cover are the same).
-    pub fn same_buffer(&self, other: &SharedTail) -> bool {
-        Arc::ptr_eq(&self.bytes, &other.bytes)
     }
 
     /// The shared buffer's identity, unique for the session: two tails with one id hold
@@ -158,13 +148,6 @@ pub struct SampleStack<'a> {
     pub head: &'a StackSnapshot,
     /// The bytes above them, when shared.
     pub tail: Option<&'a SharedTail>,
-}
-
-impl SampleStack<'_> {
-    /// One past the last address.
-    pub fn end(&self) -> u64 {
-        self.tail.map_or(self.head.end(), |t| t.end())
-    }
 }
 
 impl ReadMemory for SampleStack<'_> {
@@ -211,6 +194,9 @@ pub struct StackCache {
     head: Vec<u8>,
     /// The bytes from the end of the head up to `top`, when not all in the head.
     tail: Option<SharedTail>,
+    /// A capture was completed from fresh bytes that [`StackCache::splice`] is still to
+    /// keep: the cache is only read while a thread is stopped, written after it runs.
+    pending: bool,
 }
 
 impl StackCache {
@@ -223,6 +209,7 @@ impl StackCache {
     pub fn clear(&mut self) {
         self.head.clear();
         self.tail = None;
+        self.pending = false;
     }
 
     /// First address kept, when anything is.
@@ -245,13 +232,15 @@ impl StackCache {
     }
 
     /// Bytes kept in the private head (the rest is shared).
-    pub fn head_len(&self) -> usize {
+    #[cfg(test)]
+    fn head_len(&self) -> usize {
         self.head.len()
     }
 
     /// Keep `bytes`, the whole stack `[sp, top)` copied at once, as the base of the next
     /// capture.
     pub fn keep(&mut self, sp: u64, top: u64, bytes: &[u8]) {
+        self.pending = false;
         if top != self.top {
             self.top = top;
             self.clear();
@@ -263,11 +252,17 @@ impl StackCache {
         }
     }
 
-    /// After [`Completion::Complete`]: make `out` (the fresh bytes `[sp, sp + out.len())`
-    /// of the capture just completed) the whole stack, by appending what of the private
-    /// head lies above them and returning the shared tail above that. A copy that can wait
-    /// until a stopped thread runs again.
+    /// After [`Completion::Complete`]: keep `out` (the fresh bytes `[sp, sp + out.len())`
+    /// of the capture just completed) as the base of the next capture, and make it the
+    /// whole stack, by appending what of the private head lies above them and returning
+    /// the shared tail above that. Copies that can wait until a stopped thread runs again.
     pub fn splice(&mut self, sp: u64, out: &mut Vec<u8>) -> Option<SharedTail> {
+        if std::mem::take(&mut self.pending) {
+            self.store(sp, out);
+        }
+        if self.head.len() > HEAD_MAX {
+            self.fold();
+        }
         if self.start() != Some(sp) {
             return None;
         }
@@ -279,6 +274,12 @@ impl StackCache {
         let mut shared = self.tail.clone()?;
         shared.from = shared.from.max(p);
         Some(shared)
+    }
+
+    /// The shared part of a cache used for one capture only (a thread with nowhere to keep
+    /// its cache): what [`StackCache::splice`] would return, without keeping anything.
+    pub fn into_tail(self) -> Option<SharedTail> {
+        self.tail
     }
 
     /// True when the cache holds `[addr, addr + bytes.len())` and those bytes are `bytes`.
@@ -336,9 +337,6 @@ impl StackCache {
             self.head = head;
         }
         self.head_start = sp;
-        if self.head.len() > HEAD_MAX {
-            self.fold();
-        }
     }
 
     /// Fold the head and the tail into one new shared tail.
@@ -376,6 +374,8 @@ impl StackCache {
         seam: bool,
         mut read: impl FnMut(u64, &mut [u8]) -> usize,
     ) -> Completion {
+        // A capture never spliced (its sample went nowhere) leaves the cache as it was.
+        self.pending = false;
         if top != self.top {
             self.top = top;
             self.clear();
@@ -396,8 +396,9 @@ impl StackCache {
             if have >= WINDOW
                 && self.matches(sp + (have - WINDOW) as u64, &out[have - WINDOW..have])
             {
-                // Only the fresh part needs storing: the rest is the cache already.
-                self.store(sp, &out[..have]);
+                // Only the fresh part needs storing (by `splice`): the rest is the
+                // cache already.
+                self.pending = true;
                 return Completion::Complete {
                     read: read_bytes,
                     reused: want - have,
@@ -440,10 +441,8 @@ impl StackCache {
         match outcome {
             Completion::Short => self.clear(),
             _ if have > HEAD_MAX => self.adopt(sp, out),
-            _ => {
-                self.clear();
-                self.store(sp, &out[..have]);
-            }
+            // The whole stack, read fresh: it replaces the cache at `splice`.
+            _ => self.pending = true,
         }
         outcome
     }
@@ -539,7 +538,7 @@ mod tests {
         let mut second = out.clone();
         let mut tail = cache.splice(sp, &mut second).expect("shared");
         assert!(
-            tail.same_buffer(&first_tail),
+            tail.buffer_id() == first_tail.buffer_id(),
             "the outer bytes are not copied again"
         );
         tail.claim();
@@ -600,8 +599,8 @@ mod tests {
             matches!(c, Completion::Complete { reused, .. } if reused > 0),
             "{c:?}"
         );
-        assert_eq!(cache.head_len(), 0, "folded, not copied into every sample");
         assert_eq!(whole(&mut cache, sp2, out), m.slice(sp2));
+        assert_eq!(cache.head_len(), 0, "folded, not copied into every sample");
         // ...so the next sample copies one chunk and shares the rest.
         m.read = 0;
         let mut out = Vec::new();
@@ -631,10 +630,10 @@ mod tests {
             matches!(c, Completion::Complete { reused, .. } if reused > 0),
             "{c:?}"
         );
-        assert_eq!(cache.head_len(), 0, "folded");
         let mut tail = cache.splice(sp2, &mut out).expect("shared");
+        assert_eq!(cache.head_len(), 0, "folded");
         tail.claim();
-        assert!(!tail.same_buffer(&old));
+        assert!(tail.buffer_id() != old.buffer_id());
         assert_eq!(
             tail.counted_bytes(),
             (top - sp2) as usize,
@@ -732,6 +731,7 @@ mod tests {
         // Another top (another stack): the cache starts afresh.
         out.clear();
         cache.complete(m.base, m.top(), &mut out, false, |a, b| m.read(a, b));
+        cache.splice(m.base, &mut out);
         assert_eq!(cache.len(), 64 << 10);
         let mut n = Mem::new(0x40_0000, 32 << 10, 5);
         out.clear();

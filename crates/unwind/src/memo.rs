@@ -80,11 +80,6 @@ impl WalkMemo {
         self.end = None;
     }
 
-    /// Frames of the last walk, leaf first.
-    pub fn frames(&self) -> &[FrameAddr] {
-        &self.frames
-    }
-
     /// The previous walk's mark with the same state as `mark`, if any: searched among the
     /// marks at or after `*cursor` (marks go outward, by growing stack pointer).
     pub(crate) fn find(&self, mark: &Mark, cursor: &mut usize) -> Option<Mark> {

@@ -650,8 +650,9 @@ impl Capture<'_> {
                     };
                 let mut tail = None;
                 if slot.is_none() && splice {
-                    // No slot to keep the cache in until the thread runs again: splice now.
-                    tail = scratch.splice(sp, &mut buf);
+                    // No slot to keep a cache in: the capture is whole, read fresh (a
+                    // large one taken over as a shared buffer), and nothing is kept.
+                    tail = scratch.into_tail();
                     splice = false;
                 }
                 self.stats.captured += 1;
