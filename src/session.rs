@@ -254,6 +254,11 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
         ));
     }
 
+    let unnamed = naming.unnamed_frames();
+    if unnamed >= 5000 {
+        // Frames of the file outputs are named now, after the sampling.
+        rep.message(&format!("naming {unnamed} frames"));
+    }
     let (store, reports, namer) = naming.finish();
     let mut sentry_lines = Vec::new();
     let mut files = Vec::new();

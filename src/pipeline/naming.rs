@@ -1,7 +1,12 @@
 //! The naming stage: owns the symbolizer and the one name cache (a name per interned
-//! frame, in the [`Store`]), and hands every sample to the sinks. Frames are named when
-//! they are first seen, while the target's files can still be opened, and each unique
-//! frame only once.
+//! frame, in the [`Store`]), and hands every sample to the sinks. Each unique frame is
+//! named once. When no sink reads names as samples arrive (the file outputs), frames in
+//! the target's modules are named when the session ends, as `perf script` names what
+//! `perf record` took: reading debug information (tens of milliseconds of inflating and
+//! parsing for a library such as glibc) then takes no CPU from the target while it runs.
+//! The module's files are opened when its first frame is seen, while the target's files
+//! can still be reached. Other frames (Python code, JIT code from the perf map) are named
+//! at once, from facts that may not last.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, TryRecvError};
 use rustc_hash::FxHashMap;
 
-use super::profile::{StackId, Store};
+use super::profile::{Naming, StackId, Store};
 use super::{FrameKey, NO_MODULE, Unwound};
 use crate::modules::Module;
 use crate::perfmap::PerfMap;
@@ -74,6 +79,12 @@ impl NamedFrame {
             inlined: false,
             label: label.into(),
         }
+    }
+
+    /// What a frame interned with [`Naming::Later`](super::profile::Naming::Later) shows
+    /// until it is named (never read when the stage names frames before they are read).
+    pub fn not_named_yet(addr: u64) -> NamedFrame {
+        NamedFrame::unnamed(addr, None, format!("[not named yet]+{addr:#x}"))
     }
 
     fn unnamed(addr: u64, module: Option<Arc<str>>, label: String) -> NamedFrame {
@@ -169,6 +180,25 @@ impl Namer {
         }
     }
 
+    /// Whether `key` can be named at the end of the session rather than now: a frame in
+    /// one of the target's modules. That module's files are opened now (its symbol tables
+    /// read, its debug file found), so naming later does not need the target.
+    pub fn can_name_later(&mut self, key: &FrameKey, modules: &[Arc<Module>]) -> bool {
+        if key.as_python().is_some() || key.module == NO_MODULE {
+            return false;
+        }
+        match modules
+            .get(key.module as usize)
+            .and_then(|m| m.desc.as_ref())
+        {
+            Some(desc) => {
+                self.symbolizer.debug_info(desc);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Name one frame, innermost inlined frame first; never empty.
     pub fn name(&mut self, key: &FrameKey, modules: &[Arc<Module>]) -> Vec<NamedFrame> {
         if let Some((id, line)) = key.as_python() {
@@ -250,6 +280,8 @@ pub struct NamingStage {
     max_frames: Option<usize>,
     /// When the first unwound sample arrived (before it was named).
     first_sample: Option<std::time::Instant>,
+    /// Name frames in modules when the session ends (no sink reads names per sample).
+    name_at_end: bool,
 }
 
 impl NamingStage {
@@ -257,6 +289,7 @@ impl NamingStage {
     /// in long runs where no sink keeps stack ids.
     pub fn new(namer: Namer, sinks: Vec<Box<dyn Sink>>, max_frames: Option<usize>) -> Self {
         let keeps = sinks.iter().any(|s| s.keeps_stacks());
+        let name_at_end = !sinks.iter().any(|s| s.reads_names_per_sample());
         NamingStage {
             namer,
             store: Store::new(),
@@ -264,6 +297,7 @@ impl NamingStage {
             last: FxHashMap::default(),
             max_frames: max_frames.filter(|_| !keeps),
             first_sample: None,
+            name_at_end,
         }
     }
 
@@ -278,7 +312,8 @@ impl NamingStage {
         self
     }
 
-    /// The store, read-only.
+    /// The store, read-only. Until [`NamingStage::finish`], frames in modules may not be
+    /// named yet (when no sink reads names per sample).
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -366,6 +401,7 @@ impl NamingStage {
                     .max_frames
                     .is_some_and(|max| self.store.frame_count() > max)
                 {
+                    self.name_later_frames();
                     self.store.reset_interning();
                     self.last.clear();
                     for s in &mut self.sinks {
@@ -373,10 +409,15 @@ impl NamingStage {
                     }
                 }
                 let namer = &mut self.namer;
+                let later = self.name_at_end;
                 let id = self
                     .store
                     .intern_thread(tid, &stack.frames, stack.end, |key, modules| {
-                        namer.name(key, modules)
+                        if later && namer.can_name_later(key, modules) {
+                            Naming::Later
+                        } else {
+                            Naming::Now(namer.name(key, modules))
+                        }
                     });
                 self.last.insert(tid, (id, stack.end));
                 self.record(tid, time_ns, id, stack.end, on_cpu);
@@ -407,9 +448,22 @@ impl NamingStage {
         }
     }
 
-    /// End of the session: every sink writes out. Returns the store, the sinks' reports
-    /// and the namer (for its counters).
-    pub fn finish(self) -> (Store, Vec<SinkReport>, Namer) {
+    /// Name the frames left to name.
+    fn name_later_frames(&mut self) {
+        let namer = &mut self.namer;
+        self.store
+            .name_later_frames(|key, modules| namer.name(key, modules));
+    }
+
+    /// Frames seen and not named yet (named by [`NamingStage::finish`]).
+    pub fn unnamed_frames(&self) -> usize {
+        self.store.unnamed_frames()
+    }
+
+    /// End of the session: the frames left are named, then every sink writes out. Returns
+    /// the store, the sinks' reports and the namer (for its counters).
+    pub fn finish(mut self) -> (Store, Vec<SinkReport>, Namer) {
+        self.name_later_frames();
         let NamingStage {
             namer,
             store,

@@ -1,7 +1,8 @@
 //! The store: frames and stacks interned once (stacks as a prefix tree of (parent, frame)
 //! nodes, root first), the names of every interned frame, the session's modules,
 //! per-thread facts and the functions seen at the top of stacks. Sinks read it; only the
-//! naming stage writes it.
+//! naming stage writes it. A frame may be interned before it is named
+//! ([`Naming::Later`]); [`Store::name_later_frames`] names those before anyone reads them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +18,21 @@ use crate::types::{StackEnd, Tid};
 
 /// Index of an interned stack (its leaf node).
 pub type StackId = u32;
+
+/// The names of a frame seen for the first time, or that it is named later (by
+/// [`Store::name_later_frames`], before any of its names is read).
+pub enum Naming {
+    /// The names, innermost first (never empty).
+    Now(Vec<NamedFrame>),
+    /// Not named yet.
+    Later,
+}
+
+impl From<Vec<NamedFrame>> for Naming {
+    fn from(names: Vec<NamedFrame>) -> Self {
+        Naming::Now(names)
+    }
+}
 
 /// Module id of the marker frames that end an incomplete stack.
 const MARKER: u32 = u32::MAX - 1;
@@ -72,7 +88,11 @@ pub struct Store {
     retired: ThreadStats,
     retired_threads: u64,
     modules: Vec<Arc<Module>>,
-    /// Samples by the innermost function of their leaf frame.
+    /// Frames interned with [`Naming::Later`], not named yet.
+    unnamed: Vec<u32>,
+    /// Samples by leaf frame since the interning was last reset: all, and on-CPU only.
+    leaves: FxHashMap<u32, (u64, u64)>,
+    /// Samples by the innermost function of their leaf frame, from before the last reset.
     top: HashMap<Arc<str>, u64>,
     /// The same, of on-CPU samples only.
     top_on_cpu: HashMap<Arc<str>, u64>,
@@ -104,8 +124,18 @@ impl Store {
     }
 
     /// Forget interned frames and stacks (and their names), keeping the per-thread totals
-    /// and the top functions. Stack ids handed out before are invalid afterwards.
+    /// and the top functions. Stack ids handed out before are invalid afterwards. Frames
+    /// still to be named must be named first ([`Store::name_later_frames`]): the top
+    /// functions are counted under their names here.
     pub fn reset_interning(&mut self) {
+        for (leaf, (all, on_cpu)) in std::mem::take(&mut self.leaves) {
+            let label = &self.names[leaf as usize][0].label;
+            *self.top.entry(label.clone()).or_default() += all;
+            if on_cpu > 0 {
+                *self.top_on_cpu.entry(label.clone()).or_default() += on_cpu;
+            }
+        }
+        self.unnamed.clear();
         self.frames.clear();
         self.names.clear();
         self.frame_index.clear();
@@ -141,11 +171,11 @@ impl Store {
 
     /// Intern a stack given leaf first, naming each frame not seen before with `name`; an
     /// incomplete stack gets its marker frame at the root. None for an empty stack.
-    pub fn intern(
+    pub fn intern<N: Into<Naming>>(
         &mut self,
         leaf_first: &[FrameKey],
         end: StackEnd,
-        name: impl FnMut(&FrameKey, &[Arc<Module>]) -> Vec<NamedFrame>,
+        name: impl FnMut(&FrameKey, &[Arc<Module>]) -> N,
     ) -> Option<StackId> {
         self.intern_path(None, leaf_first, end, name)
     }
@@ -153,22 +183,22 @@ impl Store {
     /// [`Store::intern`] a stack of thread `tid`. A deep stack is compared, from the root,
     /// with the thread's last one, and only the frames past the first difference are
     /// looked up: a 2,000-frame recursion costs what its changing leaf does.
-    pub fn intern_thread(
+    pub fn intern_thread<N: Into<Naming>>(
         &mut self,
         tid: Tid,
         leaf_first: &[FrameKey],
         end: StackEnd,
-        name: impl FnMut(&FrameKey, &[Arc<Module>]) -> Vec<NamedFrame>,
+        name: impl FnMut(&FrameKey, &[Arc<Module>]) -> N,
     ) -> Option<StackId> {
         self.intern_path(Some(tid), leaf_first, end, name)
     }
 
-    fn intern_path(
+    fn intern_path<N: Into<Naming>>(
         &mut self,
         tid: Option<Tid>,
         leaf_first: &[FrameKey],
         end: StackEnd,
-        mut name: impl FnMut(&FrameKey, &[Arc<Module>]) -> Vec<NamedFrame>,
+        mut name: impl FnMut(&FrameKey, &[Arc<Module>]) -> N,
     ) -> Option<StackId> {
         let marker = marker_key(end);
         let tid = tid.filter(|_| leaf_first.len() >= DEEP_STACK);
@@ -191,7 +221,13 @@ impl Store {
                     let named: Arc<[NamedFrame]> = if key.module == MARKER {
                         Arc::new([NamedFrame::marker(end)])
                     } else {
-                        name(key, &self.modules).into()
+                        match name(key, &self.modules).into() {
+                            Naming::Now(names) => names.into(),
+                            Naming::Later => {
+                                self.unnamed.push(i);
+                                Arc::new([NamedFrame::not_named_yet(key.addr)])
+                            }
+                        }
                     };
                     self.frames.push(*key);
                     self.names.push(named);
@@ -243,6 +279,22 @@ impl Store {
         &self.names[index as usize]
     }
 
+    /// How many frames were interned with [`Naming::Later`] and are not named yet.
+    pub fn unnamed_frames(&self) -> usize {
+        self.unnamed.len()
+    }
+
+    /// Name the frames interned with [`Naming::Later`], in the order they were first seen.
+    pub fn name_later_frames(
+        &mut self,
+        mut name: impl FnMut(&FrameKey, &[Arc<Module>]) -> Vec<NamedFrame>,
+    ) {
+        for i in std::mem::take(&mut self.unnamed) {
+            let names = name(&self.frames[i as usize], &self.modules);
+            self.names[i as usize] = names.into();
+        }
+    }
+
     /// Count one sample of `tid` (`on_cpu`: running or ready to run); returns the id of the
     /// thread name it counts under.
     pub fn add_sample(
@@ -286,19 +338,10 @@ impl Store {
         }
         *self.ends.entry(end).or_default() += 1;
         let (_, leaf) = self.nodes[stack as usize];
-        let label = &self.names[leaf as usize][0].label;
-        let tops = if on_cpu {
-            [Some(&mut self.top), Some(&mut self.top_on_cpu)]
-        } else {
-            [Some(&mut self.top), None]
-        };
-        for top in tops.into_iter().flatten() {
-            match top.get_mut(label) {
-                Some(n) => *n += 1,
-                None => {
-                    top.insert(label.clone(), 1);
-                }
-            }
+        let counts = self.leaves.entry(leaf).or_default();
+        counts.0 += 1;
+        if on_cpu {
+            counts.1 += 1;
         }
         name_id
     }
@@ -386,15 +429,27 @@ impl Store {
     /// counts; the shares are of [`Store::total_samples`] (or, with `on_cpu_only`, of
     /// [`Store::on_cpu_samples`]).
     pub fn top_functions(&self, n: usize) -> Vec<(String, u64)> {
-        Self::top_of(&self.top, n)
+        self.top_of(true, n)
     }
 
     /// [`Store::top_functions`] of on-CPU samples only, or of all with `idle`.
     pub fn top_functions_counted(&self, n: usize, idle: bool) -> Vec<(String, u64)> {
-        Self::top_of(if idle { &self.top } else { &self.top_on_cpu }, n)
+        self.top_of(idle, n)
     }
 
-    fn top_of(top: &HashMap<Arc<str>, u64>, n: usize) -> Vec<(String, u64)> {
+    fn top_of(&self, all: bool, n: usize) -> Vec<(String, u64)> {
+        let mut top: HashMap<Arc<str>, u64> = if all {
+            self.top.clone()
+        } else {
+            self.top_on_cpu.clone()
+        };
+        for (&leaf, &(every, on_cpu)) in &self.leaves {
+            let count = if all { every } else { on_cpu };
+            if count > 0 {
+                let label = &self.names[leaf as usize][0].label;
+                *top.entry(label.clone()).or_default() += count;
+            }
+        }
         let mut v: Vec<(String, u64)> = top.iter().map(|(k, &v)| (k.to_string(), v)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
@@ -542,6 +597,63 @@ mod tests {
         assert_eq!(p.total_samples(), 3);
         let top = p.top_functions(5);
         assert_eq!(top.iter().map(|(_, n)| n).sum::<u64>(), p.total_samples());
+    }
+
+    #[test]
+    fn frames_named_later_are_named_once_and_counted_under_their_names() {
+        let mut p = Store::new();
+        let later = |_: &FrameKey, _: &[Arc<Module>]| Naming::Later;
+        let a = p
+            .intern_thread(1, &[f(1), f(2)], StackEnd::Root, later)
+            .unwrap();
+        let b = p
+            .intern_thread(2, &[f(3), f(2)], StackEnd::Truncated, later)
+            .unwrap();
+        p.add_sample(1, Some(a), StackEnd::Root, true);
+        p.add_sample(1, Some(a), StackEnd::Root, false);
+        p.add_sample(2, Some(b), StackEnd::Truncated, true);
+        // Three frames wait for their names (the marker is named at once).
+        assert_eq!(p.unnamed_frames(), 3);
+        let mut idx = Vec::new();
+        p.stack_frames(b, &mut idx);
+        assert_eq!(&*p.names(idx[2])[0].label, "[truncated]");
+        let mut seen = Vec::new();
+        p.name_later_frames(|k, m| {
+            seen.push(k.addr);
+            label(k, m)
+        });
+        assert_eq!(
+            seen,
+            vec![2, 1, 3],
+            "each frame once, in the order first seen"
+        );
+        assert_eq!(p.unnamed_frames(), 0);
+        p.stack_frames(a, &mut idx);
+        let labels: Vec<_> = idx
+            .iter()
+            .map(|&i| p.names(i)[0].label.to_string())
+            .collect();
+        assert_eq!(labels, ["f1", "f2"]);
+        assert_eq!(
+            p.top_functions(5),
+            vec![("f1".to_string(), 2), ("f3".to_string(), 1)]
+        );
+        assert_eq!(
+            p.top_functions_counted(5, false),
+            vec![("f1".to_string(), 1), ("f3".to_string(), 1)]
+        );
+        // A reset keeps the counts under the names; later samples add to them.
+        p.reset_interning();
+        let c = p.intern(&[f(1)], StackEnd::Root, label).unwrap();
+        p.add_sample(1, Some(c), StackEnd::Root, true);
+        assert_eq!(
+            p.top_functions_counted(5, false),
+            vec![("f1".to_string(), 2), ("f3".to_string(), 1)]
+        );
+        assert_eq!(
+            p.top_functions(5),
+            vec![("f1".to_string(), 3), ("f3".to_string(), 1)]
+        );
     }
 
     #[test]

@@ -122,6 +122,10 @@ impl Sink for FirefoxSink {
         t.1.push((sample.time_ns, stack, sample.on_cpu));
     }
 
+    fn reads_names_per_sample(&self) -> bool {
+        false
+    }
+
     fn keeps_stacks(&self) -> bool {
         true
     }

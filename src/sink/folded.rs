@@ -96,6 +96,10 @@ impl Sink for FoldedSink {
         }
     }
 
+    fn reads_names_per_sample(&self) -> bool {
+        false
+    }
+
     fn keeps_stacks(&self) -> bool {
         true
     }

@@ -122,6 +122,12 @@ pub trait Sink: Send {
     /// Called for every sample, in the order the samples arrive.
     fn on_sample(&mut self, sample: &SampleRef, store: &Store);
 
+    /// True when the sink reads frame names in `on_sample` or `tick` (then every frame is
+    /// named as soon as it is seen); false when it reads them only in `finish`.
+    fn reads_names_per_sample(&self) -> bool {
+        true
+    }
+
     /// True when the sink holds stack ids until it finishes (the store must then never
     /// forget its interned stacks).
     fn keeps_stacks(&self) -> bool {

@@ -392,6 +392,10 @@ impl Sink for PprofSink {
         }
     }
 
+    fn reads_names_per_sample(&self) -> bool {
+        false
+    }
+
     fn keeps_stacks(&self) -> bool {
         true
     }

@@ -176,6 +176,10 @@ impl Sink for SpeedscopeSink {
         }
     }
 
+    fn reads_names_per_sample(&self) -> bool {
+        false
+    }
+
     fn keeps_stacks(&self) -> bool {
         true
     }
