@@ -289,7 +289,9 @@ impl NamingStage {
     /// in long runs where no sink keeps stack ids.
     pub fn new(namer: Namer, sinks: Vec<Box<dyn Sink>>, max_frames: Option<usize>) -> Self {
         let keeps = sinks.iter().any(|s| s.keeps_stacks());
-        let name_at_end = !sinks.iter().any(|s| s.reads_names_per_sample());
+        // (With no sink at all only the summary's top functions are read, and the
+        // interning may be reset during the run: name as frames come.)
+        let name_at_end = !sinks.is_empty() && !sinks.iter().any(|s| s.reads_names_per_sample());
         NamingStage {
             namer,
             store: Store::new(),

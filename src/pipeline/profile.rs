@@ -128,6 +128,7 @@ impl Store {
     /// still to be named must be named first ([`Store::name_later_frames`]): the top
     /// functions are counted under their names here.
     pub fn reset_interning(&mut self) {
+        debug_assert!(self.unnamed.is_empty(), "frames left unnamed at a reset");
         for (leaf, (all, on_cpu)) in std::mem::take(&mut self.leaves) {
             let label = &self.names[leaf as usize][0].label;
             *self.top.entry(label.clone()).or_default() += all;
