@@ -46,11 +46,7 @@ use profiler_unwind::StackSnapshot;
 /// Bytes of user stack the kernel copies into an on-CPU sample (perf's default is 8 KiB).
 pub const KERNEL_STACK_BYTES: u32 = 16 * 1024;
 /// ... into a context-switch sample (the thread waits: the rest is read while it does).
-/// Small: the kernel copies it at every switch of every thread, in the target's time,
-/// while only the last one before a tick is used; and threads that block together (a
-/// pool woken by one timer) must not overflow the ring buffer. With 100 threads waking
-/// every 100 ms in step, 8 KiB lost about 900 records a second; 2 KiB, none.
-pub const SWITCH_STACK_BYTES: u32 = 2 * 1024;
+pub const SWITCH_STACK_BYTES: u32 = 8 * 1024;
 /// The wall-clock ticks of a run: the next one due, and the first and last replayed.
 struct Ticks {
     next: u64,
