@@ -9,9 +9,9 @@
 //! at once, from facts that may not last.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rustc_hash::FxHashMap;
 
 use super::profile::{Naming, StackId, Store};
@@ -265,8 +265,12 @@ impl Namer {
     }
 }
 
-/// How often the stage looks for new events when its channel is empty.
-const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// How often sinks get their `tick` while events flow.
+const TICK_INTERVAL: Duration = Duration::from_millis(5);
+/// How long the stage waits for an event before it ticks anyway. Waiting rather than
+/// polling: on a machine the target keeps busy, every wake-up of the agent's threads takes
+/// a CPU from the target; the stage wakes when the unwinder has something for it.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
 
 /// The naming stage with the store and the sinks.
 pub struct NamingStage {
@@ -321,28 +325,28 @@ impl NamingStage {
     }
 
     /// Handle events until the unwind stage hangs up, calling `on_event` with the stage and
-    /// the time of each sample, and with None whenever the channel is found empty (every
-    /// few milliseconds while nothing arrives). Sinks get their `tick` as often.
+    /// the time of each sample, and with None when sinks tick: every few milliseconds while
+    /// events arrive, and after a while without any.
     pub fn run(&mut self, rx: &Receiver<Unwound>, mut on_event: impl FnMut(&Self, Option<u64>)) {
-        let mut since_tick = 0u32;
+        let mut ticked = Instant::now();
         loop {
-            match rx.try_recv() {
+            match rx.recv_timeout(IDLE_WAIT) {
                 Ok(ev) => {
                     if let Some(t) = self.handle(ev) {
                         on_event(self, Some(t));
                     }
-                    since_tick += 1;
-                    if since_tick >= 256 {
-                        since_tick = 0;
+                    if ticked.elapsed() >= TICK_INTERVAL {
+                        ticked = Instant::now();
                         self.tick();
+                        on_event(self, None);
                     }
                 }
-                Err(TryRecvError::Empty) => {
+                Err(RecvTimeoutError::Timeout) => {
+                    ticked = Instant::now();
                     self.tick();
                     on_event(self, None);
-                    std::thread::sleep(POLL_INTERVAL);
                 }
-                Err(TryRecvError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::{FrameKey, NO_MODULE, Unwound, UnwoundStack};
 use crate::modules::{ModuleMap, ModuleSource, WithCode};
@@ -19,9 +19,6 @@ use crate::source::stack_cache::SampleStack;
 use crate::source::{BufferPool, Captured, SourceEvent};
 use crate::types::{FrameAddr, StackEnd, Tid};
 use profiler_unwind::{Unwinder, WalkMemo};
-
-/// How often the stage looks for new events when its channel is empty.
-const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Counters of the unwind stage.
 #[derive(Clone, Debug, Default)]
@@ -146,17 +143,12 @@ impl<S: ModuleSource> UnwindStage<S> {
     /// source nothing.
     pub fn run(mut self, rx: &Receiver<SourceEvent>, tx: &Sender<Unwound>) -> UnwindStats {
         let mut open = true;
-        loop {
-            match rx.try_recv() {
-                Ok(ev) => {
-                    if open {
-                        self.handle(ev, &mut |u| open &= tx.send(u).is_ok());
-                    } else {
-                        self.release(ev);
-                    }
-                }
-                Err(TryRecvError::Empty) => std::thread::sleep(POLL_INTERVAL),
-                Err(TryRecvError::Disconnected) => break,
+        // Blocking: the stage wakes when the sampler has sent something, not on a timer.
+        for ev in rx.iter() {
+            if open {
+                self.handle(ev, &mut |u| open &= tx.send(u).is_ok());
+            } else {
+                self.release(ev);
             }
         }
         self.finish()

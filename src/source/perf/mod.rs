@@ -58,12 +58,16 @@ struct Ticks {
 /// without `CAP_IPC_LOCK` may lock: `perf_event_mlock_kb` per CPU).
 const RING_PAGES: [usize; 4] = [128, 64, 32, 16];
 
-/// The maps are re-read at least this often (libraries loaded or swapped)...
-const MAPS_MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The maps are re-read at least this often: executable mappings come as records, in
+/// order with the samples, so the periodic read only catches what they do not report
+/// (unmappings; a stack outside the known mappings asks for a read at once, below)...
+const MAPS_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// ...and after a stack outside the known mappings, at most this often.
 const MAPS_STALE_INTERVAL: Duration = Duration::from_millis(10);
 /// How often the source checks that the target still runs.
 const ALIVE_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a thread's name is read again besides the kernel's records of its changes.
+const NAME_RECHECK_NS: u64 = 10_000_000_000;
 
 /// How often the sampler wakes at most, whatever the rate: the kernel takes the samples,
 /// and the wall-clock ticks of a batch are replayed in time order with the records
@@ -507,7 +511,9 @@ impl PerfSource {
 
     /// False once the target has exited (every thread gone or a zombie).
     fn target_alive(&self) -> bool {
-        match proc::stat(self.cfg.pid) {
+        // The leader's own stat: the process's (`/proc/PID/stat`) sums the times of every
+        // thread, a cost that grows with the thread count.
+        match proc::thread_stat(self.cfg.pid, self.cfg.pid) {
             None => false,
             Some(st) if matches!(st.state, 'Z' | 'X') => proc::list_tasks(self.cfg.pid)
                 .map(|tids| {
@@ -838,10 +844,11 @@ impl PerfSource {
         let mut repeats = Vec::new();
         for tid in tids {
             let slot = self.threads.get_mut(&tid).expect("listed");
-            // Names: on first sight and every second (threads name themselves).
+            // Names: on first sight, then from the kernel's records of name changes; read
+            // again every 10 s in case those records were lost.
             if slot
                 .name_checked
-                .is_none_or(|t| now.saturating_sub(t) >= 1_000_000_000)
+                .is_none_or(|t| now.saturating_sub(t) >= NAME_RECHECK_NS)
             {
                 slot.name_checked = Some(now);
                 if let Some(n) = proc::thread_name(pid, tid)
