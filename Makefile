@@ -5,7 +5,7 @@ DEMO_DIR ?= demo-output
 # Where cargo puts its builds (CARGO_TARGET_DIR when set).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all build release fixtures test test-long check fmt clippy doc demo bench bench-quick soak fuzz image clean
+.PHONY: all build release fixtures test test-long check fmt clippy doc demo bench bench-quick bench-versus-perf soak fuzz image clean
 
 all: build
 
@@ -74,6 +74,13 @@ demo: build fixtures
 # Writes the report to docs/benchmark-report.md and the README's figures from it.
 bench: build fixtures
 	./scripts/bench.sh --output docs/benchmark-report.md --readme README.md
+
+# The perf source against `perf record`, paired per repetition (15 by default, about
+# 9 minutes): the slowdown difference with an interval, which a 3-repetition table cannot
+# pin down to a point on a shared VM.
+VERSUS_PERF_REPS ?= 15
+bench-versus-perf: build fixtures
+	./scripts/bench.sh --versus-perf $(VERSUS_PERF_REPS) --output docs/versus-perf.md
 
 # The short version CI runs: it prints the numbers and never fails on them.
 bench-quick: build fixtures

@@ -28,6 +28,7 @@ import argparse
 import ctypes
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -1398,6 +1399,64 @@ def update_readme(readme: Path, report: Path) -> None:
     readme.write_text(text[:begin] + block + text[end + len(README_END):])
 
 
+# --------------------------------------------------------------------------------------
+# The perf source against perf record, paired
+# --------------------------------------------------------------------------------------
+
+
+def paired_interval(diffs: list[float], level: float = 0.9, rounds: int = 4000) -> tuple[float, float]:
+    """A bootstrap interval of the median of `diffs` (resampling the repetitions)."""
+    rng = random.Random(12345)
+    meds = sorted(statistics.median(rng.choices(diffs, k=len(diffs))) for _ in range(rounds))
+    lo = meds[int((1 - level) / 2 * rounds)]
+    hi = meds[min(rounds - 1, int((1 + level) / 2 * rounds))]
+    return lo, hi
+
+
+def run_versus_perf(reps: int, tmp: Path, log) -> list[str]:
+    """The perf source and `perf record` on the fixtures with a fixed amount of work, at
+    100 and 1000 Hz, with an unprofiled run in every repetition: each repetition gives
+    both slowdowns against its own unprofiled run, taken minutes apart from no other, and
+    their difference. Markdown lines."""
+    out = ["| fixture | Hz | perf source slowdown | perf record slowdown | difference, median (90% interval) | within 1 point |",
+           "|---|---|---|---|---|---|"]
+    for sc in scenarios(False):
+        if not sc.work:
+            continue
+        for hz in (100, 1000):
+            configs = [Config("none"), Config("ours", hz, PERF_SOURCE), Config("perf", hz)]
+            log(f"{sc.title} at {hz} Hz")
+            ours, theirs, diffs = [], [], []
+            for rep in range(reps):
+                k = rep % len(configs)
+                walls = {}
+                for cfg in configs[k:] + configs[:k]:
+                    try:
+                        r = run_once(sc.binary, sc.args, cfg, tmp, sc.seconds)
+                    except Exception as e:  # a failed run is left out, and said
+                        r = Result(cfg, error=str(e))
+                    if r.error or not r.wall:
+                        log(f"  {cfg.name()} rep {rep + 1}: left out ({r.error})")
+                        continue
+                    walls[cfg.tool] = r.wall
+                if len(walls) == 3:
+                    a = walls["ours"] / walls["none"] - 1
+                    b = walls["perf"] / walls["none"] - 1
+                    ours.append(a)
+                    theirs.append(b)
+                    diffs.append(a - b)
+                    log(f"  rep {rep + 1}/{reps}: perf source {a:+.1%}, perf record {b:+.1%}")
+            if not diffs:
+                out.append(f"| {sc.title} | {hz} | — | — | no complete repetition | — |")
+                continue
+            lo, hi = paired_interval(diffs)
+            med = statistics.median(diffs)
+            verdict = "yes" if hi <= 0.01 else ("no" if lo > 0.01 else "undecided")
+            out.append(f"| {sc.title} | {hz} | {statistics.median(ours):+.1%} | {statistics.median(theirs):+.1%} "
+                       f"| {med * 100:+.1f} pp ({lo * 100:+.1f} to {hi * 100:+.1f}) | {verdict} |")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs, one repetition, fewer fixtures (CI)")
@@ -1408,6 +1467,9 @@ def main() -> int:
     ap.add_argument("--no-oversubscribed", action="store_true", help="skip the oversubscribed scenario")
     ap.add_argument("--no-big-dwarf", action="store_true", help="skip the large-DWARF attach test")
     ap.add_argument("--only", help="comma-separated fixture binaries to run (main table)")
+    ap.add_argument("--versus-perf", type=int, metavar="REPS",
+                    help="run only the perf source against perf record, REPS paired repetitions per "
+                         "fixture and rate, and print that table (with --output, write it there)")
     ap.add_argument("--output", type=Path, help="also write the markdown report to this file")
     ap.add_argument("--workdir", type=Path, default=TARGET / "bench",
                     help="where generated targets are cached (default target/bench)")
@@ -1428,6 +1490,32 @@ def main() -> int:
 
     def log(msg: str):
         print(msg, file=sys.stderr, flush=True)
+
+    if a.versus_perf:
+        with tempfile.TemporaryDirectory(prefix="profiler-bench-") as td:
+            ok, note = perf_works(Path(td))
+            if not ok:
+                log(f"--versus-perf needs perf: {note}")
+                return 2
+            load_before = os.getloadavg()
+            t0 = time.monotonic()
+            table = run_versus_perf(a.versus_perf, Path(td), log)
+        command = " ".join(["./scripts/bench.sh", *sys.argv[1:]])
+        text = "\n".join(
+            ["# The perf source against perf record, paired", "",
+             f"Written by `{command}`. Generated: rerun it rather than edit this file.", ""]
+            + machine_note(load_before, os.getloadavg(), "")
+            + [f"{a.versus_perf} repetitions per fixture and rate; in each, the fixture runs unprofiled, "
+               f"under the perf source and under `perf record --call-graph dwarf` (in rotated order), and "
+               f"both slowdowns are taken against that repetition's unprofiled run. The difference is "
+               f"perf source minus perf record, in percentage points; the interval is a bootstrap of its "
+               f"median. \"within 1 point\": yes when the whole interval is at most +1, no when it is "
+               f"all above, undecided otherwise. Total {time.monotonic() - t0:.0f} s.", ""]
+            + table) + "\n"
+        print(text)
+        if a.output:
+            a.output.write_text(text)
+        return 0
 
     if not PROFILER.exists():
         log(f"{PROFILER} not found: run `cargo build --release` (make bench does)")
