@@ -254,7 +254,7 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
         ));
     }
 
-    let unnamed = naming.unnamed_frames();
+    let unnamed = naming.store().unnamed_frames();
     if unnamed >= 5000 {
         // Frames of the file outputs are named now, after the sampling.
         rep.message(&format!("naming {unnamed} frames"));

@@ -461,11 +461,6 @@ impl NamingStage {
             .name_later_frames(|key, modules| namer.name(key, modules));
     }
 
-    /// Frames seen and not named yet (named by [`NamingStage::finish`]).
-    pub fn unnamed_frames(&self) -> usize {
-        self.store.unnamed_frames()
-    }
-
     /// End of the session: the frames left are named, then every sink writes out. Returns
     /// the store, the sinks' reports and the namer (for its counters).
     pub fn finish(mut self) -> (Store, Vec<SinkReport>, Namer) {

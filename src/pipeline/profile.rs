@@ -129,13 +129,14 @@ impl Store {
     /// functions are counted under their names here.
     pub fn reset_interning(&mut self) {
         debug_assert!(self.unnamed.is_empty(), "frames left unnamed at a reset");
-        for (leaf, (all, on_cpu)) in std::mem::take(&mut self.leaves) {
-            let label = &self.names[leaf as usize][0].label;
-            *self.top.entry(label.clone()).or_default() += all;
-            if on_cpu > 0 {
-                *self.top_on_cpu.entry(label.clone()).or_default() += on_cpu;
-            }
-        }
+        let (mut top, mut top_on_cpu) = (
+            std::mem::take(&mut self.top),
+            std::mem::take(&mut self.top_on_cpu),
+        );
+        self.count_leaves(&mut top, true);
+        self.count_leaves(&mut top_on_cpu, false);
+        (self.top, self.top_on_cpu) = (top, top_on_cpu);
+        self.leaves.clear();
         self.unnamed.clear();
         self.frames.clear();
         self.names.clear();
@@ -438,12 +439,9 @@ impl Store {
         self.top_of(idle, n)
     }
 
-    fn top_of(&self, all: bool, n: usize) -> Vec<(String, u64)> {
-        let mut top: HashMap<Arc<str>, u64> = if all {
-            self.top.clone()
-        } else {
-            self.top_on_cpu.clone()
-        };
+    /// Add the samples counted by leaf frame since the last reset to `top`, under the
+    /// innermost name of each leaf: every sample with `all`, else the on-CPU ones.
+    fn count_leaves(&self, top: &mut HashMap<Arc<str>, u64>, all: bool) {
         for (&leaf, &(every, on_cpu)) in &self.leaves {
             let count = if all { every } else { on_cpu };
             if count > 0 {
@@ -451,6 +449,15 @@ impl Store {
                 *top.entry(label.clone()).or_default() += count;
             }
         }
+    }
+
+    fn top_of(&self, all: bool, n: usize) -> Vec<(String, u64)> {
+        let mut top = if all {
+            self.top.clone()
+        } else {
+            self.top_on_cpu.clone()
+        };
+        self.count_leaves(&mut top, all);
         let mut v: Vec<(String, u64)> = top.iter().map(|(k, &v)| (k.to_string(), v)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
