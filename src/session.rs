@@ -119,7 +119,9 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
         bounded_memory,
     );
 
-    let (src_tx, src_rx) = bounded(8192);
+    // In batches: one per round of the source (see `Outbox`), bounded by the bytes in flight
+    // as much as by their number.
+    let (src_tx, src_rx) = flume::bounded(1024);
     let in_flight = Arc::new(AtomicUsize::new(0));
     let pool = crate::source::BufferPool::default();
     let (init_tx, init_rx) = bounded(1);
@@ -198,7 +200,7 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
     }
     rep.message(&sampler_note);
 
-    let (un_tx, un_rx) = bounded(4096);
+    let (un_tx, un_rx) = flume::bounded(1024);
     let pid = cfg.pid;
     let files = LiveFiles::new(pid);
     let perf_map = PerfMap::new(files.root(), proc::ns_pid(pid).unwrap_or(pid));

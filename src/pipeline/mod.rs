@@ -5,6 +5,9 @@
 //! (sampler thread)        (unwinder thread)   (session thread)
 //! ```
 //!
+//! Events travel between the threads in batches, one per round of the source, and a stage
+//! with nothing to do sleeps until the next batch: each stage wakes once per round.
+//!
 //! [`unwind`] keeps the target's module map and turns captured registers and stack bytes
 //! into frame keys; [`naming`] owns the symbolizer and names each unique frame once, as it
 //! is first seen, into the one frame vocabulary ([`NamedFrame`]); [`profile`] interns
@@ -21,6 +24,12 @@ use crate::modules::Module;
 use crate::types::{StackEnd, Tid};
 
 pub use naming::{FrameKind, NamedFrame};
+
+/// Batches of results from the unwind stage to the naming stage (one per batch of
+/// source events).
+pub type UnwoundSender = flume::Sender<Vec<Unwound>>;
+/// ...and where the naming stage takes them.
+pub type UnwoundReceiver = flume::Receiver<Vec<Unwound>>;
 
 /// Module id of frames that lie in no known module (JIT code, unmapped addresses).
 pub const NO_MODULE: u32 = u32::MAX;

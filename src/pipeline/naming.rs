@@ -11,11 +11,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rustc_hash::FxHashMap;
 
 use super::profile::{Naming, StackId, Store};
-use super::{FrameKey, NO_MODULE, Unwound};
+use super::{FrameKey, NO_MODULE, Unwound, UnwoundReceiver};
 use crate::modules::Module;
 use crate::perfmap::PerfMap;
 use crate::python::{PyCodeInfo, names};
@@ -265,7 +264,7 @@ impl Namer {
     }
 }
 
-/// How often sinks get their `tick` while events flow.
+/// How often at most sinks get their `tick` while events flow.
 const TICK_INTERVAL: Duration = Duration::from_millis(5);
 /// How long the stage waits for an event before it ticks anyway. Waiting rather than
 /// polling: on a machine the target keeps busy, every wake-up of the agent's threads takes
@@ -324,16 +323,18 @@ impl NamingStage {
         &self.store
     }
 
-    /// Handle events until the unwind stage hangs up, calling `on_event` with the stage and
-    /// the time of each sample, and with None when sinks tick: every few milliseconds while
-    /// events arrive, and after a while without any.
-    pub fn run(&mut self, rx: &Receiver<Unwound>, mut on_event: impl FnMut(&Self, Option<u64>)) {
+    /// Handle batches of events until the unwind stage hangs up, calling `on_event` with
+    /// the stage and the time of each sample, and with None when sinks tick: after a
+    /// batch, at most every few milliseconds, and after a while without any.
+    pub fn run(&mut self, rx: &UnwoundReceiver, mut on_event: impl FnMut(&Self, Option<u64>)) {
         let mut ticked = Instant::now();
         loop {
             match rx.recv_timeout(IDLE_WAIT) {
-                Ok(ev) => {
-                    if let Some(t) = self.handle(ev) {
-                        on_event(self, Some(t));
+                Ok(batch) => {
+                    for ev in batch {
+                        if let Some(t) = self.handle(ev) {
+                            on_event(self, Some(t));
+                        }
                     }
                     if ticked.elapsed() >= TICK_INTERVAL {
                         ticked = Instant::now();
@@ -341,12 +342,12 @@ impl NamingStage {
                         on_event(self, None);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
+                Err(flume::RecvTimeoutError::Timeout) => {
                     ticked = Instant::now();
                     self.tick();
                     on_event(self, None);
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(flume::RecvTimeoutError::Disconnected) => break,
             }
         }
     }

@@ -7,16 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-
-use super::{FrameKey, NO_MODULE, Unwound, UnwoundStack};
+use super::{FrameKey, NO_MODULE, Unwound, UnwoundSender, UnwoundStack};
 use crate::modules::{ModuleMap, ModuleSource, WithCode};
 use crate::procmaps;
 use crate::python::code::{CodeCache, Resolved};
 use crate::python::merge::{self, Merged, PyItem};
 use crate::python::{PyRawStack, PythonTarget, ReadMemory};
 use crate::source::stack_cache::SampleStack;
-use crate::source::{BufferPool, Captured, SourceEvent};
+use crate::source::{BufferPool, Captured, EventReceiver, SourceEvent};
 use crate::types::{FrameAddr, StackEnd, Tid};
 use profiler_unwind::{Unwinder, WalkMemo};
 
@@ -133,22 +131,24 @@ impl<S: ModuleSource> UnwindStage<S> {
         self
     }
 
-    /// Handle every event until the source hangs up, passing results to `tx`; returns the
-    /// counters. When the next stage is gone the events are still drained (so stack
-    /// buffers go back), but nothing more is unwound.
-    ///
-    /// The channel is polled every few milliseconds rather than waited on: a receiver
-    /// blocked in `recv` must be woken by the source's next send (a futex wake, often a
-    /// cross-CPU interrupt, on every tick), while one that looks on its own timer costs the
-    /// source nothing.
-    pub fn run(mut self, rx: &Receiver<SourceEvent>, tx: &Sender<Unwound>) -> UnwindStats {
+    /// Handle every batch of events until the source hangs up, passing each batch's
+    /// results on as one batch; returns the counters. When the next stage is gone the
+    /// events are still drained (so stack buffers go back), but nothing more is unwound.
+    /// The stage sleeps while the channel is empty: it wakes when the source has sent a
+    /// round's events, not on a timer.
+    pub fn run(mut self, rx: &EventReceiver, tx: &UnwoundSender) -> UnwindStats {
         let mut open = true;
-        // Blocking: the stage wakes when the sampler has sent something, not on a timer.
-        for ev in rx.iter() {
-            if open {
-                self.handle(ev, &mut |u| open &= tx.send(u).is_ok());
-            } else {
-                self.release(ev);
+        for batch in rx.iter() {
+            if !open {
+                batch.into_iter().for_each(|ev| self.release(ev));
+                continue;
+            }
+            let mut out = Vec::with_capacity(batch.len());
+            for ev in batch {
+                self.handle(ev, &mut |u| out.push(u));
+            }
+            if !out.is_empty() {
+                open = tx.send(out).is_ok();
             }
         }
         self.finish()

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use nix::sys::signal::Signal;
 
 use crate::types::{FrameAddr, Regs, StackEnd, Tid};
@@ -276,26 +276,41 @@ impl BufferPool {
 /// Most control events (maps, names, exits) held while the channel is full.
 const MAX_HELD: usize = 65_536;
 
-/// The sending end of a source: never blocks. A sample that finds the channel full, or
-/// the in-flight bytes at their bound, is dropped and counted, and its buffer kept for
-/// reuse; control events wait in order in a small queue until there is room.
+/// A batch is sent once it holds this many events, even before the source's round ends.
+const MAX_BATCH: usize = 1024;
+
+/// Batches of events from a source to the unwind stage.
+pub type EventSender = flume::Sender<Vec<SourceEvent>>;
+/// ...and where the unwind stage takes them.
+pub type EventReceiver = flume::Receiver<Vec<SourceEvent>>;
+
+/// The sending end of a source: never blocks. Events gather in a batch that the source
+/// sends at the end of each round ([`Outbox::flush`]), so the stage after it wakes once per
+/// round rather than once per event. A sample that finds the channel full, or the
+/// in-flight bytes at their bound, is dropped and counted, and its buffer kept for reuse;
+/// control events wait in order until there is room.
 pub struct Outbox {
-    tx: Sender<SourceEvent>,
+    tx: EventSender,
     /// Stack buffers handed back by the unwinder, and by this outbox for dropped samples.
     pool: BufferPool,
     /// Stack bytes sent and not yet unwound (the unwinder subtracts what it handled).
     in_flight: Arc<AtomicUsize>,
-    held: VecDeque<SourceEvent>,
+    /// The batch being gathered.
+    batch: Vec<SourceEvent>,
+    /// Batches that found the channel full, oldest first; while any waits, samples are
+    /// dropped (so only control events gather).
+    held: VecDeque<Vec<SourceEvent>>,
     closed: bool,
 }
 
 impl Outbox {
     /// An outbox sending on `tx`; buffers come back through `pool`.
-    pub fn new(tx: Sender<SourceEvent>, pool: BufferPool, in_flight: Arc<AtomicUsize>) -> Self {
+    pub fn new(tx: EventSender, pool: BufferPool, in_flight: Arc<AtomicUsize>) -> Self {
         Outbox {
             tx,
             pool,
             in_flight,
+            batch: Vec::new(),
             held: VecDeque::new(),
             closed: false,
         }
@@ -316,16 +331,21 @@ impl Outbox {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Send held control events while there is room.
+    /// Send what was gathered (the batches held before it first), as far as there is
+    /// room; the rest waits for the next call.
     pub fn flush(&mut self) {
-        while let Some(ev) = self.held.pop_front() {
-            match self.tx.try_send(ev) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.held.push_back(batch);
+        }
+        while let Some(batch) = self.held.pop_front() {
+            match self.tx.try_send(batch) {
                 Ok(()) => {}
-                Err(TrySendError::Full(ev)) => {
-                    self.held.push_front(ev);
+                Err(flume::TrySendError::Full(batch)) => {
+                    self.held.push_front(batch);
                     return;
                 }
-                Err(TrySendError::Disconnected(_)) => {
+                Err(flume::TrySendError::Disconnected(_)) => {
                     self.closed = true;
                     self.held.clear();
                     return;
@@ -334,84 +354,84 @@ impl Outbox {
         }
     }
 
-    /// Send a sample, or drop it (counted in `stats.dropped`, its buffer kept) when the
+    /// True when a sample now would have to be dropped: batches wait for room (a sample
+    /// would overtake the control events among them), or the channel is full.
+    fn backed_up(&self) -> bool {
+        !self.held.is_empty() || self.tx.is_full()
+    }
+
+    fn push(&mut self, ev: SourceEvent) {
+        self.batch.push(ev);
+        if self.batch.len() >= MAX_BATCH {
+            self.flush();
+        }
+    }
+
+    /// Gather a sample, or drop it (counted in `stats.dropped`, its buffer kept) when the
     /// channel is full or the in-flight bytes would pass their bound. `extra` samples
     /// that stand on this one (repeats of it) are counted with it when it is dropped.
     pub fn sample(&mut self, mut s: RawSample, extra: u64, stats: &mut SourceStats) -> bool {
-        self.flush();
+        if !self.held.is_empty() {
+            self.flush();
+        }
+        if self.closed {
+            stats.dropped += 1 + extra;
+            self.recycle(s);
+            return false;
+        }
         if let Captured::Stack { tail: Some(t), .. } = &mut s.captured {
             // The first sample sent with a shared buffer counts its bytes.
             t.claim();
         }
         let n = s.stack_bytes();
-        if !self.held.is_empty() || self.in_flight() + n > MAX_IN_FLIGHT {
+        if self.backed_up() || self.in_flight() + n > MAX_IN_FLIGHT {
             stats.dropped += 1 + extra;
             self.recycle(s);
             return false;
         }
         self.in_flight.fetch_add(n, Ordering::Relaxed);
-        match self.tx.try_send(SourceEvent::Sample(s)) {
-            Ok(()) => true,
-            Err(e) => {
-                if matches!(e, TrySendError::Disconnected(_)) {
-                    self.closed = true;
-                }
-                self.in_flight.fetch_sub(n, Ordering::Relaxed);
-                stats.dropped += 1 + extra;
-                if let SourceEvent::Sample(s) = e.into_inner() {
-                    self.recycle(s);
-                }
-                false
-            }
-        }
+        self.push(SourceEvent::Sample(s));
+        true
     }
 
-    /// Send repeats of the threads' last stacks, or drop them (counted).
+    /// Gather repeats of the threads' last stacks, or drop them (counted).
     pub fn repeat(&mut self, tids: Vec<Tid>, time_ns: u64, on_cpu: bool, stats: &mut SourceStats) {
-        self.flush();
-        let n = tids.len() as u64;
         if !self.held.is_empty() {
-            stats.dropped += n;
-            return;
+            self.flush();
         }
-        match self.tx.try_send(SourceEvent::Repeat {
-            tids,
-            time_ns,
-            on_cpu,
-        }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => stats.dropped += n,
-            Err(TrySendError::Disconnected(_)) => self.closed = true,
-        }
-    }
-
-    /// Send a control event (maps, a name, an exit), or hold it until there is room: the
-    /// stages after the source need every one of them, in order. Past 65,536 held
-    /// events the oldest name is given up (a later one replaces it).
-    pub fn control(&mut self, ev: SourceEvent) {
-        self.flush();
         if self.closed {
             return;
         }
-        if self.held.is_empty() {
-            match self.tx.try_send(ev) {
-                Ok(()) => return,
-                Err(TrySendError::Full(ev)) => self.held.push_back(ev),
-                Err(TrySendError::Disconnected(_)) => {
-                    self.closed = true;
-                    return;
+        if self.backed_up() {
+            stats.dropped += tids.len() as u64;
+            return;
+        }
+        self.push(SourceEvent::Repeat {
+            tids,
+            time_ns,
+            on_cpu,
+        });
+    }
+
+    /// Gather a control event (maps, a name, an exit): the stages after the source need
+    /// every one of them, in order, so it waits for room when the channel is full. Past
+    /// 65,536 waiting events the oldest name is given up (a later one replaces it).
+    pub fn control(&mut self, ev: SourceEvent) {
+        if self.closed {
+            return;
+        }
+        self.push(ev);
+        let waiting: usize = self.held.iter().map(Vec::len).sum::<usize>() + self.batch.len();
+        if waiting > MAX_HELD {
+            for b in self.held.iter_mut().chain(std::iter::once(&mut self.batch)) {
+                if let Some(i) = b
+                    .iter()
+                    .position(|e| matches!(e, SourceEvent::ThreadName { .. }))
+                {
+                    b.remove(i);
+                    break;
                 }
             }
-        } else {
-            self.held.push_back(ev);
-        }
-        if self.held.len() > MAX_HELD
-            && let Some(i) = self
-                .held
-                .iter()
-                .position(|e| matches!(e, SourceEvent::ThreadName { .. }))
-        {
-            self.held.remove(i);
         }
     }
 
@@ -425,10 +445,27 @@ impl Outbox {
     }
 }
 
+impl Drop for Outbox {
+    /// When the source ends, what it gathered goes out, waiting for room if need be (the
+    /// target is no longer sampled, and the unwind stage drains the channel until it
+    /// closes).
+    fn drop(&mut self) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.held.push_back(batch);
+        }
+        for batch in self.held.drain(..) {
+            if self.tx.send(batch).is_err() {
+                break;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::bounded;
+    use flume::bounded;
 
     fn sample(tid: Tid, len: usize) -> RawSample {
         RawSample {
@@ -447,6 +484,44 @@ mod tests {
         }
     }
 
+    fn kind(ev: &SourceEvent) -> &'static str {
+        match ev {
+            SourceEvent::Maps(_) => "maps",
+            SourceEvent::Sample(_) => "sample",
+            SourceEvent::ThreadName { .. } => "name",
+            SourceEvent::ThreadExited(_) => "exit",
+            SourceEvent::Repeat { .. } => "repeat",
+            SourceEvent::Python(_) => "python",
+        }
+    }
+
+    #[test]
+    fn a_round_goes_out_as_one_batch_and_what_is_left_goes_out_at_the_end() {
+        let (tx, rx) = bounded(4);
+        let mut out = Outbox::new(tx, BufferPool::default(), Arc::default());
+        let mut stats = SourceStats::default();
+        out.control(SourceEvent::Maps("a".into()));
+        assert!(out.sample(sample(1, 16), 0, &mut stats));
+        out.repeat(vec![2], 5, false, &mut stats);
+        assert!(rx.is_empty(), "nothing is sent before the round ends");
+        out.flush();
+        let batch = rx.try_recv().expect("one batch");
+        assert_eq!(
+            batch.iter().map(kind).collect::<Vec<_>>(),
+            ["maps", "sample", "repeat"]
+        );
+        assert!(rx.is_empty());
+        // An empty round sends nothing.
+        out.flush();
+        assert!(rx.is_empty());
+        // A source that ends without a last flush still delivers what it gathered.
+        out.control(SourceEvent::ThreadExited(1));
+        drop(out);
+        let batch = rx.try_recv().expect("sent when the outbox went away");
+        assert_eq!(batch.iter().map(kind).collect::<Vec<_>>(), ["exit"]);
+        assert_eq!(stats.dropped, 0);
+    }
+
     #[test]
     fn dropped_samples_leave_nothing_in_flight_and_keep_their_buffers() {
         let (tx, rx) = bounded(1);
@@ -455,6 +530,7 @@ mod tests {
         let mut out = Outbox::new(tx, pool.clone(), in_flight.clone());
         let mut stats = SourceStats::default();
         assert!(out.sample(sample(1, 1 << 20), 0, &mut stats));
+        out.flush();
         // The channel is full from here on: every later sample is dropped, and none of
         // them may count against the bound, or the source would refuse samples for good.
         for _ in 0..40 {
@@ -474,8 +550,11 @@ mod tests {
             "a dropped sample's buffer is reused"
         );
         // The unwinder takes the first one: room again.
-        let Ok(SourceEvent::Sample(s)) = rx.try_recv() else {
+        let Ok(mut batch) = rx.try_recv() else {
             panic!("the first sample was sent")
+        };
+        let Some(SourceEvent::Sample(s)) = batch.pop() else {
+            panic!("a sample")
         };
         in_flight.fetch_sub(s.stack_bytes(), Ordering::Relaxed);
         assert!(out.sample(sample(1, 1 << 20), 0, &mut stats));
@@ -495,60 +574,65 @@ mod tests {
             }
             s
         };
+        let sent = || {
+            let Ok(mut batch) = rx.try_recv() else {
+                panic!("sent")
+            };
+            let Some(SourceEvent::Sample(s)) = batch.pop() else {
+                panic!("a sample")
+            };
+            s
+        };
         assert!(out.sample(sample(2, 16), 0, &mut stats));
+        out.flush();
         // The channel is full: the sample that brought the buffer is dropped...
         assert!(!out.sample(with_tail(), 0, &mut stats));
         assert_eq!(in_flight.load(Ordering::Relaxed), 16);
-        let _ = rx.try_recv();
+        let _ = sent();
         in_flight.fetch_sub(16, Ordering::Relaxed);
         // ...so the next one sent with it counts it, and only that one.
         assert!(out.sample(with_tail(), 0, &mut stats));
+        out.flush();
         assert_eq!(in_flight.load(Ordering::Relaxed), 4096 + (1 << 20));
-        let Ok(SourceEvent::Sample(first)) = rx.try_recv() else {
-            panic!("sent")
-        };
+        let first = sent();
         assert!(out.sample(with_tail(), 0, &mut stats));
-        let Ok(SourceEvent::Sample(second)) = rx.try_recv() else {
-            panic!("sent")
-        };
+        out.flush();
+        let second = sent();
         assert_eq!(first.stack_bytes(), 4096 + (1 << 20));
         assert_eq!(second.stack_bytes(), 4096, "shared for free");
     }
 
     #[test]
     fn control_events_wait_in_order_and_never_block() {
-        let (tx, rx) = bounded(2);
+        let (tx, rx) = bounded(1);
         let mut out = Outbox::new(tx, BufferPool::default(), Arc::default());
         let mut stats = SourceStats::default();
         out.control(SourceEvent::Maps("a".into()));
         assert!(out.sample(sample(1, 16), 0, &mut stats));
-        // Full: these are held, not lost, and the call returns at once.
+        out.flush();
+        // Full: these are held, not lost, and the calls return at once.
         out.control(SourceEvent::ThreadName {
             tid: 1,
             name: "x".into(),
         });
         out.control(SourceEvent::ThreadExited(1));
+        out.flush();
         // A sample behind held control events is dropped (it would overtake them).
         assert!(!out.sample(sample(1, 16), 0, &mut stats));
         out.repeat(vec![1, 2], 5, false, &mut stats);
         assert_eq!(stats.dropped, 3);
         let mut seen = Vec::new();
         for _ in 0..4 {
-            while let Ok(ev) = rx.try_recv() {
-                seen.push(match ev {
-                    SourceEvent::Maps(_) => "maps",
-                    SourceEvent::Sample(_) => "sample",
-                    SourceEvent::ThreadName { .. } => "name",
-                    SourceEvent::ThreadExited(_) => "exit",
-                    SourceEvent::Repeat { .. } => "repeat",
-                    SourceEvent::Python(_) => "python",
-                });
+            while let Ok(batch) = rx.try_recv() {
+                seen.extend(batch.iter().map(kind));
             }
             out.flush();
         }
         assert_eq!(seen, ["maps", "sample", "name", "exit"]);
         drop(rx);
         out.control(SourceEvent::ThreadExited(2));
+        out.flush();
         assert!(out.closed());
+        assert!(!out.sample(sample(1, 16), 0, &mut stats));
     }
 }

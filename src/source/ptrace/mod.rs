@@ -374,6 +374,8 @@ impl Sampler {
                 }
                 self.stats.notes.extend(note);
             }
+            // The round's events go to the unwind stage together.
+            self.out.flush();
             if let Some(r) = self
                 .tracer
                 .take_stop_request()
