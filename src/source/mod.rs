@@ -286,9 +286,10 @@ pub type EventReceiver = flume::Receiver<Vec<SourceEvent>>;
 
 /// The sending end of a source: never blocks. Events gather in a batch that the source
 /// sends at the end of each round ([`Outbox::flush`]), so the stage after it wakes once per
-/// round rather than once per event. A sample that finds the channel full, or the
-/// in-flight bytes at their bound, is dropped and counted, and its buffer kept for reuse;
-/// control events wait in order until there is room.
+/// round rather than once per event. A sample that comes while an earlier batch waits for
+/// room in the channel, or that would pass the bound on bytes in flight, is dropped and
+/// counted, and its buffer kept for reuse; control events wait in order until there is
+/// room.
 pub struct Outbox {
     tx: EventSender,
     /// Stack buffers handed back by the unwinder, and by this outbox for dropped samples.
@@ -354,10 +355,11 @@ impl Outbox {
         }
     }
 
-    /// True when a sample now would have to be dropped: batches wait for room (a sample
-    /// would overtake the control events among them), or the channel is full.
+    /// True when a sample now would have to be dropped: the channel had no room at the
+    /// last flush and batches wait for it. (Asked of the batches held, not of the
+    /// channel: looking at the channel takes its lock, once per sample.)
     fn backed_up(&self) -> bool {
-        !self.held.is_empty() || self.tx.is_full()
+        !self.held.is_empty()
     }
 
     fn push(&mut self, ev: SourceEvent) {
@@ -367,8 +369,8 @@ impl Outbox {
         }
     }
 
-    /// Gather a sample, or drop it (counted in `stats.dropped`, its buffer kept) when the
-    /// channel is full or the in-flight bytes would pass their bound. `extra` samples
+    /// Gather a sample, or drop it (counted in `stats.dropped`, its buffer kept) when a
+    /// batch waits for room or the in-flight bytes would pass their bound. `extra` samples
     /// that stand on this one (repeats of it) are counted with it when it is dropped.
     pub fn sample(&mut self, mut s: RawSample, extra: u64, stats: &mut SourceStats) -> bool {
         if !self.held.is_empty() {
@@ -531,13 +533,16 @@ mod tests {
         let mut stats = SourceStats::default();
         assert!(out.sample(sample(1, 1 << 20), 0, &mut stats));
         out.flush();
-        // The channel is full from here on: every later sample is dropped, and none of
-        // them may count against the bound, or the source would refuse samples for good.
+        // The channel is full: the next round's batch waits for room...
+        assert!(out.sample(sample(1, 16), 0, &mut stats));
+        out.flush();
+        // ...and from here on every later sample is dropped, and none of them may count
+        // against the bound, or the source would refuse samples for good.
         for _ in 0..40 {
             assert!(!out.sample(sample(1, 1 << 20), 2, &mut stats));
         }
         assert_eq!(stats.dropped, 40 * 3);
-        assert_eq!(in_flight.load(Ordering::Relaxed), 1 << 20);
+        assert_eq!(in_flight.load(Ordering::Relaxed), (1 << 20) + 16);
         // Their buffers are kept for reuse, but not all 40 MiB of them.
         assert!(
             pool.bytes() >= 1 << 20 && pool.bytes() <= POOL_BYTES,
@@ -557,7 +562,10 @@ mod tests {
             panic!("a sample")
         };
         in_flight.fetch_sub(s.stack_bytes(), Ordering::Relaxed);
+        // The held batch goes out with the next sample, which is taken.
         assert!(out.sample(sample(1, 1 << 20), 0, &mut stats));
+        assert_eq!(rx.try_recv().map(|b| b.len()).ok(), Some(1));
+        assert_eq!(stats.dropped, 40 * 3);
     }
 
     #[test]
@@ -585,11 +593,18 @@ mod tests {
         };
         assert!(out.sample(sample(2, 16), 0, &mut stats));
         out.flush();
-        // The channel is full: the sample that brought the buffer is dropped...
+        out.control(SourceEvent::ThreadExited(3));
+        out.flush();
+        // A batch waits for room: the sample that brought the buffer is dropped...
         assert!(!out.sample(with_tail(), 0, &mut stats));
         assert_eq!(in_flight.load(Ordering::Relaxed), 16);
         let _ = sent();
         in_flight.fetch_sub(16, Ordering::Relaxed);
+        out.flush();
+        assert!(matches!(
+            rx.try_recv().as_deref(),
+            Ok([SourceEvent::ThreadExited(3)])
+        ));
         // ...so the next one sent with it counts it, and only that one.
         assert!(out.sample(with_tail(), 0, &mut stats));
         out.flush();
@@ -617,7 +632,8 @@ mod tests {
         });
         out.control(SourceEvent::ThreadExited(1));
         out.flush();
-        // A sample behind held control events is dropped (it would overtake them).
+        // A sample behind held control events is dropped (it would overtake them), and
+        // so is a repeat.
         assert!(!out.sample(sample(1, 16), 0, &mut stats));
         out.repeat(vec![1, 2], 5, false, &mut stats);
         assert_eq!(stats.dropped, 3);

@@ -540,6 +540,7 @@ impl PerfSource {
         let mut lost = 0u64;
         let mut spare = std::mem::take(&mut self.spare);
         let out = &mut self.out;
+        let maps = &self.maps;
         for ring in &mut self.rings {
             ring.drain(|rec| {
                 let time = |t: Option<u64>| t.unwrap_or(0).saturating_sub(mono0);
@@ -571,8 +572,14 @@ impl PerfSource {
                         let mut full = false;
                         if let Some((data, dyn_size)) = smp.user_stack {
                             let n = (dyn_size as usize).min(data.len());
-                            copy_raw(data, n, &mut stack);
                             full = n == data.len() && n > 0;
+                            // The kernel copies on past the end of the thread's stack into
+                            // whatever is mapped above it: those bytes are not copied
+                            // again (`send_stack` drops them).
+                            let sp = regs.sp();
+                            let used = procmaps::find_stack(maps, sp)
+                                .map_or(n, |(_, top)| n.min(top.saturating_sub(sp) as usize));
+                            copy_raw(data, used, &mut stack);
                         }
                         items.push(Item::Sample {
                             tid,
