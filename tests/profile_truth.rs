@@ -182,17 +182,7 @@ fn named_in(function: &str, prefix: &str) -> bool {
 /// Standard library code by the names and paths the issue lists (independent of the
 /// agent's own rule).
 fn is_std_frame(function: &str, file: &str) -> bool {
-    [
-        "std::",
-        "core::",
-        "alloc::",
-        "__gnu_cxx::",
-        "<std::",
-        "<core::",
-        "<alloc::",
-    ]
-    .iter()
-    .any(|p| function.starts_with(p))
+    common::std_library_name(function)
         || file.starts_with("/rustc/")
         || file.starts_with("/usr/include/c++/")
 }

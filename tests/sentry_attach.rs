@@ -376,18 +376,7 @@ fn check_chunks(chunks: &[(Value, Option<String>)], f: &RunFacts) -> u64 {
                         let func = fr["function"].as_str().unwrap_or("");
                         let file = fr["filename"].as_str().unwrap_or("");
                         let own_source = file.contains("/fixtures/src/");
-                        let std_code = (!own_source
-                            && [
-                                "std::",
-                                "core::",
-                                "alloc::",
-                                "__gnu_cxx::",
-                                "<std::",
-                                "<core::",
-                                "<alloc::",
-                            ]
-                            .iter()
-                            .any(|p| func.starts_with(p)))
+                        let std_code = (!own_source && common::std_library_name(func))
                             || file.starts_with("/rustc/")
                             || file.starts_with("/usr/include/");
                         if std_code {

@@ -393,3 +393,20 @@ pub fn read_folded(path: &std::path::Path) -> Vec<(Vec<String>, u64)> {
         })
         .collect()
 }
+
+/// True when a demangled function name is the standard library's by its namespace (C++
+/// `std::` and `__gnu_cxx::`, Rust `std::`, `core::`, `alloc::`, also as the self type of
+/// an impl), as the tests judge it independently of the agent's own rule.
+pub fn std_library_name(function: &str) -> bool {
+    [
+        "std::",
+        "core::",
+        "alloc::",
+        "__gnu_cxx::",
+        "<std::",
+        "<core::",
+        "<alloc::",
+    ]
+    .iter()
+    .any(|p| function.starts_with(p))
+}
