@@ -20,7 +20,7 @@ use crate::cli::SamplerChoice;
 use crate::config::{AttachConfig, Target};
 use crate::modules::ModuleSource;
 use crate::os::files::LiveFiles;
-use crate::os::{permissions, proc};
+use crate::os::{permissions, proc, signals};
 use crate::perfmap::PerfMap;
 use crate::pipeline::naming::{Namer, NamingStage};
 use crate::pipeline::unwind::UnwindStage;
@@ -212,9 +212,15 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
         );
     let unwinder = std::thread::Builder::new()
         .name("unwinder".into())
-        .spawn(move || stage.run(&src_rx, &un_tx))
+        .spawn(move || {
+            signals::no_wakeup_preemption();
+            stage.run(&src_rx, &un_tx)
+        })
         .context("starting the unwinder thread")?;
 
+    // This thread names and feeds the sinks from here on (the sampler, started above,
+    // keeps its own policy).
+    signals::no_wakeup_preemption();
     let mut naming = naming.with_perf_map(perf_map);
     let mut first_sample = cfg.verbose;
     naming.run(&un_rx, |stage, _| {

@@ -73,6 +73,18 @@ pub fn raise_priority() -> bool {
     }
 }
 
+/// Keep the calling thread from preempting the task running on a CPU when it wakes
+/// (SCHED_BATCH: the same nice level and the same share of the CPU, but a thread woken
+/// where the target runs waits for the target's time slice to end, or for another CPU
+/// to go idle and take it, instead of interrupting the target at once). For the
+/// pipeline's stages, which wake once per round of the source; never for the ptrace
+/// sampler, whose ticks must be on time. Returns false when the kernel refuses.
+pub fn no_wakeup_preemption() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param; pid 0 means the calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0 }
+}
+
 /// Send `sig` to process `pid` (a program the agent started, passing a stop request on);
 /// a process already gone is no error worth reporting.
 pub fn send(pid: i32, sig: Signal) {
