@@ -54,9 +54,21 @@ struct Ticks {
     last: u64,
 }
 
-/// Data pages of each CPU's ring buffer, tried in turn (the kernel limits what a user
-/// without `CAP_IPC_LOCK` may lock: `perf_event_mlock_kb` per CPU).
-const RING_PAGES: [usize; 4] = [128, 64, 32, 16];
+/// Data pages of each CPU's ring buffer, tried in turn from the largest that
+/// [`ring_pages`] allows (the kernel limits what a user without `CAP_IPC_LOCK` may lock:
+/// `perf_event_mlock_kb`, 516 KiB per CPU by default, so 128 pages).
+const RING_PAGES: [usize; 6] = [512, 256, 128, 64, 32, 16];
+/// The most memory the ring buffers take together, when the kernel lets the agent lock
+/// more than 128 pages per CPU: a burst of context-switch samples (100 threads that wake
+/// in step: about 850 KB) fits in 2 MiB rings on a small machine, and a machine with many
+/// CPUs keeps 512 KiB each.
+const RING_BUDGET_BYTES: usize = 4 << 20;
+
+/// The ring sizes to try on a machine with `cpus` CPUs, largest first.
+fn ring_pages(cpus: usize) -> impl Iterator<Item = usize> {
+    let most = (RING_BUDGET_BYTES / 4096 / cpus.max(1)).max(128);
+    RING_PAGES.into_iter().filter(move |&p| p <= most)
+}
 
 /// The maps are re-read at least this often: executable mappings come as records, in
 /// order with the samples, so the periodic read only catches what they do not report
@@ -72,7 +84,8 @@ const NAME_RECHECK_NS: u64 = 10_000_000_000;
 /// How often the sampler wakes at most, whatever the rate: the kernel takes the samples,
 /// and the wall-clock ticks of a batch are replayed in time order with the records
 /// ([`PerfSource::run`]). Each wake costs the target a preemption on a busy machine; a
-/// batch must stay well within a ring buffer (512 KiB holds 30 ms of 1000 Hz samples).
+/// batch must stay well within a ring buffer (512 KiB, the smallest the agent asks for
+/// first, holds 30 ms of 1000 Hz samples).
 const WAKE_INTERVAL_NS: u64 = 10_000_000;
 
 /// Settings of the perf source.
@@ -363,13 +376,14 @@ impl PerfSource {
         refused: &dyn Fn(Errno) -> Refused,
     ) -> Result<(), Refused> {
         // One ring buffer per CPU, mapped from the leader's event of that CPU.
+        let cpus = self.cpus.len();
         for cpu in self.cpus.clone() {
             let mut ev = match first.take() {
                 Some(e) => e,
                 None => PerfEvent::open(&self.cpu_spec, self.cfg.pid, cpu).map_err(refused)?,
             };
             let mut ring = Err(Errno::ENOMEM);
-            for pages in RING_PAGES {
+            for pages in ring_pages(cpus) {
                 ring = RingBuffer::new(ev, pages, &self.cpu_spec);
                 if ring.is_ok() {
                     break;
@@ -1053,6 +1067,16 @@ fn copy_raw(data: RawData<'_>, n: usize, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rings_are_larger_on_small_machines_and_never_under_the_default() {
+        let sizes = |cpus| ring_pages(cpus).collect::<Vec<_>>();
+        assert_eq!(sizes(2), [512, 256, 128, 64, 32, 16]);
+        assert_eq!(sizes(4), [256, 128, 64, 32, 16]);
+        // Many CPUs: 512 KiB each, what an unprivileged user may lock anyway.
+        assert_eq!(sizes(64), [128, 64, 32, 16]);
+        assert_eq!(sizes(0), sizes(1));
+    }
 
     #[test]
     fn raw_data_copied_across_the_wrap() {
