@@ -240,6 +240,31 @@ pub fn thread_stat(pid: Pid, tid: Tid) -> Option<Stat> {
     Stat::parse(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?)
 }
 
+/// A thread's `stat` file kept open and read again from its start: opening a `/proc`
+/// file costs tens of microseconds on some machines (path walk, permission checks),
+/// reading one already open about a microsecond.
+pub struct StatFile {
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl StatFile {
+    /// Open `/proc/PID/task/TID/stat`; None when the thread is gone.
+    pub fn open(pid: Pid, tid: Tid) -> Option<StatFile> {
+        let file = File::open(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+        Some(StatFile {
+            file,
+            buf: vec![0; 1024],
+        })
+    }
+
+    /// The thread's stat now; None once it is gone (reaped: the read fails).
+    pub fn read(&mut self) -> Option<Stat> {
+        let n = self.file.read_at(&mut self.buf, 0).ok()?;
+        Stat::parse(std::str::from_utf8(&self.buf[..n]).ok()?)
+    }
+}
+
 /// True when `pid` is a kernel thread.
 pub fn is_kernel_thread(pid: Pid) -> bool {
     stat(pid).is_some_and(|s| s.is_kernel_thread())

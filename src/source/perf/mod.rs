@@ -87,6 +87,26 @@ const NAME_RECHECK_NS: u64 = 10_000_000_000;
 /// batch must stay well within a ring buffer (512 KiB, the smallest the agent asks for
 /// first, holds 30 ms of 1000 Hz samples).
 const WAKE_INTERVAL_NS: u64 = 10_000_000;
+/// At low rates the sampler wakes every this many ticks instead, up to
+/// [`WAKE_INTERVAL_MAX_NS`] (100 Hz: every 50 ms)...
+const WAKE_TICKS: u64 = 5;
+/// ...but no less often than this: a deep stack is completed from the live thread when
+/// its sample is handled, and the later that is, the likelier the thread has returned
+/// past the kernel's copy (the sample then ends in `[truncated]`).
+const WAKE_INTERVAL_MAX_NS: u64 = 50_000_000;
+
+/// How long the sampler sleeps between batches at `period_ns` per tick: a few ticks, but
+/// every [`WAKE_INTERVAL_NS`] while it reads Python frames (read when a sample is handled,
+/// not when the kernel took it: the longer the wait, the likelier they no longer match
+/// the native stack).
+fn wake_interval(period_ns: u64, python: bool) -> u64 {
+    if python {
+        return WAKE_INTERVAL_NS;
+    }
+    period_ns
+        .saturating_mul(WAKE_TICKS)
+        .clamp(WAKE_INTERVAL_NS, WAKE_INTERVAL_MAX_NS)
+}
 
 /// Settings of the perf source.
 #[derive(Clone, Debug)]
@@ -155,6 +175,9 @@ pub struct PerfSource {
     maps_interval: Duration,
     maps_stale: bool,
     alive_checked: Instant,
+    /// The leader's `stat`, kept open for [`PerfSource::target_alive`] (None inside: it
+    /// could not be opened).
+    leader_stat: Option<Option<proc::StatFile>>,
     stats: SourceStats,
     spare: Vec<Vec<u8>>,
     /// Scratch: one drain's records, in time order.
@@ -346,6 +369,7 @@ impl PerfSource {
             maps_interval: MAPS_MIN_INTERVAL,
             maps_stale: false,
             alive_checked: Instant::now(),
+            leader_stat: None,
             stats: SourceStats {
                 source: "perf",
                 ..SourceStats::default()
@@ -524,10 +548,17 @@ impl PerfSource {
     }
 
     /// False once the target has exited (every thread gone or a zombie).
-    fn target_alive(&self) -> bool {
+    fn target_alive(&mut self) -> bool {
         // The leader's own stat: the process's (`/proc/PID/stat`) sums the times of every
-        // thread, a cost that grows with the thread count.
-        match proc::thread_stat(self.cfg.pid, self.cfg.pid) {
+        // thread, a cost that grows with the thread count. Kept open: read 20 times a
+        // second.
+        let pid = self.cfg.pid;
+        let stat = self
+            .leader_stat
+            .get_or_insert_with(|| proc::StatFile::open(pid, pid))
+            .as_mut()
+            .and_then(proc::StatFile::read);
+        match stat {
             None => false,
             Some(st) if matches!(st.state, 'Z' | 'X') => proc::list_tasks(self.cfg.pid)
                 .map(|tids| {
@@ -936,11 +967,10 @@ impl PerfSource {
             ticks.last = t;
             self.stats.ticks += 1;
             self.tick(t);
-            // A batch replays up to WAKE_INTERVAL_NS of ticks; ticks further behind than
+            // A batch replays up to a wake interval of ticks; ticks further behind than
             // that (the sampler itself was kept from running) are skipped and counted.
-            ticks.next = schedule
-                .next(now.saturating_sub(WAKE_INTERVAL_NS))
-                .max(t + 1);
+            let wake = wake_interval(schedule.period_ns(), self.py.active());
+            ticks.next = schedule.next(now.saturating_sub(wake)).max(t + 1);
         }
     }
 
@@ -974,8 +1004,9 @@ impl PerfSource {
         let mut woke = start.saturating_sub(WAKE_INTERVAL_NS);
         let stop = loop {
             // The kernel samples on its own: wake for the next tick, but not more often
-            // than every WAKE_INTERVAL_NS; the ticks that fell due meanwhile are replayed.
-            let deadline = ticks.next.max(woke + WAKE_INTERVAL_NS);
+            // than every wake interval; the ticks that fell due meanwhile are replayed.
+            let wake = wake_interval(schedule.period_ns(), self.py.active());
+            let deadline = ticks.next.max(woke + wake);
             if let Some(end) = end_ns
                 && deadline >= end
             {
@@ -1067,6 +1098,17 @@ fn copy_raw(data: RawData<'_>, n: usize, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sampler_wakes_every_few_ticks_within_bounds_and_often_for_python() {
+        let ms = |hz: u64, python| wake_interval(1_000_000_000 / hz, python) / 1_000_000;
+        assert_eq!(ms(1000, false), 10);
+        assert_eq!(ms(200, false), 25);
+        assert_eq!(ms(100, false), 50);
+        assert_eq!(ms(10, false), 50);
+        assert_eq!(ms(100, true), 10);
+        assert_eq!(ms(10_000, false), 10);
+    }
 
     #[test]
     fn rings_are_larger_on_small_machines_and_never_under_the_default() {
