@@ -497,11 +497,16 @@ mod tests {
         }
     }
 
+    /// An outbox on a channel of `cap` batches, its receiver and fresh counters.
+    fn outbox(cap: usize) -> (Outbox, EventReceiver, SourceStats) {
+        let (tx, rx) = bounded(cap);
+        let out = Outbox::new(tx, BufferPool::default(), Arc::default());
+        (out, rx, SourceStats::default())
+    }
+
     #[test]
     fn a_round_goes_out_as_one_batch_and_what_is_left_goes_out_at_the_end() {
-        let (tx, rx) = bounded(4);
-        let mut out = Outbox::new(tx, BufferPool::default(), Arc::default());
-        let mut stats = SourceStats::default();
+        let (mut out, rx, mut stats) = outbox(4);
         out.control(SourceEvent::Maps("a".into()));
         assert!(out.sample(sample(1, 16), 0, &mut stats));
         out.repeat(vec![2], 5, false, &mut stats);
@@ -619,9 +624,7 @@ mod tests {
 
     #[test]
     fn control_events_wait_in_order_and_never_block() {
-        let (tx, rx) = bounded(1);
-        let mut out = Outbox::new(tx, BufferPool::default(), Arc::default());
-        let mut stats = SourceStats::default();
+        let (mut out, rx, mut stats) = outbox(1);
         out.control(SourceEvent::Maps("a".into()));
         assert!(out.sample(sample(1, 16), 0, &mut stats));
         out.flush();
