@@ -15,7 +15,9 @@ tag="${2:-profiler:latest}"
 # libstdc++'s demangler is the agent's fallback for C++ names its own demangler gives up
 # on (loaded with dlopen, so `ldd` does not list it): include it when this machine has it.
 extra=()
-stdcxx="$(ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 .*x86-64/ {print $NF; exit}')"
+# awk reads the whole list: leaving early would end ldconfig with SIGPIPE, which pipefail
+# turns into a failure of this script (seen in CI: an empty error and exit 141).
+stdcxx="$(ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 .*x86-64/ && !found {print $NF; found = 1}')" || stdcxx=""
 [ -n "$stdcxx" ] && extra+=("$stdcxx:$stdcxx")
 exec "$here/rootfs-image.sh" \
   --user 10001:10001 \

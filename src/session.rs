@@ -200,7 +200,9 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
     }
     rep.message(&sampler_note);
 
-    let (un_tx, un_rx) = flume::bounded(1024);
+    // A few batches: the source's channel and its bound on bytes in flight absorb a
+    // naming stage that falls behind, and nothing bounds the frames queued here.
+    let (un_tx, un_rx) = flume::bounded(16);
     let pid = cfg.pid;
     let files = LiveFiles::new(pid);
     let perf_map = PerfMap::new(files.root(), proc::ns_pid(pid).unwrap_or(pid));
@@ -213,14 +215,14 @@ fn attach_reporting(cfg: &AttachConfig, rep: &mut Reporter<'_>) -> Result<Summar
     let unwinder = std::thread::Builder::new()
         .name("unwinder".into())
         .spawn(move || {
-            signals::no_wakeup_preemption();
+            let _batch = signals::NoWakeupPreemption::begin();
             stage.run(&src_rx, &un_tx)
         })
         .context("starting the unwinder thread")?;
 
     // This thread names and feeds the sinks from here on (the sampler, started above,
-    // keeps its own policy).
-    signals::no_wakeup_preemption();
+    // keeps its own policy; this one gets its own back when the session ends).
+    let _batch = signals::NoWakeupPreemption::begin();
     let mut naming = naming.with_perf_map(perf_map);
     let mut first_sample = cfg.verbose;
     naming.run(&un_rx, |stage, _| {

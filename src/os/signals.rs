@@ -73,16 +73,52 @@ pub fn raise_priority() -> bool {
     }
 }
 
-/// Keep the calling thread from preempting the task running on a CPU when it wakes
+/// Keeps the calling thread from preempting the task running on a CPU when it wakes
 /// (SCHED_BATCH: the same nice level and the same share of the CPU, but a thread woken
 /// where the target runs waits for the target's time slice to end, or for another CPU
-/// to go idle and take it, instead of interrupting the target at once). For the
+/// to go idle and take it, instead of interrupting the target at once), until dropped:
+/// the thread's policy is then given back, so threads it starts later (the next
+/// session's sampler, when the agent attaches again) do not inherit SCHED_BATCH. For the
 /// pipeline's stages, which wake once per round of the source; never for the ptrace
-/// sampler, whose ticks must be on time. Returns false when the kernel refuses.
-pub fn no_wakeup_preemption() -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param; pid 0 means the calling thread.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0 }
+/// sampler, whose ticks must be on time.
+pub struct NoWakeupPreemption {
+    /// The policy and parameters to give back; None when nothing was changed.
+    before: Option<(libc::c_int, libc::sched_param)>,
+    /// Bound to the thread whose policy it changed.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl NoWakeupPreemption {
+    /// Switch the calling thread to SCHED_BATCH (nothing changes when the kernel
+    /// refuses).
+    pub fn begin() -> Self {
+        let mut param = libc::sched_param { sched_priority: 0 };
+        let batch = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` and `batch` are valid
+        // sched_params that outlive the calls.
+        let before = unsafe {
+            let policy = libc::sched_getscheduler(0);
+            (policy >= 0
+                && libc::sched_getparam(0, &mut param) == 0
+                && libc::sched_setscheduler(0, libc::SCHED_BATCH, &batch) == 0)
+                .then_some((policy, param))
+        };
+        NoWakeupPreemption {
+            before,
+            _thread: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for NoWakeupPreemption {
+    fn drop(&mut self) {
+        if let Some((policy, param)) = self.before {
+            // SAFETY: as in `begin`, on the same thread (the guard is not Send).
+            unsafe {
+                libc::sched_setscheduler(0, policy, &param);
+            }
+        }
+    }
 }
 
 /// Send `sig` to process `pid` (a program the agent started, passing a stop request on);

@@ -5,8 +5,10 @@
 //! (sampler thread)        (unwinder thread)   (session thread)
 //! ```
 //!
-//! Events travel between the threads in batches, one per round of the source, and a stage
-//! with nothing to do sleeps until the next batch: each stage wakes once per round.
+//! Events travel between the threads in batches, one per round of the source (a large
+//! round in a few), and a stage with nothing to do sleeps until the next batch: each stage
+//! wakes about once per round (the naming stage also every 50 ms when idle, for the
+//! sinks' ticks).
 //!
 //! [`unwind`] keeps the target's module map and turns captured registers and stack bytes
 //! into frame keys; [`naming`] owns the symbolizer and names each unique frame once, as it

@@ -273,7 +273,9 @@ impl BufferPool {
     }
 }
 
-/// Most control events (maps, names, exits) held while the channel is full.
+/// Most events waiting to be sent (held batches and the one being gathered) before the
+/// oldest thread name among them is given up: while batches are held only control events
+/// are added.
 const MAX_HELD: usize = 65_536;
 
 /// A batch is sent once it holds this many events, even before the source's round ends.
@@ -289,15 +291,16 @@ pub type EventReceiver = flume::Receiver<Vec<SourceEvent>>;
 /// round rather than once per event. A sample that comes while an earlier batch waits for
 /// room in the channel, or that would pass the bound on bytes in flight, is dropped and
 /// counted, and its buffer kept for reuse; control events wait in order until there is
-/// room.
+/// room. Only dropping the outbox, when the source ends, waits for the channel.
 pub struct Outbox {
     tx: EventSender,
     /// Stack buffers handed back by the unwinder, and by this outbox for dropped samples.
     pool: BufferPool,
     /// Stack bytes sent and not yet unwound (the unwinder subtracts what it handled).
     in_flight: Arc<AtomicUsize>,
-    /// The batch being gathered.
+    /// The batch being gathered, and the stack bytes of its samples.
     batch: Vec<SourceEvent>,
+    batch_bytes: usize,
     /// Batches that found the channel full, oldest first; while any waits, samples are
     /// dropped (so only control events gather).
     held: VecDeque<Vec<SourceEvent>>,
@@ -312,6 +315,7 @@ impl Outbox {
             pool,
             in_flight,
             batch: Vec::new(),
+            batch_bytes: 0,
             held: VecDeque::new(),
             closed: false,
         }
@@ -339,6 +343,12 @@ impl Outbox {
             let batch = std::mem::take(&mut self.batch);
             self.held.push_back(batch);
         }
+        self.batch_bytes = 0;
+        self.send_held();
+    }
+
+    /// Send the held batches, oldest first, while there is room.
+    fn send_held(&mut self) {
         while let Some(batch) = self.held.pop_front() {
             match self.tx.try_send(batch) {
                 Ok(()) => {}
@@ -364,7 +374,10 @@ impl Outbox {
 
     fn push(&mut self, ev: SourceEvent) {
         self.batch.push(ev);
-        if self.batch.len() >= MAX_BATCH {
+        if self.batch.len() >= MAX_BATCH || self.batch_bytes > MAX_IN_FLIGHT / 4 {
+            // A large round goes out in parts, so that the unwinder works on its start
+            // while the source gathers the rest (the bound on bytes in flight counts
+            // what waits here too).
             self.flush();
         }
     }
@@ -374,7 +387,7 @@ impl Outbox {
     /// that stand on this one (repeats of it) are counted with it when it is dropped.
     pub fn sample(&mut self, mut s: RawSample, extra: u64, stats: &mut SourceStats) -> bool {
         if !self.held.is_empty() {
-            self.flush();
+            self.send_held();
         }
         if self.closed {
             stats.dropped += 1 + extra;
@@ -392,6 +405,7 @@ impl Outbox {
             return false;
         }
         self.in_flight.fetch_add(n, Ordering::Relaxed);
+        self.batch_bytes += n;
         self.push(SourceEvent::Sample(s));
         true
     }
@@ -399,7 +413,7 @@ impl Outbox {
     /// Gather repeats of the threads' last stacks, or drop them (counted).
     pub fn repeat(&mut self, tids: Vec<Tid>, time_ns: u64, on_cpu: bool, stats: &mut SourceStats) {
         if !self.held.is_empty() {
-            self.flush();
+            self.send_held();
         }
         if self.closed {
             return;

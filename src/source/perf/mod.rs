@@ -1,7 +1,8 @@
 //! The perf_event stack source: the kernel samples the target's threads itself, without
 //! stopping them, and writes each sample (registers and a copy of the top of the user
-//! stack) into ring buffers the agent reads at most every 10 ms, replaying
-//! the wall-clock ticks due meanwhile in time order with the records.
+//! stack) into ring buffers the agent reads every few ticks (10 to 50 ms apart; see
+//! [`wake_interval`]), replaying the wall-clock ticks due meanwhile in time order with the
+//! records.
 //!
 //! * **On CPU**: a `cpu-clock` event per thread and CPU, one sample per `1/frequency` of the
 //!   thread's CPU time, inherited by threads created later.
@@ -56,7 +57,8 @@ struct Ticks {
 
 /// Data pages of each CPU's ring buffer, tried in turn from the largest that
 /// [`ring_pages`] allows (the kernel limits what a user without `CAP_IPC_LOCK` may lock:
-/// `perf_event_mlock_kb`, 516 KiB per CPU by default, so 128 pages).
+/// `perf_event_mlock_kb` times the number of CPUs, 516 KiB each by default, so 128 pages
+/// per CPU, and beyond that what RLIMIT_MEMLOCK allows).
 const RING_PAGES: [usize; 6] = [512, 256, 128, 64, 32, 16];
 /// The most memory the ring buffers take together, when the kernel lets the agent lock
 /// more than 128 pages per CPU: a burst of context-switch samples (100 threads that wake
@@ -84,8 +86,7 @@ const NAME_RECHECK_NS: u64 = 10_000_000_000;
 /// How often the sampler wakes at most, whatever the rate: the kernel takes the samples,
 /// and the wall-clock ticks of a batch are replayed in time order with the records
 /// ([`PerfSource::run`]). Each wake costs the target a preemption on a busy machine; a
-/// batch must stay well within a ring buffer (512 KiB, the smallest the agent asks for
-/// first, holds 30 ms of 1000 Hz samples).
+/// batch must stay well within a ring buffer (512 KiB holds 30 ms of 1000 Hz samples).
 const WAKE_INTERVAL_NS: u64 = 10_000_000;
 /// At low rates the sampler wakes every this many ticks instead, up to
 /// [`WAKE_INTERVAL_MAX_NS`] (100 Hz: every 50 ms)...
@@ -96,11 +97,13 @@ const WAKE_TICKS: u64 = 5;
 const WAKE_INTERVAL_MAX_NS: u64 = 50_000_000;
 
 /// How long the sampler sleeps between batches at `period_ns` per tick: a few ticks, but
-/// every [`WAKE_INTERVAL_NS`] while it reads Python frames (read when a sample is handled,
-/// not when the kernel took it: the longer the wait, the likelier they no longer match
-/// the native stack).
-fn wake_interval(period_ns: u64, python: bool) -> u64 {
-    if python {
+/// every [`WAKE_INTERVAL_NS`] when `often`: while it reads Python frames or where blocked
+/// threads are found through `/proc` (both read when a tick is replayed, not when the
+/// kernel sampled: the longer the wait, the likelier they no longer match), and with
+/// rings of 512 KiB or less (context-switch samples come at the workload's pace, not the
+/// sampling rate's).
+fn wake_interval(period_ns: u64, often: bool) -> u64 {
+    if often {
         return WAKE_INTERVAL_NS;
     }
     period_ns
@@ -163,6 +166,8 @@ pub struct PerfSource {
     epoch_mono_ns: u64,
     cpus: Vec<i32>,
     rings: Vec<RingBuffer>,
+    /// Data pages of each ring.
+    ring_pages: usize,
     /// The events opened on threads that existed at the attach (later ones inherit them).
     events: HashMap<Tid, Vec<PerfEvent>>,
     cpu_spec: EventSpec,
@@ -306,7 +311,10 @@ impl PerfSource {
             "blocked threads read from /proc when they block (no context-switch samples \
              without CAP_PERFMON or perf_event_paranoid <= 1)"
         };
-        format!("{on_cpu}; {off_cpu}")
+        format!(
+            "{on_cpu}; {off_cpu}; ring buffers of {} KiB per CPU",
+            self.ring_pages * 4
+        )
     }
 
     fn open_with(
@@ -369,6 +377,7 @@ impl PerfSource {
             maps_interval: MAPS_MIN_INTERVAL,
             maps_stale: false,
             alive_checked: Instant::now(),
+            ring_pages: 0,
             leader_stat: None,
             stats: SourceStats {
                 source: "perf",
@@ -399,34 +408,42 @@ impl PerfSource {
         first: &mut Option<PerfEvent>,
         refused: &dyn Fn(Errno) -> Refused,
     ) -> Result<(), Refused> {
-        // One ring buffer per CPU, mapped from the leader's event of that CPU.
-        let cpus = self.cpus.len();
-        for cpu in self.cpus.clone() {
-            let mut ev = match first.take() {
-                Some(e) => e,
-                None => PerfEvent::open(&self.cpu_spec, self.cfg.pid, cpu).map_err(refused)?,
-            };
-            let mut ring = Err(Errno::ENOMEM);
-            for pages in ring_pages(cpus) {
-                ring = RingBuffer::new(ev, pages, &self.cpu_spec);
-                if ring.is_ok() {
-                    break;
-                }
-                ev = PerfEvent::open(&self.cpu_spec, self.cfg.pid, cpu).map_err(refused)?;
-            }
-            match ring {
-                Ok(r) => self.rings.push(r),
-                Err(e) => {
-                    return Err(Refused {
-                        errno: e,
-                        reason: format!(
-                            "the kernel refused a ring buffer ({}): kernel.perf_event_mlock_kb \
-                             is too low for the agent's user",
-                            e.desc()
-                        ),
-                    });
+        // One ring buffer per CPU, mapped from the leader's event of that CPU, all of one
+        // size: the largest every CPU gets. The kernel counts locked ring memory per user
+        // over all CPUs (and then against RLIMIT_MEMLOCK), so the first CPUs taking large
+        // rings could leave none for the last ones.
+        let cpus = self.cpus.clone();
+        let mut last = Errno::ENOMEM;
+        'sizes: for pages in ring_pages(cpus.len()) {
+            let mut rings = Vec::with_capacity(cpus.len());
+            for &cpu in &cpus {
+                let ev = match first.take() {
+                    Some(e) => e,
+                    None => PerfEvent::open(&self.cpu_spec, self.cfg.pid, cpu).map_err(refused)?,
+                };
+                match RingBuffer::new(ev, pages, &self.cpu_spec) {
+                    Ok(r) => rings.push(r),
+                    Err(e) => {
+                        // The rings mapped so far go (their memory with them) before the
+                        // next size is tried.
+                        last = e;
+                        continue 'sizes;
+                    }
                 }
             }
+            self.rings = rings;
+            self.ring_pages = pages;
+            break;
+        }
+        if self.rings.is_empty() {
+            return Err(Refused {
+                errno: last,
+                reason: format!(
+                    "the kernel refused a ring buffer ({}): kernel.perf_event_mlock_kb \
+                     is too low for the agent's user",
+                    last.desc()
+                ),
+            });
         }
         // Every thread, again until a listing finds none new (threads created meanwhile
         // by a thread that already has its events inherit them).
@@ -491,6 +508,12 @@ impl PerfSource {
     /// True when context-switch samples give blocked threads their stacks.
     pub fn switch_samples(&self) -> bool {
         self.switch_spec.is_some()
+    }
+
+    /// How long to sleep between batches now (see [`wake_interval`]).
+    fn wake_interval(&self, period_ns: u64) -> u64 {
+        let often = self.py.active() || !self.switch_samples() || self.ring_pages <= 128;
+        wake_interval(period_ns, often)
     }
 
     fn add_thread(&mut self, tid: Tid) {
@@ -969,7 +992,7 @@ impl PerfSource {
             self.tick(t);
             // A batch replays up to a wake interval of ticks; ticks further behind than
             // that (the sampler itself was kept from running) are skipped and counted.
-            let wake = wake_interval(schedule.period_ns(), self.py.active());
+            let wake = self.wake_interval(schedule.period_ns());
             ticks.next = schedule.next(now.saturating_sub(wake)).max(t + 1);
         }
     }
@@ -1001,11 +1024,11 @@ impl PerfSource {
             last: start,
         };
         // The first wake comes at the first tick (the first samples soon after the attach).
-        let mut woke = start.saturating_sub(WAKE_INTERVAL_NS);
+        let mut woke = start.saturating_sub(self.wake_interval(schedule.period_ns()));
         let stop = loop {
             // The kernel samples on its own: wake for the next tick, but not more often
             // than every wake interval; the ticks that fell due meanwhile are replayed.
-            let wake = wake_interval(schedule.period_ns(), self.py.active());
+            let wake = self.wake_interval(schedule.period_ns());
             let deadline = ticks.next.max(woke + wake);
             if let Some(end) = end_ns
                 && deadline >= end
@@ -1100,7 +1123,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sampler_wakes_every_few_ticks_within_bounds_and_often_for_python() {
+    fn the_sampler_wakes_every_few_ticks_within_bounds_or_often_when_asked() {
         let ms = |hz: u64, python| wake_interval(1_000_000_000 / hz, python) / 1_000_000;
         assert_eq!(ms(1000, false), 10);
         assert_eq!(ms(200, false), 25);
