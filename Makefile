@@ -75,10 +75,10 @@ demo: build fixtures
 bench: build fixtures
 	./scripts/bench.sh --output docs/benchmark-report.md --readme README.md
 
-# The perf source against `perf record`, paired per repetition (15 by default, about
-# 9 minutes): the slowdown difference with an interval, which a 3-repetition table cannot
-# pin down to a point on a shared VM.
-VERSUS_PERF_REPS ?= 15
+# The perf source against `perf record`, paired per repetition (25 by default, about
+# 14 minutes): the slowdown difference with an interval, which a 3-repetition table cannot
+# pin down to a point on a shared VM (15 repetitions left intervals about 2 points wide).
+VERSUS_PERF_REPS ?= 25
 bench-versus-perf: build fixtures
 	./scripts/bench.sh --versus-perf $(VERSUS_PERF_REPS) --output docs/versus-perf.md
 
