@@ -339,12 +339,17 @@ impl Outbox {
     /// Send what was gathered (the batches held before it first), as far as there is
     /// room; the rest waits for the next call.
     pub fn flush(&mut self) {
+        self.seal();
+        self.send_held();
+    }
+
+    /// Close the batch being gathered: it joins the held ones.
+    fn seal(&mut self) {
         if !self.batch.is_empty() {
             let batch = std::mem::take(&mut self.batch);
             self.held.push_back(batch);
         }
         self.batch_bytes = 0;
-        self.send_held();
     }
 
     /// Send the held batches, oldest first, while there is room.
@@ -365,10 +370,13 @@ impl Outbox {
         }
     }
 
-    /// True when a sample now would have to be dropped: the channel had no room at the
-    /// last flush and batches wait for it. (Asked of the batches held, not of the
+    /// True when a sample now would have to be dropped: batches that found the channel
+    /// full still wait after another try. (Asked of the batches held, not of the
     /// channel: looking at the channel takes its lock, once per sample.)
-    fn backed_up(&self) -> bool {
+    fn backed_up(&mut self) -> bool {
+        if !self.held.is_empty() {
+            self.send_held();
+        }
         !self.held.is_empty()
     }
 
@@ -386,9 +394,7 @@ impl Outbox {
     /// batch waits for room or the in-flight bytes would pass their bound. `extra` samples
     /// that stand on this one (repeats of it) are counted with it when it is dropped.
     pub fn sample(&mut self, mut s: RawSample, extra: u64, stats: &mut SourceStats) -> bool {
-        if !self.held.is_empty() {
-            self.send_held();
-        }
+        let backed_up = self.backed_up();
         if self.closed {
             stats.dropped += 1 + extra;
             self.recycle(s);
@@ -399,7 +405,7 @@ impl Outbox {
             t.claim();
         }
         let n = s.stack_bytes();
-        if self.backed_up() || self.in_flight() + n > MAX_IN_FLIGHT {
+        if backed_up || self.in_flight() + n > MAX_IN_FLIGHT {
             stats.dropped += 1 + extra;
             self.recycle(s);
             return false;
@@ -412,13 +418,11 @@ impl Outbox {
 
     /// Gather repeats of the threads' last stacks, or drop them (counted).
     pub fn repeat(&mut self, tids: Vec<Tid>, time_ns: u64, on_cpu: bool, stats: &mut SourceStats) {
-        if !self.held.is_empty() {
-            self.send_held();
-        }
+        let backed_up = self.backed_up();
         if self.closed {
             return;
         }
-        if self.backed_up() {
+        if backed_up {
             stats.dropped += tids.len() as u64;
             return;
         }
@@ -466,10 +470,7 @@ impl Drop for Outbox {
     /// target is no longer sampled, and the unwind stage drains the channel until it
     /// closes).
     fn drop(&mut self) {
-        if !self.batch.is_empty() {
-            let batch = std::mem::take(&mut self.batch);
-            self.held.push_back(batch);
-        }
+        self.seal();
         for batch in self.held.drain(..) {
             if self.tx.send(batch).is_err() {
                 break;
@@ -511,11 +512,21 @@ mod tests {
         }
     }
 
-    /// An outbox on a channel of `cap` batches, its receiver and fresh counters.
-    fn outbox(cap: usize) -> (Outbox, EventReceiver, SourceStats) {
+    /// An outbox on a channel of `cap` batches, its receiver and fresh counters. Bound as
+    /// `let (out, rx, stats)`, the receiver goes before the outbox when a test ends or
+    /// fails: the outbox's drop would otherwise wait for room in a full channel forever.
+    fn outbox_on(
+        cap: usize,
+        pool: BufferPool,
+        in_flight: Arc<AtomicUsize>,
+    ) -> (Outbox, EventReceiver, SourceStats) {
         let (tx, rx) = bounded(cap);
-        let out = Outbox::new(tx, BufferPool::default(), Arc::default());
+        let out = Outbox::new(tx, pool, in_flight);
         (out, rx, SourceStats::default())
+    }
+
+    fn outbox(cap: usize) -> (Outbox, EventReceiver, SourceStats) {
+        outbox_on(cap, BufferPool::default(), Arc::default())
     }
 
     #[test]
@@ -545,11 +556,9 @@ mod tests {
 
     #[test]
     fn dropped_samples_leave_nothing_in_flight_and_keep_their_buffers() {
-        let (tx, rx) = bounded(1);
         let pool = BufferPool::default();
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let mut out = Outbox::new(tx, pool.clone(), in_flight.clone());
-        let mut stats = SourceStats::default();
+        let (mut out, rx, mut stats) = outbox_on(1, pool.clone(), in_flight.clone());
         assert!(out.sample(sample(1, 1 << 20), 0, &mut stats));
         out.flush();
         // The channel is full: the next round's batch waits for room...
@@ -589,10 +598,8 @@ mod tests {
 
     #[test]
     fn a_shared_stack_buffer_is_counted_by_the_first_sample_sent_with_it() {
-        let (tx, rx) = bounded(1);
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let mut out = Outbox::new(tx, BufferPool::default(), in_flight.clone());
-        let mut stats = SourceStats::default();
+        let (mut out, rx, mut stats) = outbox_on(1, BufferPool::default(), in_flight.clone());
         let tail = stack_cache::SharedTail::from_bytes(0x2000, vec![0; 1 << 20]);
         let with_tail = || {
             let mut s = sample(1, 4096);
@@ -654,6 +661,9 @@ mod tests {
         assert!(!out.sample(sample(1, 16), 0, &mut stats));
         out.repeat(vec![1, 2], 5, false, &mut stats);
         assert_eq!(stats.dropped, 3);
+        // A later round's batch waits behind the held one.
+        out.control(SourceEvent::Maps("b".into()));
+        out.flush();
         let mut seen = Vec::new();
         for _ in 0..4 {
             while let Ok(batch) = rx.try_recv() {
@@ -661,7 +671,7 @@ mod tests {
             }
             out.flush();
         }
-        assert_eq!(seen, ["maps", "sample", "name", "exit"]);
+        assert_eq!(seen, ["maps", "sample", "name", "exit", "maps"]);
         drop(rx);
         out.control(SourceEvent::ThreadExited(2));
         out.flush();

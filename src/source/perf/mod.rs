@@ -180,9 +180,9 @@ pub struct PerfSource {
     maps_interval: Duration,
     maps_stale: bool,
     alive_checked: Instant,
-    /// The leader's `stat`, kept open for [`PerfSource::target_alive`] (None inside: it
-    /// could not be opened).
-    leader_stat: Option<Option<proc::StatFile>>,
+    /// The leader's `stat`, kept open for [`PerfSource::target_alive`] (None: it could
+    /// not be opened, the target is gone).
+    leader_stat: Option<proc::StatFile>,
     stats: SourceStats,
     spare: Vec<Vec<u8>>,
     /// Scratch: one drain's records, in time order.
@@ -378,7 +378,7 @@ impl PerfSource {
             maps_stale: false,
             alive_checked: Instant::now(),
             ring_pages: 0,
-            leader_stat: None,
+            leader_stat: proc::StatFile::open(cfg_pid, cfg_pid),
             stats: SourceStats {
                 source: "perf",
                 ..SourceStats::default()
@@ -575,13 +575,7 @@ impl PerfSource {
         // The leader's own stat: the process's (`/proc/PID/stat`) sums the times of every
         // thread, a cost that grows with the thread count. Kept open: read 20 times a
         // second.
-        let pid = self.cfg.pid;
-        let stat = self
-            .leader_stat
-            .get_or_insert_with(|| proc::StatFile::open(pid, pid))
-            .as_mut()
-            .and_then(proc::StatFile::read);
-        match stat {
+        match self.leader_stat.as_mut().and_then(proc::StatFile::read) {
             None => false,
             Some(st) if matches!(st.state, 'Z' | 'X') => proc::list_tasks(self.cfg.pid)
                 .map(|tids| {
